@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's single "run the whole test suite" command.
+#
+#   hack/test.sh                  cargo test --locked --all-targets -- --test-threads=4, then doc tests
+#   hack/test.sh <cargo args...>  cargo test --locked <cargo args...> instead
+#
+# Makes sure the local cluster (hack/cluster.sh) is built and up, points
+# KUBECONFIG and PATH at it, runs the tests, and stops the cluster again if
+# this script started it (keep it with TCO_KEEP_CLUSTER=1).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${ROOT}"
+CLUSTER="${ROOT}/hack/cluster.sh"
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+if "${CLUSTER}" status >/dev/null 2>&1; then
+  log "using the cluster that is already up"
+else
+  if [[ "${TCO_KEEP_CLUSTER:-0}" == 1 ]]; then
+    log "starting the cluster (TCO_KEEP_CLUSTER=1: it stays up afterwards)"
+  else
+    log "starting the cluster (stopped again on exit; TCO_KEEP_CLUSTER=1 keeps it)"
+    trap '"${CLUSTER}" down' EXIT
+  fi
+  "${CLUSTER}" up # implies build; cheap when cached
+fi
+eval "$("${CLUSTER}" env)"
+log "KUBECONFIG=${KUBECONFIG}"
+
+if [[ $# -gt 0 ]]; then
+  cargo test --locked "$@"
+else
+  cargo test --locked --all-targets -- --test-threads="${TCO_TEST_THREADS:-4}"
+  cargo test --locked --doc
+fi

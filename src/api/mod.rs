@@ -1,0 +1,31 @@
+//! Custom resources of the `capacity.tenancy.dev` API group.
+
+mod module_profile;
+mod season;
+mod tenant_subscription;
+
+pub use module_profile::{ModuleProfile, ModuleProfileSpec, Scaling, TierSpec};
+pub use season::{Seasons, Weekday, Window};
+pub use tenant_subscription::{
+    Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionSpec,
+    TenantSubscriptionStatus,
+};
+
+use kube::CustomResourceExt;
+
+pub const GROUP: &str = "capacity.tenancy.dev";
+
+/// Every CRD this operator serves, in a stable order.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    vec![ModuleProfile::crd(), TenantSubscription::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream (what `crds/` holds).
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).expect("CRDs serialize"));
+    }
+    out
+}

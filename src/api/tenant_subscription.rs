@@ -1,0 +1,172 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::season::Seasons;
+
+/// One tenant's subscription: the modules it bought, at which concurrency and
+/// tier, and how its capacity follows the seasons.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capacity.tenancy.dev",
+    version = "v1alpha1",
+    kind = "TenantSubscription",
+    namespaced,
+    shortname = "tsub",
+    category = "tenancy",
+    status = "TenantSubscriptionStatus",
+    doc = "One tenant's capacity subscription: enabled modules, concurrency, tiers and seasonal windows.",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Windows", type_ = "string", json_path = ".status.activeWindows"),
+    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextTransition", priority = "1"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSubscriptionSpec {
+    /// Stable identifier of the tenant, used in labels and metrics.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub tenant_id: String,
+
+    /// Name of the SubscriptionPlan this subscription is sold under (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub plan: Option<String>,
+
+    /// Stop changing the children: they stay exactly as they are until unpaused.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// The modules bought. Module names are unique.
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 32))]
+    pub modules: Vec<ModuleRequest>,
+
+    /// Seasonal windows that raise ceilings or keep capacity warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasons: Option<Seasons>,
+
+    /// How switched-off modules are wound down.
+    #[serde(default)]
+    pub downgrade: Downgrade,
+}
+
+/// One module bought by the tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleRequest {
+    /// Name of a ModuleProfile.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Most concurrent sessions bought (the ceiling outside seasonal windows).
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub concurrency: i64,
+
+    /// Quality tier, one of the profile's tiers; the profile's defaults when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub tier: Option<String>,
+
+    /// false switches the module off: it drains for downgrade.drainSeconds, then its objects are removed.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How switched-off modules are wound down.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Downgrade {
+    /// Seconds a disabled or removed module keeps serving before its objects are removed.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 604_800))]
+    pub drain_seconds: i64,
+}
+
+impl Default for Downgrade {
+    fn default() -> Self {
+        Self { drain_seconds: default_drain_seconds() }
+    }
+}
+
+fn default_drain_seconds() -> i64 {
+    300
+}
+
+/// Observed state of a subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSubscriptionStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Reconciling, Stalled and CapacityLimited conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Seasonal windows active at the last reconcile.
+    #[serde(default)]
+    pub active_windows: Vec<String>,
+
+    /// When the set of active windows next changes (RFC 3339, in the subscription's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_transition: Option<String>,
+
+    /// Per module: what it wants, what it has and what holds it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// Lifecycle of one module of a subscription.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ModuleState {
+    /// Objects applied; serving.
+    Active,
+    /// Switched off or removed: still serving until the drain deadline.
+    Draining,
+    /// Cannot be applied (see message); existing objects are left untouched.
+    Invalid,
+}
+
+/// What one module wants and has.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ModuleState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Floor: HPA minReplicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    /// Ceiling: HPA maxReplicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+    /// Replicas the HPA wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Replicas of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready replicas of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Session ceiling in force (concurrency bought, scaled by active windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i64>,
+    /// When a draining module's objects are removed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<String>,
+    /// What holds the module back, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

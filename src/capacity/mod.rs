@@ -1,0 +1,330 @@
+//! The capacity rules of the product, free of any Kubernetes plumbing:
+//! from a subscription, the module catalogue and the clock to the ceilings,
+//! floors and quota a tenant is entitled to.
+
+pub mod quantity;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::{Timestamp, tz::TimeZone};
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+
+use crate::api::{ModuleProfileSpec, Scaling, TenantSubscriptionSpec, Window};
+pub use quantity::Quantity;
+pub use window::{CompiledWindow, WindowError};
+
+/// Share of maxReplicas a rolling update may add on top (Deployment maxSurge).
+pub const MAX_SURGE_PERCENT: i64 = 25;
+/// Longest child object name a Service accepts (DNS-1035 label).
+pub const MAX_CHILD_NAME: usize = 63;
+
+/// Why a subscription cannot be applied. Each names the module or field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidSpec {
+    ProfileNotFound { module: String },
+    TierNotFound { module: String, tier: String, available: Vec<String> },
+    Window(WindowError),
+    CapacityOverflow { module: String },
+    BadQuantity { module: String, field: String, value: String },
+    NameTooLong { module: String, name: String },
+}
+
+impl InvalidSpec {
+    /// The condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ProfileNotFound { .. } => "ProfileNotFound",
+            Self::TierNotFound { .. } => "TierNotFound",
+            Self::Window(WindowError::UnknownTimeZone(_)) => "UnknownTimeZone",
+            Self::Window(_) => "InvalidWindow",
+            Self::CapacityOverflow { .. } => "CapacityOverflow",
+            Self::BadQuantity { .. } => "InvalidProfile",
+            Self::NameTooLong { .. } => "NameTooLong",
+        }
+    }
+}
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ProfileNotFound { module } => write!(f, "{module}: ModuleProfile {module:?} not found"),
+            Self::TierNotFound { module, tier, available } if available.is_empty() => {
+                write!(f, "{module}: tier {tier:?} not offered (the profile has no tiers)")
+            }
+            Self::TierNotFound { module, tier, available } => {
+                write!(f, "{module}: tier {tier:?} not offered (available: {})", available.join(", "))
+            }
+            Self::Window(e) => write!(f, "spec.seasons: {e}"),
+            Self::CapacityOverflow { module } => {
+                write!(f, "{module}: concurrency and seasonal percentages need more replicas than Kubernetes can scale to")
+            }
+            Self::BadQuantity { module, field, value } => {
+                write!(f, "{module}: ModuleProfile {field} {value:?} is not a valid quantity")
+            }
+            Self::NameTooLong { module, name } => {
+                write!(f, "{module}: object name {name:?} is longer than {MAX_CHILD_NAME} characters")
+            }
+        }
+    }
+}
+
+impl std::error::Error for InvalidSpec {}
+
+/// Ceiling and floor of one module at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbers {
+    /// Sessions in force: concurrency bought, scaled by active windows.
+    pub ceiling: i64,
+    pub max_replicas: i32,
+    pub min_replicas: i32,
+}
+
+/// `ceiling = concurrency × ceiling% / 100`, `max = ⌈ceiling / sessions⌉`,
+/// `min = max(profile min, ⌈max × floor% / 100⌉)`, never above max.
+pub fn numbers(
+    concurrency: i64,
+    sessions_per_replica: i32,
+    profile_min: i32,
+    ceiling_percent: u32,
+    floor_percent: u32,
+) -> Option<Numbers> {
+    let ceiling = div_ceil(concurrency.max(0) as i128 * ceiling_percent as i128, 100);
+    let max = div_ceil(ceiling, sessions_per_replica.max(1) as i128).max(1);
+    let floor = div_ceil(max * floor_percent.min(100) as i128, 100);
+    let min = floor.max(profile_min.max(1) as i128).min(max);
+    Some(Numbers {
+        ceiling: i64::try_from(ceiling).ok()?,
+        max_replicas: i32::try_from(max).ok()?,
+        min_replicas: i32::try_from(min).ok()?,
+    })
+}
+
+fn div_ceil(a: i128, b: i128) -> i128 {
+    (a + b - 1) / b
+}
+
+/// Extra pods a rolling update of `max_replicas` may create.
+pub fn surge(max_replicas: i32) -> i64 {
+    div_ceil(max_replicas as i128 * MAX_SURGE_PERCENT as i128, 100) as i64
+}
+
+/// Everything needed to run one enabled module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModulePlan {
+    pub name: String,
+    pub tier: Option<String>,
+    pub image: String,
+    pub port: Option<i32>,
+    pub sessions_per_replica: i32,
+    /// Concurrency bought.
+    pub concurrency: i64,
+    pub numbers: Numbers,
+    pub resources: Option<ResourceRequirements>,
+    pub scaling: Scaling,
+    pub termination_grace_period_seconds: Option<i64>,
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+impl ModulePlan {
+    pub fn footprint(&self) -> Result<Footprint, InvalidSpec> {
+        Footprint::new(&self.name, self.numbers.max_replicas, self.resources.as_ref())
+    }
+}
+
+/// A subscription's capacity at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityPlan {
+    /// Enabled modules, in spec order.
+    pub modules: Vec<ModulePlan>,
+    /// Modules listed but switched off.
+    pub disabled: Vec<String>,
+    pub active_windows: Vec<String>,
+    pub next_transition: Option<Timestamp>,
+    /// The subscription's own time zone, for presenting instants.
+    pub time_zone: TimeZone,
+}
+
+/// Windows from shared calendars, already paired with their own time zone.
+pub struct CalendarWindows<'a> {
+    pub calendar: &'a str,
+    pub time_zone: Option<&'a str>,
+    pub windows: &'a [Window],
+}
+
+/// Turn a subscription into its capacity plan at `now`. Errors list every
+/// problem found, so one status message can name them all.
+pub fn plan<'p>(
+    subscription: &str,
+    spec: &TenantSubscriptionSpec,
+    profile: impl Fn(&str) -> Option<&'p ModuleProfileSpec>,
+    calendars: &[CalendarWindows<'_>],
+    now: Timestamp,
+) -> Result<CapacityPlan, Vec<InvalidSpec>> {
+    let mut errors = Vec::new();
+    let seasons = spec.seasons.clone().unwrap_or_default();
+    let time_zone = window::parse_time_zone(seasons.time_zone.as_deref()).unwrap_or_else(|e| {
+        errors.push(InvalidSpec::Window(e));
+        TimeZone::UTC
+    });
+    let mut windows = Vec::new();
+    for w in &seasons.windows {
+        match CompiledWindow::compile(w, &time_zone) {
+            Ok(c) => windows.push(c),
+            Err(e) => errors.push(InvalidSpec::Window(e)),
+        }
+    }
+    for cal in calendars {
+        let tz = match window::parse_time_zone(cal.time_zone.or(seasons.time_zone.as_deref())) {
+            Ok(tz) => tz,
+            Err(e) => {
+                errors.push(InvalidSpec::Window(e));
+                continue;
+            }
+        };
+        for w in cal.windows {
+            match CompiledWindow::compile(w, &tz) {
+                Ok(mut c) => {
+                    c.name = format!("{}/{}", cal.calendar, c.name);
+                    windows.push(c)
+                }
+                Err(e) => errors.push(InvalidSpec::Window(e)),
+            }
+        }
+    }
+    let (active, next_transition) = window::evaluate(&windows, now);
+
+    let mut modules = Vec::new();
+    let mut disabled = Vec::new();
+    for m in &spec.modules {
+        if !m.enabled {
+            disabled.push(m.name.clone());
+            continue;
+        }
+        let Some(p) = profile(&m.name) else {
+            errors.push(InvalidSpec::ProfileNotFound { module: m.name.clone() });
+            continue;
+        };
+        let tier = match &m.tier {
+            None => None,
+            Some(t) => match p.tiers.get(t) {
+                Some(spec) => Some(spec),
+                None => {
+                    errors.push(InvalidSpec::TierNotFound {
+                        module: m.name.clone(),
+                        tier: t.clone(),
+                        available: p.tiers.keys().cloned().collect(),
+                    });
+                    continue;
+                }
+            },
+        };
+        let child_name = format!("{subscription}-{}", m.name);
+        if child_name.len() > MAX_CHILD_NAME {
+            errors.push(InvalidSpec::NameTooLong { module: m.name.clone(), name: child_name });
+            continue;
+        }
+        let sessions = tier.and_then(|t| t.sessions_per_replica).unwrap_or(p.sessions_per_replica);
+        let applicable = active.iter().filter(|w| w.applies_to(&m.name));
+        let ceiling_percent = applicable.clone().filter_map(|w| w.concurrency_percent).max().unwrap_or(100);
+        let floor_percent = applicable.filter_map(|w| w.floor_percent).max().unwrap_or(0);
+        let Some(numbers) = numbers(m.concurrency, sessions, p.min_replicas, ceiling_percent, floor_percent) else {
+            errors.push(InvalidSpec::CapacityOverflow { module: m.name.clone() });
+            continue;
+        };
+        let plan = ModulePlan {
+            name: m.name.clone(),
+            tier: m.tier.clone(),
+            image: tier.and_then(|t| t.image.clone()).unwrap_or_else(|| p.image.clone()),
+            port: p.port,
+            sessions_per_replica: sessions,
+            concurrency: m.concurrency,
+            numbers,
+            resources: tier.and_then(|t| t.resources.clone()).or_else(|| p.resources.clone()),
+            scaling: p.scaling.clone(),
+            termination_grace_period_seconds: p.termination_grace_period_seconds,
+            node_selector: p.node_selector.clone(),
+            tolerations: p.tolerations.clone(),
+        };
+        if let Err(e) = plan.footprint() {
+            errors.push(e);
+            continue;
+        }
+        modules.push(plan);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut active_windows: Vec<String> = active.iter().map(|w| w.name.clone()).collect();
+    active_windows.sort();
+    active_windows.dedup();
+    Ok(CapacityPlan { modules, disabled, active_windows, next_transition, time_zone })
+}
+
+/// What one module may occupy at most: pods (ceiling plus surge) and their resources.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Footprint {
+    pub pods: i64,
+    /// Per-pod requests and limits by resource name.
+    pub requests: BTreeMap<String, Quantity>,
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+impl Footprint {
+    pub fn new(module: &str, max_replicas: i32, resources: Option<&ResourceRequirements>) -> Result<Self, InvalidSpec> {
+        let parse = |kind: &str, m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    Quantity::parse(&v.0).map(|q| (k.clone(), q)).map_err(|_| InvalidSpec::BadQuantity {
+                        module: module.to_string(),
+                        field: format!("resources.{kind}.{k}"),
+                        value: v.0.clone(),
+                    })
+                })
+                .collect::<Result<BTreeMap<_, _>, _>>()
+        };
+        let mut requests = parse("requests", resources.and_then(|r| r.requests.as_ref()))?;
+        let limits = parse("limits", resources.and_then(|r| r.limits.as_ref()))?;
+        // Kubernetes defaults a missing request to the limit.
+        for (k, v) in &limits {
+            requests.entry(k.clone()).or_insert(*v);
+        }
+        Ok(Self { pods: max_replicas as i64 + surge(max_replicas), requests, limits })
+    }
+}
+
+/// ResourceQuota `spec.hard` covering every footprint. A resource is capped
+/// only when every module's pods declare it, because a quota on a resource
+/// makes the API server refuse pods that leave it out.
+pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>> {
+    let mut hard = BTreeMap::new();
+    let pods: i64 = footprints.iter().map(|f| f.pods).try_fold(0i64, |a, p| a.checked_add(p))?;
+    hard.insert("pods".to_string(), Quantity(pods as i128).checked_mul(1_000_000_000)?);
+    for (kind, pick) in [
+        ("requests", (|f: &Footprint| &f.requests) as fn(&Footprint) -> &BTreeMap<String, Quantity>),
+        ("limits", |f: &Footprint| &f.limits),
+    ] {
+        let Some(first) = footprints.first() else { break };
+        for resource in pick(first).keys() {
+            // Extended resources (vendor.com/gpu) can only be capped on requests.
+            if kind == "limits" && resource.contains('/') {
+                continue;
+            }
+            if !footprints.iter().all(|f| pick(f).contains_key(resource)) {
+                continue;
+            }
+            let mut total = Quantity(0);
+            for f in footprints {
+                total = total.checked_add(pick(f)[resource].checked_mul(f.pods as i128)?)?;
+            }
+            hard.insert(format!("{kind}.{resource}"), total);
+        }
+    }
+    Some(hard)
+}
+
+#[cfg(test)]
+mod tests;

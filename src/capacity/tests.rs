@@ -1,0 +1,216 @@
+//! The capacity rules of DESIGN.md, as examples.
+
+use super::*;
+use crate::api::{ModuleProfileSpec, TenantSubscriptionSpec};
+
+fn profile(yaml: &str) -> ModuleProfileSpec {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+fn spec(yaml: &str) -> TenantSubscriptionSpec {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+fn video() -> ModuleProfileSpec {
+    profile(
+        r#"
+image: registry.example.com/rtc/video-gateway:2.4.1
+port: 8443
+sessionsPerReplica: 40
+minReplicas: 1
+resources: {requests: {cpu: "1", memory: 1Gi}, limits: {cpu: "2", memory: 2Gi}}
+tiers:
+  sd: {sessionsPerReplica: 60}
+  hd: {sessionsPerReplica: 40}
+  uhd: {sessionsPerReplica: 15, resources: {requests: {cpu: "2", memory: 2Gi}}}
+"#,
+    )
+}
+
+fn messaging() -> ModuleProfileSpec {
+    profile("{image: im:1, sessionsPerReplica: 5000, minReplicas: 2, resources: {requests: {cpu: 500m, memory: 512Mi}}}")
+}
+
+fn catalogue(name: &str) -> Option<&'static ModuleProfileSpec> {
+    use std::sync::OnceLock;
+    static V: OnceLock<ModuleProfileSpec> = OnceLock::new();
+    static M: OnceLock<ModuleProfileSpec> = OnceLock::new();
+    match name {
+        "video-call" => Some(V.get_or_init(video)),
+        "real-time-messaging" => Some(M.get_or_init(messaging)),
+        _ => None,
+    }
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn module<'a>(p: &'a CapacityPlan, name: &str) -> &'a ModulePlan {
+    p.modules.iter().find(|m| m.name == name).unwrap()
+}
+
+#[test]
+fn replicas_follow_concurrency_and_tier() {
+    let s = spec("{tenantId: acme, modules: [{name: video-call, concurrency: 1000, tier: hd}]}");
+    let p = plan("acme", &s, catalogue, &[], at("2026-03-01T00:00:00Z")).unwrap();
+    let m = module(&p, "video-call");
+    assert_eq!(m.sessions_per_replica, 40);
+    assert_eq!(m.numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
+
+    let s = spec("{tenantId: acme, modules: [{name: video-call, concurrency: 1000, tier: uhd}]}");
+    let p = plan("acme", &s, catalogue, &[], at("2026-03-01T00:00:00Z")).unwrap();
+    let m = module(&p, "video-call");
+    // ⌈1000 / 15⌉ = 67, and the uhd tier's resources replace the profile's.
+    assert_eq!(m.numbers.max_replicas, 67);
+    assert_eq!(m.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0, "2");
+}
+
+#[test]
+fn summer_window_doubles_the_ceiling_and_keeps_half_warm() {
+    let s = spec(
+        r#"
+tenantId: edu
+modules: [{name: video-call, concurrency: 1000, tier: hd}]
+seasons:
+  timeZone: Asia/Shanghai
+  windows:
+    - {name: summer-holiday, from: "07-01", to: "08-31", concurrencyPercent: 200, floorPercent: 50}
+"#,
+    );
+    let p = plan("edu", &s, catalogue, &[], at("2026-07-15T04:00:00Z")).unwrap();
+    assert_eq!(p.active_windows, vec!["summer-holiday"]);
+    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 25 });
+    assert_eq!(
+        window::format_instant(p.next_transition.unwrap(), &p.time_zone),
+        "2026-09-01T00:00:00+08:00"
+    );
+    // Outside the window: the concurrency bought.
+    let p = plan("edu", &s, catalogue, &[], at("2026-09-01T00:00:00+08:00")).unwrap();
+    assert!(p.active_windows.is_empty());
+    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
+}
+
+#[test]
+fn several_active_windows_take_the_largest_percentages_and_respect_module_filters() {
+    let s = spec(
+        r#"
+tenantId: edu
+modules:
+  - {name: video-call, concurrency: 1000, tier: hd}
+  - {name: real-time-messaging, concurrency: 20000}
+seasons:
+  timeZone: Asia/Shanghai
+  windows:
+    - {name: summer-holiday, from: "07-01", to: "08-31", concurrencyPercent: 200, floorPercent: 20}
+    - {name: weekday-evening, days: [Mon, Tue, Wed, Thu, Fri], start: "18:00", end: "22:00", floorPercent: 30, modules: [video-call]}
+    - {name: campaign, from: "07-10", to: "07-20", concurrencyPercent: 150}
+"#,
+    );
+    // Wednesday 2026-07-15, 19:00 in Shanghai.
+    let p = plan("edu", &s, catalogue, &[], at("2026-07-15T19:00:00+08:00")).unwrap();
+    assert_eq!(p.active_windows, vec!["campaign", "summer-holiday", "weekday-evening"]);
+    // video: ceiling 200% → 50 replicas; floor max(20%, 30%) → 15.
+    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 15 });
+    // messaging is not in the evening window: floor 20% of ⌈40000/5000⌉ = 8 → 2 (also the profile min).
+    assert_eq!(module(&p, "real-time-messaging").numbers, Numbers { ceiling: 40000, max_replicas: 8, min_replicas: 2 });
+}
+
+#[test]
+fn an_off_season_window_can_lower_the_ceiling() {
+    let s = spec(
+        r#"
+tenantId: t
+modules: [{name: video-call, concurrency: 1000}]
+seasons: {windows: [{name: quiet, from: "02-01", to: "02-28", concurrencyPercent: 50}]}
+"#,
+    );
+    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    assert_eq!(module(&p, "video-call").numbers.max_replicas, 13);
+}
+
+#[test]
+fn floor_never_exceeds_ceiling_and_profile_minimum_holds() {
+    assert_eq!(numbers(10, 40, 3, 100, 0).unwrap(), Numbers { ceiling: 10, max_replicas: 1, min_replicas: 1 });
+    assert_eq!(numbers(1000, 40, 3, 100, 0).unwrap(), Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 3 });
+    assert_eq!(numbers(1000, 40, 3, 100, 100).unwrap(), Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 25 });
+    assert_eq!(numbers(1001, 40, 1, 100, 10).unwrap(), Numbers { ceiling: 1001, max_replicas: 26, min_replicas: 3 });
+    assert!(numbers(i64::MAX, 1, 1, 1000, 0).is_none());
+}
+
+#[test]
+fn disabled_modules_are_left_out_and_listed() {
+    let s = spec(
+        "{tenantId: t, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10, enabled: false}]}",
+    );
+    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    assert_eq!(p.modules.len(), 1);
+    assert_eq!(p.disabled, vec!["real-time-messaging"]);
+}
+
+#[test]
+fn every_problem_is_named() {
+    let s = spec(
+        r#"
+tenantId: t
+modules:
+  - {name: video-call, concurrency: 10, tier: 8k}
+  - {name: hologram, concurrency: 10}
+seasons: {timeZone: Mars/Olympus_Mons}
+"#,
+    );
+    let errors = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| format!("{} {e}", e.reason())).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text[0].starts_with("UnknownTimeZone"), "{text:?}");
+    assert!(text[1].contains("TierNotFound video-call: tier \"8k\" not offered (available: hd, sd, uhd)"), "{text:?}");
+    assert!(text[2].contains("ProfileNotFound hologram"), "{text:?}");
+}
+
+#[test]
+fn names_that_kubernetes_would_refuse_are_caught() {
+    let long = "a".repeat(55);
+    let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
+    let errors = plan(&long, &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors[0].reason(), "NameTooLong");
+}
+
+#[test]
+fn bad_quantities_in_a_profile_are_reported() {
+    let bad = profile("{image: x, sessionsPerReplica: 10, resources: {requests: {cpu: lots}}}");
+    let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
+    let errors = plan("t", &s, |_| Some(&bad), &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors[0].reason(), "InvalidProfile");
+    assert!(errors[0].to_string().contains("resources.requests.cpu"));
+}
+
+#[test]
+fn quota_sums_every_module_at_its_ceiling_plus_surge() {
+    let s = spec(
+        "{tenantId: t, modules: [{name: video-call, concurrency: 1000, tier: hd}, {name: real-time-messaging, concurrency: 20000}]}",
+    );
+    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let f: Vec<Footprint> = p.modules.iter().map(|m| m.footprint().unwrap()).collect();
+    // video: 25 + ⌈25 × 25%⌉ = 32 pods; messaging: 4 + 1 = 5 pods.
+    assert_eq!((f[0].pods, f[1].pods), (32, 5));
+    let hard = quota_hard(&f).unwrap();
+    let show: BTreeMap<&str, String> = hard.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
+    assert_eq!(show["pods"], "37");
+    // 32 × 1 CPU + 5 × 500m
+    assert_eq!(show["requests.cpu"], "34500m");
+    // 32 × 1Gi + 5 × 512Mi
+    assert_eq!(show["requests.memory"], Quantity::parse("34Gi").unwrap().checked_add(Quantity::parse("512Mi").unwrap()).unwrap().to_string());
+    // Messaging declares no limits, so limits are not capped (pods without them would be refused).
+    assert!(!hard.contains_key("limits.cpu"));
+}
+
+#[test]
+fn quota_of_a_single_module_caps_limits_too() {
+    let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 40}]}");
+    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let hard = quota_hard(&[p.modules[0].footprint().unwrap()]).unwrap();
+    // 1 replica + 1 surge pod.
+    assert_eq!(hard["pods"].to_string(), "2");
+    assert_eq!(hard["limits.cpu"].to_string(), "4");
+    assert_eq!(hard["limits.memory"].to_string(), "4Gi");
+}

@@ -1,0 +1,643 @@
+//! The controller: watches subscriptions, their children and the module
+//! catalogue, and runs each subscription through
+//! `dereference -> plan -> render -> apply -> drain -> status`.
+
+pub mod apply;
+pub mod status;
+
+use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ResourceQuota, Service},
+    },
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{Action, Config as ControllerConfig},
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::{
+    api::{ModuleProfile, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionStatus},
+    capacity::{self, CapacityPlan, Footprint, window::format_instant},
+    metrics::{Metrics, ModuleLabels},
+    render::{self, ANNOTATION_DRAINING_SINCE, LABEL_MANAGED_BY, MANAGER, Owner},
+    server::Readiness,
+};
+use status::LiveModule;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("subscription has no namespace")]
+    NoNamespace,
+    #[error("{kind} {name} exists and is not owned by this subscription")]
+    NotOwned { kind: String, name: String },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> String {
+        match self {
+            Self::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
+            Self::Kube(_) => "kube".into(),
+            Self::NoNamespace => "no_namespace".into(),
+            Self::NotOwned { .. } => "not_owned".into(),
+        }
+    }
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch only this namespace (all when `None`).
+    pub namespace: Option<String>,
+    /// Re-check every subscription this often even when nothing changed.
+    pub resync: Duration,
+    /// Subscriptions reconciled at once.
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { namespace: None, resync: Duration::from_secs(300), concurrency: 16 }
+    }
+}
+
+/// Shared state of all reconciliations.
+pub struct Context {
+    pub client: Client,
+    pub profiles: Store<ModuleProfile>,
+    pub deployments: Store<Deployment>,
+    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub services: Store<Service>,
+    pub quotas: Store<ResourceQuota>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub settings: Settings,
+}
+
+impl Context {
+    async fn caches_ready(&self) {
+        let _ = tokio::join!(
+            self.profiles.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.hpas.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.quotas.wait_until_ready(),
+        );
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}")).any_semantic();
+
+    // Children are cached (managed fields stripped) so that status and the
+    // "already converged?" check need no API reads.
+    macro_rules! child_cache {
+        ($t:ty) => {{
+            let (store, writer) = reflector::store::<$t>();
+            let stream = reflector::reflector(
+                writer,
+                watcher(scoped::<$t>(&client, &settings.namespace), managed.clone())
+                    .default_backoff()
+                    .modify(|o| o.managed_fields_mut().clear()),
+            )
+            .touched_objects();
+            (store, stream)
+        }};
+    }
+    let (deployments, deployment_stream) = child_cache!(Deployment);
+    let (hpas, hpa_stream) = child_cache!(HorizontalPodAutoscaler);
+    let (services, service_stream) = child_cache!(Service);
+    let (quotas, quota_stream) = child_cache!(ResourceQuota);
+
+    let (profiles, profile_writer) = reflector::store::<ModuleProfile>();
+    let profile_stream = reflector::reflector(
+        profile_writer,
+        watcher(Api::<ModuleProfile>::all(client.clone()), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+
+    let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
+    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency));
+    let subscription_store = controller.store();
+
+    let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+    let ctx = Arc::new(Context {
+        client,
+        profiles: profiles.clone(),
+        deployments: deployments.clone(),
+        hpas: hpas.clone(),
+        services: services.clone(),
+        quotas: quotas.clone(),
+        metrics,
+        recorder,
+        settings,
+    });
+
+    let ready_ctx = ctx.clone();
+    let ready_subs = subscription_store.clone();
+    tokio::spawn(async move {
+        ready_ctx.caches_ready().await;
+        let _ = ready_subs.wait_until_ready().await;
+        info!("caches synced");
+        readiness.set_ready();
+    });
+
+    controller
+        .owns_stream(deployment_stream)
+        .owns_stream(hpa_stream)
+        .owns_stream(service_stream)
+        .owns_stream(quota_stream)
+        // A changed profile re-plans every subscription that uses it.
+        .watches_stream(profile_stream, move |profile: ModuleProfile| {
+            let name = profile.name_any();
+            subscription_store
+                .state()
+                .into_iter()
+                .filter(|s| s.spec.modules.iter().any(|m| m.name == name))
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failures.get_or_create(&crate::metrics::ErrorLabels { error: err.metric_label() }).inc();
+    warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciliations.inc();
+    let started = std::time::Instant::now();
+    // Deciding from half-filled caches would rewrite children that exist.
+    ctx.caches_ready().await;
+    let result = reconcile_subscription(&sub, &ctx).await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// What one reconcile found and did, turned into status at the end.
+struct Outcome {
+    modules: Vec<ModuleStatus>,
+    ready: (bool, String, String),
+    reconciling: Option<(String, String)>,
+    stalled: Option<(String, String)>,
+    limited: Vec<String>,
+    active_windows: Vec<String>,
+    next_transition: Option<String>,
+    requeue: Option<Timestamp>,
+}
+
+fn live_module(ctx: &Context, ns: &str, sub: &str, module: &str, uid: &str) -> LiveModule {
+    let name = render::child_name(sub, module);
+    let owned = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| apply::owned_by(m, uid);
+    LiveModule {
+        deployment: ctx.deployments.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
+        hpa: ctx.hpas.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
+        service: ctx.services.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
+    }
+}
+
+fn live_value<K: serde::Serialize>(o: &Option<Arc<K>>) -> Option<serde_json::Value> {
+    o.as_ref().map(|o| serde_json::to_value(o.as_ref()).expect("k8s objects serialize"))
+}
+
+async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Result<Action, Error> {
+    let ns = sub.namespace().ok_or(Error::NoNamespace)?;
+    let name = sub.name_any();
+    if sub.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let uid = sub.metadata.uid.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let old_status = sub.status.clone().unwrap_or_default();
+    let owner = Owner {
+        name: name.clone(),
+        namespace: ns.clone(),
+        tenant_id: sub.spec.tenant_id.clone(),
+        reference: sub.controller_owner_ref(&()),
+    };
+
+    // Modules that may have children: those in the spec and those we reported before.
+    let mut known: BTreeSet<String> = sub.spec.modules.iter().map(|m| m.name.clone()).collect();
+    known.extend(old_status.modules.iter().map(|m| m.name.clone()));
+    let live = |m: &str| live_module(ctx, &ns, &name, m, &uid);
+
+    let outcome = if sub.spec.paused {
+        paused(sub, &known, &live)
+    } else {
+        let profiles: Vec<(String, Arc<ModuleProfile>)> = sub
+            .spec
+            .modules
+            .iter()
+            .filter_map(|m| ctx.profiles.get(&ObjectRef::new(&m.name)).map(|p| (m.name.clone(), p)))
+            .collect();
+        let lookup = |n: &str| profiles.iter().find(|(k, _)| k == n).map(|(_, p)| &p.spec);
+        match capacity::plan(&name, &sub.spec, lookup, &[], now) {
+            Err(errors) => invalid(sub, &errors, &known, &live),
+            Ok(plan) => converge(sub, ctx, &owner, &uid, &plan, &known, &live, now).await?,
+        }
+    };
+
+    publish_metrics(ctx, sub, &outcome);
+    let new_status = build_status(sub, &old_status, &outcome, now);
+    if new_status != old_status {
+        let api: Api<TenantSubscription> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": "capacity.tenancy.dev/v1alpha1",
+            "kind": "TenantSubscription",
+            "status": new_status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+        ctx.metrics.write("TenantSubscription", "apply-status");
+        announce(ctx, sub, &old_status, &new_status).await;
+    }
+
+    let mut next = now + SignedDuration::try_from(ctx.settings.resync).unwrap_or(SignedDuration::from_secs(300));
+    if let Some(t) = outcome.requeue {
+        next = next.min(t);
+    }
+    let wait = next.duration_since(now).unsigned_abs().max(Duration::from_millis(200));
+    Ok(Action::requeue(wait))
+}
+
+fn paused(sub: &TenantSubscription, known: &BTreeSet<String>, live: &(dyn Fn(&str) -> LiveModule + Sync)) -> Outcome {
+    let old = sub.status.clone().unwrap_or_default();
+    let modules = known
+        .iter()
+        .filter_map(|m| {
+            let l = live(m);
+            if l.is_empty() {
+                return None;
+            }
+            let mut st = old.modules.iter().find(|s| &s.name == m).cloned().unwrap_or(ModuleStatus {
+                name: m.clone(),
+                ..Default::default()
+            });
+            let dep = l.deployment.as_ref().and_then(|d| d.status.as_ref());
+            st.replicas = dep.and_then(|s| s.replicas);
+            st.ready_replicas = dep.and_then(|s| s.ready_replicas);
+            Some(st)
+        })
+        .collect();
+    Outcome {
+        modules,
+        ready: (false, "Paused".into(), "reconciliation is paused (spec.paused); children are left as they are".into()),
+        reconciling: None,
+        stalled: None,
+        limited: vec![],
+        active_windows: old.active_windows.clone(),
+        next_transition: None,
+        requeue: None,
+    }
+}
+
+fn invalid(
+    sub: &TenantSubscription,
+    errors: &[capacity::InvalidSpec],
+    known: &BTreeSet<String>,
+    live: &(dyn Fn(&str) -> LiveModule + Sync),
+) -> Outcome {
+    let reason = errors[0].reason().to_string();
+    let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+    let old = sub.status.clone().unwrap_or_default();
+    let modules = known
+        .iter()
+        .filter_map(|m| {
+            let l = live(m);
+            let own: Vec<String> = errors
+                .iter()
+                .filter(|e| e.to_string().starts_with(&format!("{m}:")))
+                .map(|e| e.to_string())
+                .collect();
+            if own.is_empty() && l.is_empty() {
+                return None;
+            }
+            if own.is_empty() {
+                // Untouched, as it was.
+                return old.modules.iter().find(|s| &s.name == m).cloned();
+            }
+            Some(status::invalid_module(m, &l, own.join("; ")))
+        })
+        .collect();
+    Outcome {
+        modules,
+        ready: (false, reason.clone(), format!("not applied, existing objects left as they are: {message}")),
+        reconciling: None,
+        stalled: Some((reason, message)),
+        limited: vec![],
+        active_windows: old.active_windows.clone(),
+        next_transition: old.next_transition.clone(),
+        requeue: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn converge(
+    sub: &TenantSubscription,
+    ctx: &Context,
+    owner: &Owner,
+    uid: &str,
+    plan: &CapacityPlan,
+    known: &BTreeSet<String>,
+    live: &(dyn Fn(&str) -> LiveModule + Sync),
+    now: Timestamp,
+) -> Result<Outcome, Error> {
+    let ns = owner.namespace.as_str();
+    let mut modules = Vec::new();
+    let mut progress = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut limited = Vec::new();
+    let mut requeue = plan.next_transition.map(|t| t + SignedDuration::from_millis(500));
+
+    for m in &plan.modules {
+        let l = live(&m.name);
+        let mut conflict = None;
+        for child in render::module_children(owner, m) {
+            let current = match &child {
+                render::Child::Deployment(_) => live_value(&l.deployment),
+                render::Child::Hpa(_) => live_value(&l.hpa),
+                render::Child::Service(_) => live_value(&l.service),
+                render::Child::Quota(_) => None,
+            };
+            match apply::ensure(&ctx.client, &ctx.metrics, ns, &child, current, uid).await {
+                Ok(_) => {}
+                Err(Error::NotOwned { kind, name }) => {
+                    conflict = Some(format!("{}: {kind} {name} exists and is not owned by this subscription", m.name));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(msg) = conflict {
+            conflicts.push(msg.clone());
+            modules.push(status::invalid_module(&m.name, &l, msg));
+            continue;
+        }
+        if let Some(d) = &l.deployment
+            && d.annotations().contains_key(ANNOTATION_DRAINING_SINCE)
+        {
+            apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, None).await?;
+            info!(subscription = %owner.name, namespace = ns, module = %m.name, "module re-enabled; drain cancelled");
+        }
+        let st = status::active_module(m, &l);
+        if let Some(msg) = status::capacity_limit(m, &l) {
+            limited.push(msg);
+        }
+        if let Some(msg) = status::progress(m, &l) {
+            progress.push(msg);
+        }
+        modules.push(st);
+    }
+
+    // Modules with children but no longer enabled: drain, then remove.
+    let enabled: BTreeSet<&str> = plan.modules.iter().map(|m| m.name.as_str()).collect();
+    let mut drain_footprints = Vec::new();
+    let mut draining = Vec::new();
+    for m in known.iter().filter(|m| !enabled.contains(m.as_str())) {
+        let l = live(m);
+        if l.is_empty() {
+            continue;
+        }
+        let since = l
+            .deployment
+            .as_ref()
+            .and_then(|d| d.annotations().get(ANNOTATION_DRAINING_SINCE))
+            .and_then(|s| s.parse::<Timestamp>().ok());
+        let since = match (since, &l.deployment) {
+            (Some(t), _) => t,
+            (None, Some(d)) => {
+                apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, Some(&now.to_string()))
+                    .await?;
+                info!(subscription = %owner.name, namespace = ns, module = %m, "module switched off; draining");
+                publish(ctx, sub, EventType::Normal, "Draining", &format!("{m}: draining for {}s before removal", sub.spec.downgrade.drain_seconds)).await;
+                now
+            }
+            // Without a Deployment nothing serves: remove the rest now.
+            (None, None) => now - SignedDuration::from_secs(sub.spec.downgrade.drain_seconds + 1),
+        };
+        let deadline = since + SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
+        if now >= deadline {
+            if let Some(o) = &l.hpa {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            if let Some(o) = &l.service {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            if let Some(o) = &l.deployment {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            info!(subscription = %owner.name, namespace = ns, module = %m, "drain finished; module removed");
+            publish(ctx, sub, EventType::Normal, "ModuleRemoved", &format!("{m}: drained and removed")).await;
+            continue;
+        }
+        requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
+        drain_footprints.push(footprint_of_live(m, &l));
+        let shown = format_instant(deadline, &plan.time_zone);
+        modules.push(status::draining_module(m, &l, &shown));
+        draining.push(format!("{m} until {shown}"));
+    }
+
+    // The quota covers what is enabled plus what is still draining.
+    if let Some(q) = render::quota_child(owner, plan, &drain_footprints) {
+        let current = ctx
+            .quotas
+            .get(&ObjectRef::new(q.name()).within(ns))
+            .filter(|o| apply::owned_by(&o.metadata, uid));
+        match apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current), uid).await {
+            Ok(_) => {}
+            Err(Error::NotOwned { kind, name }) => {
+                conflicts.push(format!("{kind} {name} exists and is not owned by this subscription"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let ready = if !conflicts.is_empty() {
+        (false, "ObjectConflict".to_string(), conflicts.join("; "))
+    } else if !progress.is_empty() || !draining.is_empty() {
+        let mut msg = progress.clone();
+        msg.extend(draining.iter().map(|d| format!("draining {d}")));
+        (false, "Progressing".to_string(), msg.join("; "))
+    } else {
+        (true, "Available".to_string(), format!("{} module(s) at or above their floor", plan.modules.len()))
+    };
+    let reconciling = if !draining.is_empty() {
+        Some(("Draining".to_string(), draining.iter().map(|d| format!("draining {d}")).collect::<Vec<_>>().join("; ")))
+    } else if !progress.is_empty() {
+        Some(("Progressing".to_string(), progress.join("; ")))
+    } else {
+        None
+    };
+    let stalled = (!conflicts.is_empty()).then(|| ("ObjectConflict".to_string(), conflicts.join("; ")));
+    Ok(Outcome {
+        modules,
+        ready,
+        reconciling,
+        stalled,
+        limited,
+        active_windows: plan.active_windows.clone(),
+        next_transition: plan.next_transition.map(|t| format_instant(t, &plan.time_zone)),
+        requeue,
+    })
+}
+
+/// What a draining module may still occupy, read from its live objects.
+fn footprint_of_live(module: &str, l: &LiveModule) -> Footprint {
+    let max = l
+        .hpa
+        .as_ref()
+        .map(|h| h.spec.max_replicas)
+        .or_else(|| l.deployment.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas))
+        .unwrap_or(1);
+    let resources = l
+        .deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.resources.clone());
+    Footprint::new(module, max, resources.as_ref()).unwrap_or(Footprint {
+        pods: max as i64 + capacity::surge(max),
+        ..Default::default()
+    })
+}
+
+fn build_status(
+    sub: &TenantSubscription,
+    old: &TenantSubscriptionStatus,
+    o: &Outcome,
+    now: Timestamp,
+) -> TenantSubscriptionStatus {
+    let generation = sub.metadata.generation;
+    let c = &old.conditions;
+    let (ready, ready_reason, ready_msg) = &o.ready;
+    let mut conditions = vec![status::condition(c, status::READY, *ready, ready_reason, ready_msg, generation, now)];
+    conditions.push(match &o.reconciling {
+        Some((reason, msg)) => status::condition(c, status::RECONCILING, true, reason, msg, generation, now),
+        None => status::condition(c, status::RECONCILING, false, "Reconciled", "", generation, now),
+    });
+    conditions.push(match &o.stalled {
+        Some((reason, msg)) => status::condition(c, status::STALLED, true, reason, msg, generation, now),
+        None => status::condition(c, status::STALLED, false, "Reconciled", "", generation, now),
+    });
+    conditions.push(if o.limited.is_empty() {
+        status::condition(c, status::CAPACITY_LIMITED, false, "WithinCeiling", "", generation, now)
+    } else {
+        status::condition(c, status::CAPACITY_LIMITED, true, "CeilingReached", &o.limited.join("; "), generation, now)
+    });
+    TenantSubscriptionStatus {
+        observed_generation: generation,
+        conditions,
+        active_windows: o.active_windows.clone(),
+        next_transition: o.next_transition.clone(),
+        modules: o.modules.clone(),
+    }
+}
+
+fn publish_metrics(ctx: &Context, sub: &TenantSubscription, o: &Outcome) {
+    let ns = sub.namespace().unwrap_or_default();
+    for m in &o.modules {
+        let labels = ModuleLabels {
+            namespace: ns.clone(),
+            subscription: sub.name_any(),
+            tenant: sub.spec.tenant_id.clone(),
+            module: m.name.clone(),
+        };
+        if m.state == Some(ModuleState::Active) {
+            ctx.metrics.max_replicas.get_or_create(&labels).set(m.max_replicas.unwrap_or(0) as i64);
+            ctx.metrics.min_replicas.get_or_create(&labels).set(m.min_replicas.unwrap_or(0) as i64);
+            ctx.metrics.ceiling_sessions.get_or_create(&labels).set(m.concurrency.unwrap_or(0));
+        }
+    }
+}
+
+/// Events on the transitions a human should hear about; none while nothing changes.
+async fn announce(ctx: &Context, sub: &TenantSubscription, old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) {
+    let before = status::reason_of(&old.conditions, status::READY);
+    let after = status::reason_of(&new.conditions, status::READY);
+    if before != after
+        && let Some(c) = new.conditions.iter().find(|c| c.type_ == status::READY)
+    {
+        let type_ = match c.reason.as_str() {
+            "Available" | "Progressing" | "Paused" => EventType::Normal,
+            _ => EventType::Warning,
+        };
+        publish(ctx, sub, type_, &c.reason, &c.message).await;
+    }
+    let limited = |s: &TenantSubscriptionStatus| {
+        s.conditions.iter().find(|c| c.type_ == status::CAPACITY_LIMITED && c.status == "True").map(|c| c.message.clone())
+    };
+    if let (None, Some(msg)) = (limited(old), limited(new)) {
+        publish(ctx, sub, EventType::Warning, "CapacityLimited", &msg).await;
+    }
+}
+
+fn publish<'a>(
+    ctx: &'a Context,
+    sub: &'a TenantSubscription,
+    type_: EventType,
+    reason: &'a str,
+    note: &'a str,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &sub.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        } else {
+            ctx.metrics.write("Event", "create");
+        }
+    })
+}

@@ -1,0 +1,16 @@
+//! Tenant Capacity Operator: turns one `TenantSubscription` per tenant into
+//! the Deployments, HorizontalPodAutoscalers, Services and ResourceQuota that
+//! give the tenant exactly the capacity it bought.
+//!
+//! The crate is a pipeline: [`api`] (custom resources) → [`capacity`] (pure
+//! capacity rules) → [`render`] (desired objects) → [`controller`] (watch,
+//! apply, status). The binary in `main.rs` is a thin command line over it.
+
+pub mod api;
+pub mod capacity;
+pub mod controller;
+pub mod metrics;
+pub mod preview;
+pub mod render;
+pub mod server;
+pub mod telemetry;

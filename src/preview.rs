@@ -1,0 +1,92 @@
+//! Offline preview (`render`): every object the operator would apply for a
+//! subscription, from YAML files, without a cluster.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::{
+    api::{ModuleProfile, TenantSubscription},
+    capacity,
+    render::{self, Owner},
+};
+
+/// Read every ModuleProfile from YAML files in a folder (or one file).
+pub fn load_profiles(path: &Path) -> anyhow::Result<Vec<ModuleProfile>> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            let p = entry?.path();
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for doc in documents(&text).with_context(|| format!("parsing {}", f.display()))? {
+            if doc.get("kind").and_then(|k| k.as_str()) == Some("ModuleProfile") {
+                out.push(serde_json::from_value(doc).with_context(|| format!("a ModuleProfile in {}", f.display()))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every YAML document of a stream, as JSON values (empty documents skipped).
+pub fn documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Read the subscriptions in a YAML file.
+pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let subs: Vec<TenantSubscription> = documents(&text)?
+        .into_iter()
+        .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("TenantSubscription"))
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("a TenantSubscription in {}", path.display()))?;
+    if subs.is_empty() {
+        bail!("{} holds no TenantSubscription", path.display());
+    }
+    Ok(subs)
+}
+
+/// The multi-document YAML of every object the operator would apply at `at`.
+pub fn render_yaml(sub: &TenantSubscription, profiles: &[ModuleProfile], at: Timestamp) -> anyhow::Result<String> {
+    let name = sub.name_any();
+    let lookup = |n: &str| profiles.iter().find(|p| p.name_any() == n).map(|p| &p.spec);
+    let plan = capacity::plan(&name, &sub.spec, lookup, &[], at).map_err(|errors| {
+        anyhow::anyhow!(
+            "subscription {name} cannot be applied:\n  {}",
+            errors.iter().map(|e| format!("{} ({})", e, e.reason())).collect::<Vec<_>>().join("\n  ")
+        )
+    })?;
+    let owner = Owner {
+        name: name.clone(),
+        namespace: sub.namespace().unwrap_or_else(|| "default".into()),
+        tenant_id: sub.spec.tenant_id.clone(),
+        reference: sub.metadata.uid.as_ref().and_then(|_| {
+            use kube::Resource;
+            sub.controller_owner_ref(&())
+        }),
+    };
+    let mut out = format!(
+        "# {name}: active windows [{}], next transition {}\n",
+        plan.active_windows.join(", "),
+        plan.next_transition.map(|t| capacity::window::format_instant(t, &plan.time_zone)).unwrap_or_else(|| "none".into())
+    );
+    for child in render::all_children(&owner, &plan) {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&child.to_value())?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,291 @@
+//! The Kubernetes objects a capacity plan stands for. Pure functions: the
+//! same plan always renders byte-identical objects.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+            MetricTarget, ResourceMetricSource,
+        },
+        core::v1::{
+            Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, Service,
+            ServicePort, ServiceSpec,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity as K8sQuantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use serde::Serialize;
+
+use crate::capacity::{CapacityPlan, Footprint, ModulePlan, MAX_SURGE_PERCENT, quota_hard};
+
+/// Field manager of every write, and value of the managed-by label.
+pub const MANAGER: &str = "tenant-capacity-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_SUBSCRIPTION: &str = "capacity.tenancy.dev/subscription";
+pub const LABEL_MODULE: &str = "capacity.tenancy.dev/module";
+pub const LABEL_TENANT: &str = "capacity.tenancy.dev/tenant";
+/// Hash of the rendered object, so a changed plan is told apart from drift.
+pub const ANNOTATION_HASH: &str = "capacity.tenancy.dev/spec-hash";
+/// Set on a module's Deployment when it starts draining (RFC 3339).
+pub const ANNOTATION_DRAINING_SINCE: &str = "capacity.tenancy.dev/draining-since";
+pub const QUOTA_SUFFIX: &str = "capacity";
+
+/// Who the children belong to.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub tenant_id: String,
+    /// Absent only in offline previews, where the subscription has no uid yet.
+    pub reference: Option<OwnerReference>,
+}
+
+/// One child object, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Child {
+    Deployment(Box<Deployment>),
+    Hpa(Box<HorizontalPodAutoscaler>),
+    Service(Box<Service>),
+    Quota(Box<ResourceQuota>),
+}
+
+impl Child {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Deployment(_) => "Deployment",
+            Self::Hpa(_) => "HorizontalPodAutoscaler",
+            Self::Service(_) => "Service",
+            Self::Quota(_) => "ResourceQuota",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        let meta = match self {
+            Self::Deployment(o) => &o.metadata,
+            Self::Hpa(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::Quota(o) => &o.metadata,
+        };
+        meta.name.as_deref().unwrap_or_default()
+    }
+
+    /// The object as the JSON body of an apply request.
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            Self::Deployment(o) => with_type(o.as_ref(), "apps/v1", "Deployment"),
+            Self::Hpa(o) => with_type(o.as_ref(), "autoscaling/v2", "HorizontalPodAutoscaler"),
+            Self::Service(o) => with_type(o.as_ref(), "v1", "Service"),
+            Self::Quota(o) => with_type(o.as_ref(), "v1", "ResourceQuota"),
+        }
+    }
+}
+
+fn with_type<T: Serialize>(o: &T, api_version: &str, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(o).expect("k8s objects serialize");
+    if let Some(map) = v.as_object_mut() {
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), kind.into());
+    }
+    v
+}
+
+pub fn child_name(subscription: &str, module: &str) -> String {
+    format!("{subscription}-{module}")
+}
+
+pub fn quota_name(subscription: &str) -> String {
+    format!("{subscription}-{QUOTA_SUFFIX}")
+}
+
+fn labels(owner: &Owner, module: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
+        (LABEL_SUBSCRIPTION.to_string(), owner.name.clone()),
+        (LABEL_TENANT.to_string(), owner.tenant_id.clone()),
+    ]);
+    if let Some(m) = module {
+        l.insert(LABEL_MODULE.to_string(), m.to_string());
+    }
+    l
+}
+
+fn selector(owner: &Owner, module: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_SUBSCRIPTION.to_string(), owner.name.clone()),
+        (LABEL_MODULE.to_string(), module.to_string()),
+    ])
+}
+
+fn meta(owner: &Owner, name: String, module: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(owner.namespace.clone()),
+        labels: Some(labels(owner, module)),
+        owner_references: owner.reference.clone().map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// FNV-1a: small, stable across releases and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Stamp the hash of the object's content into its annotations.
+fn stamp(child: Child) -> Child {
+    let hash = format!("{:016x}", fnv1a(child.to_value().to_string().as_bytes()));
+    let mut child = child;
+    let meta = match &mut child {
+        Child::Deployment(o) => &mut o.metadata,
+        Child::Hpa(o) => &mut o.metadata,
+        Child::Service(o) => &mut o.metadata,
+        Child::Quota(o) => &mut o.metadata,
+    };
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(ANNOTATION_HASH.to_string(), hash);
+    child
+}
+
+pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
+    let mut env = vec![
+        EnvVar { name: "TENANT_ID".into(), value: Some(owner.tenant_id.clone()), ..Default::default() },
+        EnvVar { name: "MODULE".into(), value: Some(m.name.clone()), ..Default::default() },
+    ];
+    if let Some(t) = &m.tier {
+        env.push(EnvVar { name: "TIER".into(), value: Some(t.clone()), ..Default::default() });
+    }
+    let container = Container {
+        name: m.name.clone(),
+        image: Some(m.image.clone()),
+        env: Some(env),
+        ports: m.port.map(|p| {
+            vec![ContainerPort { name: Some("rtc".into()), container_port: p, protocol: Some("TCP".into()), ..Default::default() }]
+        }),
+        resources: m.resources.clone(),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(owner, child_name(&owner.name, &m.name), Some(&m.name)),
+        spec: Some(DeploymentSpec {
+            // No replicas: the HPA owns the scale, so GitOps tools see no drift.
+            replicas: None,
+            selector: LabelSelector { match_labels: Some(selector(owner, &m.name)), ..Default::default() },
+            // Never take serving replicas away during a rollout: surge instead.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String(format!("{MAX_SURGE_PERCENT}%"))),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(owner, Some(&m.name))), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    termination_grace_period_seconds: m.termination_grace_period_seconds,
+                    node_selector: m.node_selector.clone(),
+                    tolerations: m.tolerations.clone(),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn hpa(owner: &Owner, m: &ModulePlan) -> HorizontalPodAutoscaler {
+    let resource = |name: &str, pct: i32| MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: name.into(),
+            target: MetricTarget { type_: "Utilization".into(), average_utilization: Some(pct), ..Default::default() },
+        }),
+        ..Default::default()
+    };
+    let mut metrics = vec![resource("cpu", m.scaling.cpu_utilization)];
+    if let Some(pct) = m.scaling.memory_utilization {
+        metrics.push(resource("memory", pct));
+    }
+    let name = child_name(&owner.name, &m.name);
+    HorizontalPodAutoscaler {
+        metadata: meta(owner, name.clone(), Some(&m.name)),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name,
+            },
+            min_replicas: Some(m.numbers.min_replicas),
+            max_replicas: m.numbers.max_replicas,
+            metrics: Some(metrics),
+            behavior: None,
+        },
+        status: None,
+    }
+}
+
+pub fn service(owner: &Owner, m: &ModulePlan) -> Option<Service> {
+    let port = m.port?;
+    Some(Service {
+        metadata: meta(owner, child_name(&owner.name, &m.name), Some(&m.name)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(owner, &m.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("rtc".into()),
+                port,
+                target_port: Some(IntOrString::String("rtc".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+pub fn quota(owner: &Owner, footprints: &[Footprint]) -> Option<ResourceQuota> {
+    let hard = quota_hard(footprints)?;
+    Some(ResourceQuota {
+        metadata: meta(owner, quota_name(&owner.name), None),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard.into_iter().map(|(k, v)| (k, K8sQuantity(v.to_string()))).collect()),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The children of one enabled module, in apply order.
+pub fn module_children(owner: &Owner, m: &ModulePlan) -> Vec<Child> {
+    let mut out = vec![Child::Deployment(Box::new(deployment(owner, m))), Child::Hpa(Box::new(hpa(owner, m)))];
+    if let Some(s) = service(owner, m) {
+        out.push(Child::Service(Box::new(s)));
+    }
+    out.into_iter().map(stamp).collect()
+}
+
+/// The quota, covering the plan's modules plus `extra` footprints (modules
+/// still draining).
+pub fn quota_child(owner: &Owner, plan: &CapacityPlan, extra: &[Footprint]) -> Option<Child> {
+    let mut footprints: Vec<Footprint> = plan.modules.iter().filter_map(|m| m.footprint().ok()).collect();
+    footprints.extend_from_slice(extra);
+    quota(owner, &footprints).map(|q| stamp(Child::Quota(Box::new(q))))
+}
+
+/// Every object of a plan (without draining modules): what `render` prints.
+pub fn all_children(owner: &Owner, plan: &CapacityPlan) -> Vec<Child> {
+    let mut out: Vec<Child> = plan.modules.iter().flat_map(|m| module_children(owner, m)).collect();
+    out.extend(quota_child(owner, plan, &[]));
+    out
+}
+
+#[cfg(test)]
+mod tests;

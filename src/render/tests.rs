@@ -1,0 +1,103 @@
+use super::*;
+use crate::capacity::{Numbers, plan};
+use crate::api::{ModuleProfileSpec, TenantSubscriptionSpec};
+use jiff::Timestamp;
+
+fn owner() -> Owner {
+    Owner {
+        name: "acme".into(),
+        namespace: "tenant-acme".into(),
+        tenant_id: "acme".into(),
+        reference: Some(OwnerReference {
+            api_version: "capacity.tenancy.dev/v1alpha1".into(),
+            kind: "TenantSubscription".into(),
+            name: "acme".into(),
+            uid: "1234".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }),
+    }
+}
+
+fn sample(concurrency: i64) -> CapacityPlan {
+    let profile: ModuleProfileSpec = serde_saphyr::from_str(
+        "{image: video:1, port: 8443, sessionsPerReplica: 40, resources: {requests: {cpu: '1'}}, scaling: {cpuUtilization: 65}}",
+    )
+    .unwrap();
+    let im: ModuleProfileSpec = serde_saphyr::from_str("{image: im:1, sessionsPerReplica: 1000, resources: {requests: {cpu: '1'}}}").unwrap();
+    let spec: TenantSubscriptionSpec = serde_saphyr::from_str(&format!(
+        "{{tenantId: acme, modules: [{{name: video-call, concurrency: {concurrency}}}, {{name: real-time-messaging, concurrency: 100}}]}}"
+    ))
+    .unwrap();
+    plan("acme", &spec, |n| if n == "video-call" { Some(&profile) } else { Some(&im) }, &[], Timestamp::UNIX_EPOCH).unwrap()
+}
+
+#[test]
+fn every_child_is_labelled_named_and_owned() {
+    let children = all_children(&owner(), &sample(1000));
+    let kinds: Vec<(&str, &str)> = children.iter().map(|c| (c.kind(), c.name())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("Deployment", "acme-video-call"),
+            ("HorizontalPodAutoscaler", "acme-video-call"),
+            ("Service", "acme-video-call"),
+            ("Deployment", "acme-real-time-messaging"),
+            ("HorizontalPodAutoscaler", "acme-real-time-messaging"),
+            ("ResourceQuota", "acme-capacity"),
+        ]
+    );
+    for c in &children {
+        let v = c.to_value();
+        let labels = &v["metadata"]["labels"];
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGER);
+        assert_eq!(labels[LABEL_SUBSCRIPTION], "acme");
+        assert_eq!(labels.get(LABEL_MODULE).is_none(), c.kind() == "ResourceQuota", "{}", c.kind());
+        assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "1234");
+        assert_eq!(v["metadata"]["namespace"], "tenant-acme");
+        assert!(v["metadata"]["annotations"][ANNOTATION_HASH].is_string());
+    }
+}
+
+#[test]
+fn deployment_leaves_replicas_to_the_hpa() {
+    let children = all_children(&owner(), &sample(1000));
+    let d = children[0].to_value();
+    assert!(d["spec"].get("replicas").is_none());
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8443);
+    let h = children[1].to_value();
+    assert_eq!(h["spec"]["maxReplicas"], 25);
+    assert_eq!(h["spec"]["minReplicas"], 1);
+    assert_eq!(h["spec"]["scaleTargetRef"]["name"], "acme-video-call");
+    assert_eq!(h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 65);
+}
+
+#[test]
+fn quota_covers_both_modules() {
+    let children = all_children(&owner(), &sample(1000));
+    let q = children.last().unwrap().to_value();
+    // video 25 + 7 surge, messaging 1 + 1 surge
+    assert_eq!(q["spec"]["hard"]["pods"], "34");
+    assert_eq!(q["spec"]["hard"]["requests.cpu"], "34");
+}
+
+#[test]
+fn rendering_is_deterministic_and_the_hash_follows_content() {
+    let a = all_children(&owner(), &sample(1000));
+    let b = all_children(&owner(), &sample(1000));
+    assert_eq!(a, b);
+    let c = all_children(&owner(), &sample(2000));
+    let hash = |x: &Child| x.to_value()["metadata"]["annotations"][ANNOTATION_HASH].clone();
+    assert_eq!(hash(&a[0]), hash(&c[0]), "the Deployment does not depend on concurrency");
+    assert_ne!(hash(&a[1]), hash(&c[1]), "the HPA does");
+    let p = sample(2000);
+    assert_eq!(p.modules[0].numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 1 });
+}
+
+#[test]
+fn no_port_no_service() {
+    let p = sample(10);
+    let children = module_children(&owner(), &p.modules[1]);
+    assert!(children.iter().all(|c| c.kind() != "Service"));
+}

@@ -1,0 +1,399 @@
+//! Self-checks of the local control plane started by `hack/cluster.sh up`.
+//!
+//! They drive the real cluster through `kubectl` (found on PATH after
+//! `eval "$(hack/cluster.sh env)"`, which also sets KUBECONFIG) and use only
+//! std. Without KUBECONFIG they fail: a missing cluster must never look like a
+//! pass. Every test works in its own namespace, deleted at the end.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(500);
+const KWOK_TOLERATION: &str = r#"
+      tolerations:
+      - key: kwok.x-k8s.io/node
+        operator: Equal
+        value: fake
+        effect: NoSchedule"#;
+
+/// Fails the test unless the environment points at a cluster.
+fn require_cluster() {
+    match std::env::var_os("KUBECONFIG") {
+        Some(path) if !path.is_empty() => {
+            assert!(
+                std::path::Path::new(&path).is_file(),
+                "KUBECONFIG={} does not exist: start the cluster with `hack/cluster.sh up` \
+                 (or run the whole suite with hack/test.sh)",
+                path.to_string_lossy()
+            );
+        }
+        _ => panic!(
+            "KUBECONFIG is not set: these tests need the local cluster. Run \
+             `hack/cluster.sh up && eval \"$(hack/cluster.sh env)\"` first, or use hack/test.sh"
+        ),
+    }
+}
+
+fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--request-timeout=20s").args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run kubectl ({e}); put it on PATH with `eval \"$(hack/cluster.sh env)\"`")
+    });
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("kubectl stdin")
+            .write_all(input.as_bytes())
+            .expect("write to kubectl stdin");
+    }
+    child.wait_with_output().expect("wait for kubectl")
+}
+
+/// Runs kubectl and returns its stdout, failing the test if it fails.
+fn kubectl(args: &[&str]) -> String {
+    let out = run_kubectl(args, None);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs kubectl and returns stdout only if it succeeded (for polling).
+fn try_kubectl(args: &[&str]) -> Result<String, String> {
+    let out = run_kubectl(args, None);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn apply(namespace: &str, manifest: &str) {
+    let out = run_kubectl(&["apply", "-n", namespace, "-f", "-"], Some(manifest));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n---\n{manifest}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `probe` every POLL until it yields a value, or fails after `timeout`
+/// with `what` and the last observation.
+fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) => {
+                if start.elapsed() >= timeout {
+                    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A namespace of its own for one test; deleted when dropped (also on panic).
+struct TestNamespace(String);
+
+impl TestNamespace {
+    fn new(test: &str) -> Self {
+        require_cluster();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!(
+            "selfcheck-{test}-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos % 100_000
+        );
+        assert!(name.len() <= 63, "namespace name too long: {name}");
+        kubectl(&["create", "namespace", &name]);
+        // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+        wait_until("the namespace's default ServiceAccount", TIMEOUT, || {
+            try_kubectl(&["get", "serviceaccount", "default", "-n", &name]).map(|_| ())
+        });
+        TestNamespace(name)
+    }
+
+    fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let out = run_kubectl(
+            &["delete", "namespace", &self.0, "--wait=false", "--ignore-not-found"],
+            None,
+        );
+        if !out.status.success() {
+            eprintln!(
+                "warning: could not delete namespace {}: {}",
+                self.0,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn fake_nodes() -> BTreeSet<String> {
+    let out = kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}{"\t"}{.metadata.annotations.kwok\.x-k8s\.io/node}{"\n"}{end}"#,
+    ]);
+    let nodes: BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, fake)| *fake == "fake")
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    assert!(!nodes.is_empty(), "no kwok fake nodes in the cluster:\n{out}");
+    nodes
+}
+
+/// Extracts the string value of `"key": "..."` at or after `from` in JSON text.
+fn json_string_after(json: &str, from: usize, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\"");
+    let at = from + json[from..].find(&needle)? + needle.len();
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// Parses a CPU quantity as printed by kubectl ("800m", "1", "12n") into millicores.
+fn millicores(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let (num, scale) = if let Some(n) = q.strip_suffix('m') {
+        (n, 1.0)
+    } else if let Some(n) = q.strip_suffix('u') {
+        (n, 1e-3)
+    } else if let Some(n) = q.strip_suffix('n') {
+        (n, 1e-6)
+    } else {
+        (q, 1000.0)
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+#[test]
+fn server_version_matches_pinned_kubernetes() {
+    require_cluster();
+    let versions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/versions.env"))
+        .expect("read hack/versions.env");
+    let pinned = versions
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("K8S_VERSION="))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("K8S_VERSION in hack/versions.env");
+
+    let json = kubectl(&["version", "-o", "json"]);
+    let server = json.find("\"serverVersion\"").unwrap_or_else(|| panic!("no serverVersion in:\n{json}"));
+    let git_version = json_string_after(&json, server, "gitVersion")
+        .unwrap_or_else(|| panic!("no serverVersion.gitVersion in:\n{json}"));
+    assert_eq!(git_version, pinned, "server version differs from hack/versions.env");
+}
+
+#[test]
+fn deployment_pods_run_on_fake_nodes() {
+    let ns = TestNamespace::new("deploy");
+    let nodes = fake_nodes();
+    apply(
+        ns.name(),
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: web
+        image: registry.invalid/web:1
+        resources:
+          requests: {{cpu: 100m, memory: 64Mi}}{KWOK_TOLERATION}
+"#
+        ),
+    );
+    wait_until("2 Running pods of deployment web on fake nodes", TIMEOUT, || {
+        let out = try_kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            ns.name(),
+            "-l",
+            "app=web",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+        ])?;
+        let pods: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+        let good = pods
+            .iter()
+            .filter(|p| p.len() == 3 && nodes.contains(p[1]) && p[2] == "Running")
+            .count();
+        if pods.len() == 2 && good == 2 {
+            Ok(())
+        } else {
+            Err(format!("{out:?} (fake nodes: {nodes:?})"))
+        }
+    });
+}
+
+#[test]
+fn resource_quota_tracks_usage() {
+    let ns = TestNamespace::new("quota");
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: ResourceQuota
+metadata:
+  name: quota
+spec:
+  hard:
+    pods: "10"
+    requests.cpu: "4"
+    requests.memory: 8Gi
+"#,
+    );
+    let quota = |path: &str| {
+        try_kubectl(&["get", "resourcequota", "quota", "-n", ns.name(), "-o", &format!("jsonpath={path}")])
+    };
+    // Until the quota controller has filled in status, admission rejects pods.
+    wait_until("ResourceQuota status.hard", TIMEOUT, || {
+        let hard = quota("{.status.hard.pods}")?;
+        if hard == "10" { Ok(()) } else { Err(format!("status.hard.pods={hard:?}")) }
+    });
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: worker
+spec:
+  containers:
+  - name: worker
+    image: registry.invalid/worker:1
+    resources:
+      requests: {cpu: 250m, memory: 128Mi}
+      limits: {cpu: 250m, memory: 128Mi}
+  tolerations:
+  - key: kwok.x-k8s.io/node
+    operator: Equal
+    value: fake
+    effect: NoSchedule
+"#,
+    );
+    wait_until("ResourceQuota status.used to count the pod", TIMEOUT, || {
+        let used = quota(r#"{.status.used.pods} {.status.used.requests\.cpu} {.status.used.requests\.memory}"#)?;
+        if used == "1 250m 128Mi" { Ok(()) } else { Err(format!("status.used={used:?}")) }
+    });
+}
+
+#[test]
+fn garbage_collector_deletes_dependents() {
+    let ns = TestNamespace::new("gc");
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: owner
+data: {role: owner}
+"#,
+    );
+    let uid = kubectl(&["get", "configmap", "owner", "-n", ns.name(), "-o", "jsonpath={.metadata.uid}"]);
+    assert!(!uid.is_empty(), "owner ConfigMap has no uid");
+    apply(
+        ns.name(),
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: dependent
+  ownerReferences:
+  - apiVersion: v1
+    kind: ConfigMap
+    name: owner
+    uid: {uid}
+data: {{role: dependent}}
+"#
+        ),
+    );
+    kubectl(&["delete", "configmap", "owner", "-n", ns.name(), "--wait=true"]);
+    wait_until("the garbage collector to delete the dependent ConfigMap", TIMEOUT, || {
+        match try_kubectl(&["get", "configmap", "dependent", "-n", ns.name(), "-o", "name"]) {
+            Err(e) if e.contains("NotFound") || e.contains("not found") => Ok(()),
+            Err(e) => Err(e),
+            Ok(out) => Err(format!("still present: {}", out.trim())),
+        }
+    });
+}
+
+#[test]
+fn top_pods_reports_annotated_cpu_usage() {
+    let ns = TestNamespace::new("top");
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: busy
+  annotations:
+    kwok.x-k8s.io/usage-cpu: 800m
+    kwok.x-k8s.io/usage-memory: 300Mi
+spec:
+  containers:
+  - name: busy
+    image: registry.invalid/busy:1
+    resources:
+      requests: {cpu: "1", memory: 512Mi}
+  tolerations:
+  - key: kwok.x-k8s.io/node
+    operator: Equal
+    value: fake
+    effect: NoSchedule
+"#,
+    );
+    wait_until("pod busy Running", TIMEOUT, || {
+        let phase = try_kubectl(&["get", "pod", "busy", "-n", ns.name(), "-o", "jsonpath={.status.phase}"])?;
+        if phase == "Running" { Ok(()) } else { Err(format!("phase={phase:?}")) }
+    });
+    // metrics-server needs two scrapes (10s apart) to compute a CPU rate.
+    let cpu = wait_until("kubectl top pods to report ~800m for pod busy", TIMEOUT, || {
+        let out = try_kubectl(&["top", "pods", "-n", ns.name(), "--no-headers"])?;
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("busy"))
+            .ok_or_else(|| format!("no line for busy in {out:?}"))?;
+        let cpu_col = line.split_whitespace().nth(1).unwrap_or_default();
+        let cpu = millicores(cpu_col).ok_or_else(|| format!("unparsable CPU in {line:?}"))?;
+        if (700.0..=900.0).contains(&cpu) { Ok(cpu) } else { Err(format!("{line:?}")) }
+    });
+    assert!((700.0..=900.0).contains(&cpu));
+}
