@@ -41,7 +41,9 @@ pub fn load_profiles(path: &Path) -> anyhow::Result<Vec<ModuleProfile>> {
 
 /// Every YAML document of a stream, as JSON values (empty documents skipped).
 pub fn documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)?;
+    // YAML 1.2 booleans only: `y` or `no` stay strings, as in a namespace named "no".
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(text, options)?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 

@@ -1,0 +1,152 @@
+//! The command line: `crd`, `render` offline, and `run` serving metrics and
+//! health probes while reconciling against the local cluster.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run the binary")
+}
+
+#[test]
+fn crd_prints_the_committed_crds() {
+    let out = run(&["crd"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(format!("{ROOT}/crds/crds.yaml")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+}
+
+#[test]
+fn render_previews_every_example_offline() {
+    let profiles = format!("{ROOT}/examples/profiles");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(format!("{ROOT}/examples/subscriptions")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = run(&["render", "-f", path.to_str().unwrap(), "--profiles", &profiles, "--at", "2026-07-15T12:00:00Z"]);
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert!(kinds.contains(&"Deployment") && kinds.contains(&"HorizontalPodAutoscaler"), "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == "ResourceQuota").count(), 1);
+        seen += 1;
+    }
+    assert_eq!(seen, 4);
+    // The education tenant in its summer holiday: video 200% of 1000 at 40 per replica.
+    let out = run(&[
+        "render", "-f", &format!("{ROOT}/examples/subscriptions/online-education.yaml"), "--profiles", &profiles,
+        "--at", "2026-07-15T04:00:00Z",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("# edu: active windows [summer-holiday], next transition 2026-07-15T18:00:00+08:00"), "{text}");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let hpa = docs.iter().find(|d| d["kind"] == "HorizontalPodAutoscaler" && d["metadata"]["name"] == "edu-video-call").unwrap();
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(25), Some(50)));
+}
+
+#[test]
+fn render_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub.yaml");
+    std::fs::write(
+        &sub,
+        "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {name: x, namespace: y}\nspec: {tenantId: x, modules: [{name: hologram, concurrency: 5}, {name: video-call, concurrency: 5, tier: 8k}]}\n",
+    )
+    .unwrap();
+    let out = run(&["render", "-f", sub.to_str().unwrap(), "--profiles", &format!("{ROOT}/examples/profiles")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hologram: ModuleProfile \"hologram\" not found (ProfileNotFound)"), "{err}");
+    assert!(err.contains("video-call: tier \"8k\" not offered (available: hd, sd, uhd) (TierNotFound)"), "{err}");
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_health_and_metrics_and_reconciles() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "cli").await;
+    let module = unique("im");
+    apply_yaml(&client, None, &profile_yaml(&module, "")).await;
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+        .args(["--namespace", &ns.name, "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The bound addresses are logged (port 0 picks free ports).
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .ok()
+        .into_iter()
+        .chain(rx.iter())
+        .find(|l| l.contains("serving metrics and health probes"))
+        .expect("startup log line");
+    let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let metrics = log["fields"]["metrics"].as_str().unwrap().to_string();
+    let health = log["fields"]["health"].as_str().unwrap().to_string();
+
+    assert_eq!(http_get(&health, "/healthz").map(|r| r.0), Some(200));
+    wait_for("readyz 200", Duration::from_secs(30), || async { (http_get(&health, "/readyz")?.0 == 200).then_some(()) }).await;
+
+    apply_yaml(
+        &client,
+        Some(&ns.name),
+        &format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: c}}\nspec: {{tenantId: c, modules: [{{name: {module}, concurrency: 100}}]}}"
+        ),
+    )
+    .await;
+    let want = format!("tenant_capacity_module_max_replicas{{namespace=\"{}\",subscription=\"c\",tenant=\"c\",module=\"{module}\"}} 3", ns.name);
+    let body = wait_for("per-module capacity metric", Duration::from_secs(30), || async {
+        let (code, body) = http_get(&metrics, "/metrics")?;
+        (code == 200 && body.contains(&want)).then_some(body)
+    })
+    .await;
+    assert!(body.contains("tenant_capacity_reconciliations_total"));
+    assert!(body.contains("tenant_capacity_reconcile_duration_seconds_bucket"));
+    assert!(body.contains("tenant_capacity_api_writes_total{kind=\"Deployment\",verb=\"apply\"}"));
+
+    unsafe { libc_kill(child.id() as i32) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful exit on SIGTERM, got {status}");
+    ns.delete().await;
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+unsafe fn libc_kill(pid: i32) {
+    unsafe {
+        kill(pid, 15);
+    }
+}

@@ -1,0 +1,202 @@
+//! Helpers for tests against the real local control plane (hack/cluster.sh).
+#![allow(dead_code)]
+
+use std::{
+    fmt::Debug,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    core::GroupVersionKind,
+    discovery::ApiResource,
+    runtime::wait::{await_condition, conditions},
+};
+use serde::de::DeserializeOwned;
+use tenant_capacity_operator::{api, controller, metrics::Metrics, server::Readiness};
+
+pub const TEST_MANAGER: &str = "integration-test";
+
+/// A client for the cluster named by KUBECONFIG. Fails loudly without one:
+/// these tests must never pass by skipping.
+pub async fn client() -> Client {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: start the local cluster with hack/cluster.sh up and eval \"$(hack/cluster.sh env)\" (hack/test.sh does both)"
+    );
+    Client::try_default().await.expect("connect to the cluster in KUBECONFIG")
+}
+
+/// Install (or update) the CRDs and wait until they are served.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
+            .await
+            .expect("CRD established in time")
+            .expect("watch CRD");
+    }
+}
+
+/// A unique, short name for this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    format!("{prefix}-{}-{t}{n}", std::process::id() % 10_000)
+}
+
+/// A namespace that lives for one test.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = unique(prefix);
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        Self { name, client: client.clone() }
+    }
+
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// The operator, running in this process, watching one namespace.
+pub struct Operator {
+    pub metrics: Metrics,
+    handle: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Operator {
+    pub fn start(client: &Client, namespace: &str) -> Self {
+        Self::start_with(client, namespace, Duration::from_secs(300))
+    }
+
+    pub fn start_with(client: &Client, namespace: &str, resync: Duration) -> Self {
+        let metrics = Metrics::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let settings = controller::Settings { namespace: Some(namespace.to_string()), resync, concurrency: 8 };
+        let fut = controller::run(client.clone(), settings, metrics.clone(), Readiness::default(), async move {
+            let _ = rx.await;
+        });
+        Self { metrics, handle: tokio::spawn(fut), stop: Some(tx) }
+    }
+
+    /// Stop gracefully and wait until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.handle).await;
+        self.handle.abort();
+    }
+
+    /// Writes the operator made, by its own count.
+    pub fn writes(&self) -> u64 {
+        let text = self.metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with("tenant_capacity_api_writes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    pub fn reconciliations(&self) -> u64 {
+        self.metrics.reconciliations.get()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Poll `check` until it returns `Some`, failing with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Server-side apply a YAML document (any kind) as the test's own field manager.
+pub async fn apply_yaml(client: &Client, namespace: Option<&str>, yaml: &str) -> DynamicObject {
+    let value: serde_json::Value = serde_saphyr::from_str(yaml).expect("valid YAML");
+    try_apply(client, namespace, &value).await.expect("apply")
+}
+
+pub async fn try_apply(client: &Client, namespace: Option<&str>, value: &serde_json::Value) -> Result<DynamicObject, kube::Error> {
+    let api_version = value["apiVersion"].as_str().expect("apiVersion");
+    let kind = value["kind"].as_str().expect("kind");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = match (caps.scope, namespace) {
+        (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    let name = value["metadata"]["name"].as_str().expect("metadata.name");
+    api.patch(name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(value)).await
+}
+
+pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+pub async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns).get_opt(name).await.expect("get")
+}
+
+/// Run kubectl (on PATH from `hack/cluster.sh env`) and return stdout.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl").args(args).output().expect("run kubectl (is it on PATH?)");
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A ModuleProfile with a unique name, tolerating the fake nodes' taint.
+pub fn profile_yaml(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: capacity.tenancy.dev/v1alpha1
+kind: ModuleProfile
+metadata: {{name: {name}}}
+spec:
+  image: registry.example.com/rtc/{name}:1.0
+  sessionsPerReplica: 40
+  minReplicas: 1
+  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
+  tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
+{extra}
+"#
+    )
+}

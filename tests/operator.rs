@@ -1,0 +1,531 @@
+//! The operator against the real local control plane: objects, numbers,
+//! plan changes, drains, garbage collection, drift and bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
+    core::v1::{ResourceQuota, Service},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use tenant_capacity_operator::api::{ModuleState, TenantSubscription};
+
+const T: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    client: Client,
+    ns: TestNamespace,
+    video: String,
+    im: String,
+    operator: Operator,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let video = unique("video");
+        let im = unique("im");
+        apply_yaml(
+            &client,
+            None,
+            &profile_yaml(
+                &video,
+                "  port: 8443\n  scaling: {cpuUtilization: 65}\n  tiers: {sd: {sessionsPerReplica: 60}, uhd: {sessionsPerReplica: 15}}",
+            ),
+        )
+        .await;
+        apply_yaml(&client, None, &profile_yaml(&im, "  minReplicas: 2")).await;
+        let operator = Operator::start(&client, &ns.name);
+        Self { client, ns, video, im, operator }
+    }
+
+    fn subs(&self) -> Api<TenantSubscription> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    async fn apply_sub(&self, name: &str, spec: &str) -> TenantSubscription {
+        let yaml = format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+        );
+        apply_yaml(&self.client, Some(&self.ns.name), &yaml).await;
+        self.subs().get(name).await.unwrap()
+    }
+
+    async fn get<K>(&self, name: &str) -> Option<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        get_opt::<K>(&self.client, &self.ns.name, name).await
+    }
+
+    /// Wait until the subscription's status describes its current generation
+    /// and `check` holds.
+    async fn wait_status(&self, name: &str, what: &str, check: impl Fn(&TenantSubscription) -> bool) -> TenantSubscription {
+        wait_for(what, T, || async {
+            let s = self.subs().get(name).await.ok()?;
+            let st = s.status.as_ref()?;
+            (st.observed_generation == s.metadata.generation && check(&s)).then_some(s)
+        })
+        .await
+    }
+
+    async fn hpa_numbers(&self, name: &str) -> Option<(i32, i32)> {
+        let h: HorizontalPodAutoscaler = self.get(name).await?;
+        Some((h.spec.min_replicas.unwrap_or(1), h.spec.max_replicas))
+    }
+
+    async fn quota_hard(&self, sub: &str, key: &str) -> Option<String> {
+        let q: ResourceQuota = self.get(&format!("{sub}-capacity")).await?;
+        q.spec?.hard?.get(key).map(|v| v.0.clone())
+    }
+
+    async fn finish(self) {
+        self.operator.stop().await;
+        self.ns.delete().await;
+    }
+}
+
+fn condition<'a>(s: &'a TenantSubscription, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn is(s: &TenantSubscription, type_: &str, status: &str, reason: &str) -> bool {
+    condition(s, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_becomes_children_with_the_right_numbers() {
+    let f = Fixture::new("core").await;
+    let spec = format!(
+        "  tenantId: acme\n  modules:\n    - {{name: {v}, concurrency: 1000}}\n    - {{name: {v2}, concurrency: 90, tier: uhd}}\n    - {{name: {im}, concurrency: 100}}\n",
+        v = f.video,
+        v2 = f.video,
+        im = f.im
+    );
+    // Duplicate module names are refused by the schema (list-map key), so use two subscriptions instead.
+    let bad = f.subs().get("acme").await.ok();
+    assert!(bad.is_none());
+    let dup_err = try_apply(
+        &f.client,
+        Some(&f.ns.name),
+        &serde_saphyr::from_str::<serde_json::Value>(&format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: acme}}\nspec:\n{spec}"
+        ))
+        .unwrap(),
+    )
+    .await
+    .expect_err("duplicate module names are refused");
+    assert!(dup_err.to_string().contains("spec.modules[1]"), "{dup_err}");
+
+    let sub = f
+        .apply_sub("acme", &format!("  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 1000}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im))
+        .await;
+    let video = format!("acme-{}", f.video);
+    let im = format!("acme-{}", f.im);
+
+    let s = f
+        .wait_status("acme", "acme Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
+    let st = s.status.unwrap();
+    assert_eq!(st.observed_generation, sub.metadata.generation);
+    for c in ["Ready", "Reconciling", "Stalled", "CapacityLimited"] {
+        assert!(st.conditions.iter().any(|x| x.type_ == c), "condition {c} missing");
+    }
+    let vm = st.modules.iter().find(|m| m.name == f.video).unwrap();
+    assert_eq!(vm.state, Some(ModuleState::Active));
+    // ⌈1000 / 40⌉ = 25 replicas; floor = profile minimum 1.
+    assert_eq!((vm.min_replicas, vm.max_replicas, vm.concurrency), (Some(1), Some(25), Some(1000)));
+    assert!(vm.ready_replicas.unwrap_or(0) >= 1);
+
+    // HPA: numbers and CPU target from the profile.
+    let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
+    assert_eq!((h.spec.min_replicas, h.spec.max_replicas), (Some(1), 25));
+    let target = h.spec.metrics.as_ref().unwrap()[0].resource.as_ref().unwrap().target.average_utilization;
+    assert_eq!(target, Some(65));
+    assert_eq!(h.spec.scale_target_ref.name, video);
+    // messaging: ⌈100/40⌉ = 3, floor is the profile's minReplicas 2.
+    assert_eq!(f.hpa_numbers(&im).await, Some((2, 3)));
+
+    // Service only for the module with a port.
+    let svc: Service = f.get(&video).await.expect("video Service");
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8443);
+    assert!(f.get::<Service>(&im).await.is_none());
+
+    // Labels and owner references on every child; the quota has no module label.
+    let d: Deployment = f.get(&video).await.unwrap();
+    let labels = d.labels();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "tenant-capacity-operator");
+    assert_eq!(labels["capacity.tenancy.dev/subscription"], "acme");
+    assert_eq!(labels["capacity.tenancy.dev/module"], f.video);
+    assert_eq!(d.owner_references()[0].uid, sub.metadata.uid.clone().unwrap());
+    // The operator never owns spec.replicas: the HPA does the scaling.
+    let ours = d.metadata.managed_fields.iter().flatten().find(|m| m.manager.as_deref() == Some("tenant-capacity-operator")).unwrap();
+    let owned = serde_json::to_string(&ours.fields_v1).unwrap();
+    assert!(!owned.contains("f:replicas"), "operator owns spec.replicas: {owned}");
+
+    // Quota: (25 + 7 surge) + (3 + 1 surge) pods, at 100m/64Mi requests and 200m/128Mi limits each.
+    let q: ResourceQuota = f.get("acme-capacity").await.unwrap();
+    assert!(!q.labels().contains_key("capacity.tenancy.dev/module"));
+    let hard = q.spec.unwrap().hard.unwrap();
+    assert_eq!(hard["pods"].0, "36");
+    assert_eq!(hard["requests.cpu"].0, "3600m");
+    assert_eq!(hard["limits.memory"].0, "4608Mi");
+    // The quota controller accounts the running pods against it.
+    wait_for("quota used", T, || async {
+        let q: ResourceQuota = f.get("acme-capacity").await?;
+        let used = q.status?.used?;
+        (used.get("pods")?.0 != "0").then_some(())
+    })
+    .await;
+
+    // Printer columns.
+    let table = kubectl(&["get", "tsub", "-n", &f.ns.name]);
+    let header = table.lines().next().unwrap();
+    for col in ["NAME", "TENANT", "PLAN", "READY", "REASON", "WINDOWS", "AGE"] {
+        assert!(header.contains(col), "column {col} missing in {header}");
+    }
+    assert!(table.contains("acme") && table.contains("Available"), "{table}");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_changes_update_in_place_and_new_modules_appear() {
+    let f = Fixture::new("change").await;
+    let video = format!("t-{}", f.video);
+    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    f.wait_status("t", "first plan applied", |s| s.status.as_ref().is_some_and(|st| !st.modules.is_empty())).await;
+    wait_for("HPA 1..10", T, || async { (f.hpa_numbers(&video).await? == (1, 10)).then_some(()) }).await;
+    let hpa_uid = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.uid;
+    assert_eq!(f.quota_hard("t", "pods").await.as_deref(), Some("13"));
+
+    // Upgrade: more concurrency.
+    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800}}\n", f.video)).await;
+    wait_for("HPA max 20", T, || async { (f.hpa_numbers(&video).await? == (1, 20)).then_some(()) }).await;
+    wait_for("quota 25 pods", T, || async { (f.quota_hard("t", "pods").await? == "25").then_some(()) }).await;
+    // Tier switch: uhd serves 15 per replica → ⌈800/15⌉ = 54.
+    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800, tier: uhd}}\n", f.video)).await;
+    wait_for("HPA max 54", T, || async { (f.hpa_numbers(&video).await? == (1, 54)).then_some(()) }).await;
+    let same = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.uid;
+    assert_eq!(same, hpa_uid, "the HPA is updated in place, not replaced");
+
+    // A new module gets its objects; the quota grows to cover it.
+    f.apply_sub(
+        "t",
+        &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800, tier: uhd}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
+    )
+    .await;
+    let im = format!("t-{}", f.im);
+    wait_for("messaging objects", T, || async {
+        f.get::<Deployment>(&im).await?;
+        (f.hpa_numbers(&im).await? == (2, 3)).then_some(())
+    })
+    .await;
+    // 54 + 14 surge + 3 + 1 surge
+    wait_for("quota 72 pods", T, || async { (f.quota_hard("t", "pods").await? == "72").then_some(()) }).await;
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_off_module_drains_then_only_its_objects_go() {
+    let f = Fixture::new("drain").await;
+    let video = format!("d-{}", f.video);
+    let im = format!("d-{}", f.im);
+    let both = |video_enabled: bool| {
+        format!(
+            "  tenantId: d\n  downgrade: {{drainSeconds: 6}}\n  modules:\n    - {{name: {}, concurrency: 400, enabled: {video_enabled}}}\n    - {{name: {}, concurrency: 100}}\n",
+            f.video, f.im
+        )
+    };
+    f.apply_sub("d", &both(true)).await;
+    f.wait_status("d", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    assert_eq!(f.quota_hard("d", "pods").await.as_deref(), Some("17")); // 10+3 and 3+1
+
+    f.apply_sub("d", &both(false)).await;
+    let s = f
+        .wait_status("d", "video Draining", |s| {
+            s.status.as_ref().unwrap().modules.iter().any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
+        })
+        .await;
+    let m = s.status.as_ref().unwrap().modules.iter().find(|m| m.name == f.video).unwrap().clone();
+    assert!(m.drain_deadline.is_some());
+    assert!(is(&s, "Reconciling", "True", "Draining"));
+    // While draining: still serving, quota kept.
+    assert!(f.get::<Deployment>(&video).await.is_some());
+    assert!(f.get::<Service>(&video).await.is_some());
+    assert_eq!(f.quota_hard("d", "pods").await.as_deref(), Some("17"));
+    let drained_at = std::time::Instant::now();
+
+    wait_for("video objects removed", T, || async {
+        let gone = f.get::<Deployment>(&video).await.is_none()
+            && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
+            && f.get::<Service>(&video).await.is_none();
+        gone.then_some(())
+    })
+    .await;
+    assert!(drained_at.elapsed() >= Duration::from_secs(3), "removed before the drain ended");
+    // Only its objects: messaging stays; the quota shrinks to messaging alone.
+    assert!(f.get::<Deployment>(&im).await.is_some());
+    wait_for("quota 4 pods", T, || async { (f.quota_hard("d", "pods").await? == "4").then_some(()) }).await;
+    let s = f.wait_status("d", "Ready again", |s| is(s, "Ready", "True", "Available")).await;
+    assert!(s.status.unwrap().modules.iter().all(|m| m.name != f.video));
+
+    // Removing a module from the list drains it the same way.
+    f.apply_sub("d", &format!("  tenantId: d\n  downgrade: {{drainSeconds: 2}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    wait_for("video back", T, || async { f.get::<Deployment>(&video).await }).await;
+    wait_for("messaging removed", T, || async { f.get::<Deployment>(&im).await.is_none().then_some(()) }).await;
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_subscription_collects_every_child() {
+    let f = Fixture::new("gc").await;
+    let video = format!("g-{}", f.video);
+    f.apply_sub("g", &format!("  tenantId: g\n  modules:\n    - {{name: {}, concurrency: 100}}\n", f.video)).await;
+    wait_for("children", T, || async {
+        f.get::<Deployment>(&video).await?;
+        f.get::<HorizontalPodAutoscaler>(&video).await?;
+        f.get::<Service>(&video).await?;
+        f.get::<ResourceQuota>("g-capacity").await
+    })
+    .await;
+    f.subs().delete("g", &DeleteParams::default()).await.unwrap();
+    wait_for("garbage collection", Duration::from_secs(90), || async {
+        let gone = f.get::<Deployment>(&video).await.is_none()
+            && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
+            && f.get::<Service>(&video).await.is_none()
+            && f.get::<ResourceQuota>("g-capacity").await.is_none();
+        gone.then_some(())
+    })
+    .await;
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_are_restored_and_strangers_are_left_alone() {
+    let f = Fixture::new("drift").await;
+    let video = format!("h-{}", f.video);
+    let ns = f.ns.name.clone();
+    // A stranger carrying our labels, without an owner reference.
+    apply_yaml(
+        &f.client,
+        Some(&ns),
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: h-stranger
+  labels: {{app.kubernetes.io/managed-by: tenant-capacity-operator, capacity.tenancy.dev/subscription: h, capacity.tenancy.dev/module: {m}}}
+data: {{a: b}}
+"#,
+            m = f.im
+        ),
+    )
+    .await;
+    let stranger_svc = apply_yaml(
+        &f.client,
+        Some(&ns),
+        &format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: h-{m}
+  labels: {{app.kubernetes.io/managed-by: tenant-capacity-operator, capacity.tenancy.dev/subscription: h, capacity.tenancy.dev/module: {m}}}
+spec:
+  ports: [{{port: 1234}}]
+"#,
+            m = f.im
+        ),
+    )
+    .await;
+    f.apply_sub("h", &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+
+    // Deleted by hand: recreated.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &ns);
+    let old_uid = hpas.get(&video).await.unwrap().metadata.uid;
+    hpas.delete(&video, &DeleteParams::default()).await.unwrap();
+    wait_for("HPA recreated", T, || async {
+        let h = hpas.get_opt(&video).await.ok()??;
+        (h.metadata.uid != old_uid).then_some(())
+    })
+    .await;
+
+    // Edited by another manager: restored.
+    hpas.patch(&video, &PatchParams::apply("someone-else").force(), &Patch::Apply(serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "spec": {"maxReplicas": 99, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": video}}
+    })))
+    .await
+    .unwrap();
+    wait_for("maxReplicas restored", T, || async { (f.hpa_numbers(&video).await?.1 == 10).then_some(()) }).await;
+
+    // A field nobody set for us (a label added by someone else) stays.
+    let deploys: Api<Deployment> = Api::namespaced(f.client.clone(), &ns);
+    deploys
+        .patch(&video, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"team": "video"}}})))
+        .await
+        .unwrap();
+
+    // Adding the messaging module collides with the stranger's Service: the
+    // module is reported, the stranger is untouched.
+    f.apply_sub(
+        "h",
+        &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
+    )
+    .await;
+    let s = f.wait_status("h", "ObjectConflict", |s| is(s, "Ready", "False", "ObjectConflict")).await;
+    let msg = &condition(&s, "Ready").unwrap().message;
+    assert!(msg.contains(&format!("h-{}", f.im)), "{msg}");
+    let svc: Service = f.get(&format!("h-{}", f.im)).await.unwrap();
+    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version, "stranger's Service was changed");
+    assert!(svc.owner_references().is_empty());
+    let d: Deployment = f.get(&video).await.unwrap();
+    assert_eq!(d.labels().get("team").map(String::as_str), Some("video"));
+
+    // Drop the module again: the stranger Service and ConfigMap survive.
+    f.apply_sub("h", &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    let svc: Service = f.get(&format!("h-{}", f.im)).await.expect("stranger Service survives");
+    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version);
+    assert!(f.get::<k8s_openapi::api::core::v1::ConfigMap>("h-stranger").await.is_some());
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_bad_input_naming_the_field() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "schema").await;
+    let cases: &[(&str, &str)] = &[
+        ("{tenantId: x, modules: [{name: video, concurrency: 0}]}", "spec.modules[0].concurrency"),
+        ("{tenantId: x, modules: [{name: video, concurrency: -5}]}", "spec.modules[0].concurrency"),
+        ("{tenantId: x, modules: [{name: video, concurrency: 10, tier: 'HD!'}]}", "spec.modules[0].tier"),
+        ("{tenantId: x, modules: [{name: a, concurrency: 1}, {name: a, concurrency: 2}]}", "spec.modules[1]"),
+        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, start: '25:00', end: '02:00'}]}}", "spec.seasons.windows[0].start"),
+        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '02-30', to: '03-01'}]}}", "spec.seasons.windows[0].from"),
+        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, days: [Mon], floorPercent: 101}]}}", "spec.seasons.windows[0].floorPercent"),
+        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '07-01'}]}}", "spec.seasons.windows[0].from"),
+        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, floorPercent: 10}]}}", "spec.seasons.windows[0]"),
+        ("{tenantId: 'Not A Label', modules: []}", "spec.tenantId"),
+        ("{tenantId: x, modules: [], downgrade: {drainSeconds: -1}}", "spec.downgrade.drainSeconds"),
+    ];
+    for (spec, field) in cases {
+        let value: serde_json::Value = serde_saphyr::from_str(&format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: bad}}\nspec: {spec}"
+        ))
+        .unwrap();
+        let err = try_apply(&client, Some(&ns.name), &value).await.expect_err(spec);
+        let text = err.to_string();
+        assert!(text.contains(field), "{spec}: error does not name {field}: {text}");
+    }
+    let profile: serde_json::Value = serde_saphyr::from_str(
+        "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: ModuleProfile\nmetadata: {name: bad-profile}\nspec: {image: x, sessionsPerReplica: 0, tiers: {'Bad Tier': {}}}",
+    )
+    .unwrap();
+    let err = try_apply(&client, None, &profile).await.expect_err("bad profile").to_string();
+    assert!(err.contains("spec.sessionsPerReplica") && err.contains("spec.tiers"), "{err}");
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semantic_errors_leave_running_children_untouched() {
+    let f = Fixture::new("semantic").await;
+    let video = format!("s-{}", f.video);
+    let good = format!("  tenantId: s\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video);
+    f.apply_sub("s", &good).await;
+    f.wait_status("s", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    let before_d = f.get::<Deployment>(&video).await.unwrap().metadata.resource_version;
+    let before_h = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version;
+    let before_q = f.get::<ResourceQuota>("s-capacity").await.unwrap().metadata.resource_version;
+
+    let cases = [
+        (format!("    - {{name: {}, concurrency: 4000}}\n    - {{name: no-such-module, concurrency: 5}}\n", f.video), "ProfileNotFound", "no-such-module"),
+        (format!("    - {{name: {}, concurrency: 4000, tier: hd}}\n", f.video), "TierNotFound", "tier \"hd\""),
+        (format!("    - {{name: {}, concurrency: 4000}}\n  seasons: {{timeZone: Mars/Olympus_Mons}}\n", f.video), "UnknownTimeZone", "Mars/Olympus_Mons"),
+        (format!("    - {{name: {}, concurrency: 4000}}\n  seasons: {{windows: [{{name: leap, from: '2027-02-29', to: '2027-03-02'}}]}}\n", f.video), "InvalidWindow", "2027-02-29"),
+    ];
+    for (modules, reason, needle) in &cases {
+        f.apply_sub("s", &format!("  tenantId: s\n  modules:\n{modules}")).await;
+        let s = f.wait_status("s", reason, |s| is(s, "Ready", "False", reason)).await;
+        let msg = condition(&s, "Ready").unwrap().message.clone();
+        assert!(msg.contains(needle), "{reason}: {msg}");
+        assert!(is(&s, "Stalled", "True", reason));
+        // An Event names it too.
+        let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns.name);
+        wait_for("event", T, || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.iter().any(|e| e.reason.as_deref() == Some(reason) && e.note.as_deref().is_some_and(|n| n.contains(needle))).then_some(())
+        })
+        .await;
+        // Nothing that runs was touched.
+        assert_eq!(f.get::<Deployment>(&video).await.unwrap().metadata.resource_version, before_d);
+        assert_eq!(f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version, before_h);
+        assert_eq!(f.get::<ResourceQuota>("s-capacity").await.unwrap().metadata.resource_version, before_q);
+    }
+
+    // Another tenant next to the broken one converges as usual.
+    f.apply_sub("other", &format!("  tenantId: other\n  modules:\n    - {{name: {}, concurrency: 40}}\n", f.im)).await;
+    f.wait_status("other", "other Ready", |s| is(s, "Ready", "True", "Available")).await;
+
+    // Fixing the input converges again.
+    f.apply_sub("s", &good).await;
+    f.wait_status("s", "Ready after fix", |s| is(s, "Ready", "True", "Available")).await;
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
+    let f = Fixture::new("season").await;
+    let video = format!("w-{}", f.video);
+    // A window starting at the next full minute (UTC) and lasting one minute.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let start = now.round(jiff::ZonedRound::new().smallest(jiff::Unit::Minute).mode(jiff::RoundMode::Ceil)).unwrap();
+    let start = if start.duration_since(&now).as_secs() < 5 { start.checked_add(jiff::Span::new().minutes(1)).unwrap() } else { start };
+    let end = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
+    let day = |z: &jiff::Zoned| format!("{:?}", z.weekday())[..3].to_string();
+    let spec = format!(
+        "  tenantId: w\n  modules:\n    - {{name: {}, concurrency: 400}}\n  seasons:\n    timeZone: UTC\n    windows:\n      - {{name: rush, days: [{}], start: '{}', end: '{}', concurrencyPercent: 200, floorPercent: 50}}\n",
+        f.video,
+        day(&start),
+        start.strftime("%H:%M"),
+        if end.hour() == 0 && end.minute() == 0 { "24:00".to_string() } else { end.strftime("%H:%M").to_string() },
+    );
+    f.apply_sub("w", &spec).await;
+    let s = f.wait_status("w", "planned", |s| s.status.as_ref().is_some_and(|st| !st.modules.is_empty())).await;
+    let st = s.status.unwrap();
+    assert!(st.active_windows.is_empty());
+    assert_eq!(st.next_transition.as_deref(), Some(start.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string().as_str()));
+    assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
+
+    // In the window: ceiling 200% (20 replicas), floor 50% (10), pods warm before load.
+    wait_for("window on", Duration::from_secs(100), || async { (f.hpa_numbers(&video).await? == (10, 20)).then_some(()) }).await;
+    assert!(jiff::Timestamp::now() >= start.timestamp(), "window applied before it started");
+    let s = f.wait_status("w", "rush active", |s| s.status.as_ref().unwrap().active_windows == vec!["rush".to_string()]).await;
+    assert_eq!(f.quota_hard("w", "pods").await.as_deref(), Some("25"));
+    drop(s);
+    wait_for("10 pods running", Duration::from_secs(60), || async {
+        let d: Deployment = f.get(&video).await?;
+        (d.status?.ready_replicas? >= 10).then_some(())
+    })
+    .await;
+
+    // After it: back to the plain plan.
+    wait_for("window off", Duration::from_secs(100), || async { (f.hpa_numbers(&video).await? == (1, 10)).then_some(()) }).await;
+    assert!(jiff::Timestamp::now() >= end.timestamp(), "window ended early");
+    f.finish().await;
+}

@@ -1,0 +1,118 @@
+//! A converged subscription causes zero API writes, even across resyncs,
+//! counted by the API server itself.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kube::{Api, Client};
+use tenant_capacity_operator::api::TenantSubscription;
+
+const OUR_RESOURCES: &[&str] = &["deployments", "horizontalpodautoscalers", "services", "resourcequotas", "tenantsubscriptions"];
+
+/// (writes, conflicts or throttles) on the resources the operator writes, from
+/// kube-apiserver's own request counters. Status subresources of built-in
+/// kinds are left out: the controller manager writes those.
+async fn server_counts(client: &Client) -> (u64, u64) {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.expect("read kube-apiserver /metrics");
+    let (mut writes, mut bad) = (0u64, 0u64);
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |k: &str| {
+            let pat = format!("{k}=\"");
+            line.find(&pat).map(|i| &line[i + pat.len()..]).and_then(|r| r.split('"').next()).unwrap_or("")
+        };
+        let resource = label("resource");
+        if !OUR_RESOURCES.contains(&resource) {
+            continue;
+        }
+        let sub = label("subresource");
+        if !(sub.is_empty() || resource == "tenantsubscriptions") {
+            continue;
+        }
+        let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        if matches!(label("verb"), "APPLY" | "PATCH" | "POST" | "PUT" | "UPDATE" | "DELETE" | "DELETECOLLECTION") {
+            writes += n as u64;
+        }
+        if matches!(label("code"), "409" | "429") {
+            bad += n as u64;
+        }
+    }
+    (writes, bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converged_subscriptions_cause_no_writes_across_resyncs() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "quiet").await;
+    let video = unique("video");
+    let im = unique("im");
+    apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
+    apply_yaml(&client, None, &profile_yaml(&im, "")).await;
+    const N: usize = 5;
+    let resync = Duration::from_secs(2);
+    let operator = Operator::start_with(&client, &ns.name, resync);
+    let (_, bad_before) = server_counts(&client).await;
+    for i in 0..N {
+        let yaml = format!(
+            r#"
+apiVersion: capacity.tenancy.dev/v1alpha1
+kind: TenantSubscription
+metadata: {{name: q{i}}}
+spec:
+  tenantId: q{i}
+  modules:
+    - {{name: {video}, concurrency: {c}}}
+    - {{name: {im}, concurrency: 100}}
+  seasons:
+    timeZone: Asia/Shanghai
+    windows: [{{name: summer, from: "07-01", to: "08-31", concurrencyPercent: 200}}]
+"#,
+            c = 100 * (i + 1)
+        );
+        apply_yaml(&client, Some(&ns.name), &yaml).await;
+    }
+    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("all Ready", Duration::from_secs(120), || async {
+        let list = subs.list(&Default::default()).await.ok()?;
+        let ready = list.items.iter().filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.observed_generation == s.metadata.generation
+                    && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        });
+        (ready.count() == N).then_some(())
+    })
+    .await;
+
+    // Let pod readiness settle: converged means a full round of resyncs without a write.
+    let rounds = |n: u64| n * N as u64;
+    let settled = wait_for("a quiet round", Duration::from_secs(90), || async {
+        let (w0, own0, r0) = (server_counts(&client).await.0, operator.writes(), operator.reconciliations());
+        wait_for("a resync round", Duration::from_secs(30), || async {
+            (operator.reconciliations() >= r0 + rounds(1)).then_some(())
+        })
+        .await;
+        (server_counts(&client).await.0 == w0 && operator.writes() == own0).then_some(())
+    })
+    .await;
+    let _: () = settled;
+
+    // Measure: several forced resyncs of every subscription.
+    let (w0, own0, r0) = (server_counts(&client).await.0, operator.writes(), operator.reconciliations());
+    wait_for("three resync rounds", Duration::from_secs(60), || async {
+        (operator.reconciliations() >= r0 + rounds(3)).then_some(())
+    })
+    .await;
+    let (w1, bad_after) = server_counts(&client).await;
+    let reconciles = operator.reconciliations() - r0;
+    println!("quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)", w1 - w0, operator.writes() - own0);
+    assert!(reconciles >= rounds(3));
+    assert_eq!(w1 - w0, 0, "the API server saw writes to our resources while converged");
+    assert_eq!(operator.writes() - own0, 0, "the operator made writes while converged");
+    assert_eq!(bad_after - bad_before, 0, "409 or 429 responses on our resources");
+    operator.stop().await;
+    ns.delete().await;
+}
