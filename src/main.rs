@@ -48,8 +48,8 @@ enum Command {
         /// File with one or more TenantSubscriptions.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
-        /// Folder (or file) with the ModuleProfiles.
-        #[arg(long)]
+        /// Folder (or file) with the ModuleProfiles (and any SubscriptionPlans and CapacityCalendars).
+        #[arg(long, visible_alias = "catalogue")]
         profiles: PathBuf,
         /// Evaluate seasonal windows at this instant (RFC 3339) instead of now.
         #[arg(long)]
@@ -65,10 +65,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Render { file, profiles, at } => {
-            let profiles = preview::load_profiles(&profiles)?;
+            let catalogue = preview::load_catalogue(&profiles)?;
             let at = at.unwrap_or_else(jiff::Timestamp::now);
             for sub in preview::load_subscriptions(&file)? {
-                print!("{}", preview::render_yaml(&sub, &profiles, at)?);
+                print!("{}", preview::render_yaml(&sub, &catalogue, at)?);
             }
             Ok(())
         }
@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                     namespace,
                     resync: Duration::from_secs(resync_seconds.max(1)),
                     concurrency: concurrency.max(1),
+                    ..Default::default()
                 };
                 let shutdown = async {
                     let _ = tokio::signal::ctrl_c().await;

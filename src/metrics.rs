@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controller.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -37,6 +37,8 @@ pub struct Metrics {
     pub max_replicas: Family<ModuleLabels, Gauge>,
     pub min_replicas: Family<ModuleLabels, Gauge>,
     pub ceiling_sessions: Family<ModuleLabels, Gauge>,
+    pub replica_seconds: Family<ModuleLabels, Counter<f64, AtomicU64>>,
+    pub session_capacity_seconds: Family<ModuleLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,8 @@ impl Default for Metrics {
         let max_replicas = Family::<ModuleLabels, Gauge>::default();
         let min_replicas = Family::<ModuleLabels, Gauge>::default();
         let ceiling_sessions = Family::<ModuleLabels, Gauge>::default();
+        let replica_seconds = Family::<ModuleLabels, Counter<f64, AtomicU64>>::default();
+        let session_capacity_seconds = Family::<ModuleLabels, Counter<f64, AtomicU64>>::default();
         registry.register("reconciliations", "Reconciliations started", reconciliations.clone());
         registry.register("reconcile_failures", "Reconciliations that failed, by error", failures.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", duration.clone());
@@ -60,7 +64,19 @@ impl Default for Metrics {
             "Concurrent sessions in force per tenant module (bought, scaled by seasons)",
             ceiling_sessions.clone(),
         );
+        registry.register(
+            "module_replica_seconds",
+            "Provisioned replicas integrated over time (replica-seconds) per tenant module",
+            replica_seconds.clone(),
+        );
+        registry.register(
+            "module_session_capacity_seconds",
+            "Provisioned session capacity (replicas x sessions per replica) integrated over time per tenant module",
+            session_capacity_seconds.clone(),
+        );
         Self {
+            replica_seconds,
+            session_capacity_seconds,
             registry: Arc::new(registry),
             reconciliations,
             failures,

@@ -8,13 +8,14 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::{
-    api::{ModuleProfile, TenantSubscription},
+    api::{CapacityCalendar, ModuleProfile, SubscriptionPlan, TenantSubscription},
     capacity,
     render::{self, Owner},
 };
 
-/// Read every ModuleProfile from YAML files in a folder (or one file).
-pub fn load_profiles(path: &Path) -> anyhow::Result<Vec<ModuleProfile>> {
+/// Read every ModuleProfile, SubscriptionPlan and CapacityCalendar from the
+/// YAML files in a folder (or one file).
+pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
     let mut files = Vec::new();
     if path.is_dir() {
         for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
@@ -27,12 +28,26 @@ pub fn load_profiles(path: &Path) -> anyhow::Result<Vec<ModuleProfile>> {
     } else {
         files.push(path.to_path_buf());
     }
-    let mut out = Vec::new();
+    let mut out = capacity::Catalogue::default();
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         for doc in documents(&text).with_context(|| format!("parsing {}", f.display()))? {
-            if doc.get("kind").and_then(|k| k.as_str()) == Some("ModuleProfile") {
-                out.push(serde_json::from_value(doc).with_context(|| format!("a ModuleProfile in {}", f.display()))?);
+            let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+            let context = || format!("a {kind} in {}", f.display());
+            match kind.as_str() {
+                "ModuleProfile" => {
+                    let p: ModuleProfile = serde_json::from_value(doc).with_context(context)?;
+                    out.profiles.insert(p.name_any(), p.spec);
+                }
+                "SubscriptionPlan" => {
+                    let p: SubscriptionPlan = serde_json::from_value(doc).with_context(context)?;
+                    out.plans.insert(p.name_any(), p.spec);
+                }
+                "CapacityCalendar" => {
+                    let c: CapacityCalendar = serde_json::from_value(doc).with_context(context)?;
+                    out.calendars.insert(c.name_any(), c.spec);
+                }
+                _ => {}
             }
         }
     }
@@ -63,10 +78,9 @@ pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>
 }
 
 /// The multi-document YAML of every object the operator would apply at `at`.
-pub fn render_yaml(sub: &TenantSubscription, profiles: &[ModuleProfile], at: Timestamp) -> anyhow::Result<String> {
+pub fn render_yaml(sub: &TenantSubscription, catalogue: &capacity::Catalogue, at: Timestamp) -> anyhow::Result<String> {
     let name = sub.name_any();
-    let lookup = |n: &str| profiles.iter().find(|p| p.name_any() == n).map(|p| &p.spec);
-    let plan = capacity::plan(&name, &sub.spec, lookup, &[], at).map_err(|errors| {
+    let plan = capacity::plan(&name, &sub.spec, catalogue, at).map_err(|errors| {
         anyhow::anyhow!(
             "subscription {name} cannot be applied:\n  {}",
             errors.iter().map(|e| format!("{} ({})", e, e.reason())).collect::<Vec<_>>().join("\n  ")

@@ -1,13 +1,17 @@
 //! Custom resources of the `capacity.tenancy.dev` API group.
 
+mod capacity_calendar;
 mod module_profile;
 mod season;
+mod subscription_plan;
 mod tenant_subscription;
 
 pub use module_profile::{ModuleProfile, ModuleProfileSpec, Scaling, TierSpec};
+pub use capacity_calendar::{CapacityCalendar, CapacityCalendarSpec};
 pub use season::{Seasons, Weekday, Window};
+pub use subscription_plan::{PlanModule, SubscriptionPlan, SubscriptionPlanSpec};
 pub use tenant_subscription::{
-    Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionSpec,
+    DataRetention, Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionSpec,
     TenantSubscriptionStatus,
 };
 
@@ -17,7 +21,7 @@ pub const GROUP: &str = "capacity.tenancy.dev";
 
 /// Every CRD this operator serves, in a stable order.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![ModuleProfile::crd(), TenantSubscription::crd()]
+    vec![ModuleProfile::crd(), TenantSubscription::crd(), SubscriptionPlan::crd(), CapacityCalendar::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream (what `crds/` holds).

@@ -88,12 +88,25 @@ pub struct Downgrade {
     #[serde(default = "default_drain_seconds")]
     #[schemars(range(min = 0, max = 604_800))]
     pub drain_seconds: i64,
+
+    /// What happens to a removed module's data (PersistentVolumeClaims carrying
+    /// its labels): Retain (default) keeps them, Delete removes them with the module.
+    #[serde(default)]
+    pub data_retention: DataRetention,
 }
 
 impl Default for Downgrade {
     fn default() -> Self {
-        Self { drain_seconds: default_drain_seconds() }
+        Self { drain_seconds: default_drain_seconds(), data_retention: DataRetention::Retain }
     }
+}
+
+/// Fate of a removed module's PersistentVolumeClaims.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum DataRetention {
+    #[default]
+    Retain,
+    Delete,
 }
 
 fn default_drain_seconds() -> i64 {

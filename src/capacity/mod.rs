@@ -11,7 +11,7 @@ use std::fmt;
 use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
-use crate::api::{ModuleProfileSpec, Scaling, TenantSubscriptionSpec, Window};
+use crate::api::{CapacityCalendarSpec, ModuleProfileSpec, Scaling, SubscriptionPlanSpec, TenantSubscriptionSpec};
 pub use quantity::Quantity;
 pub use window::{CompiledWindow, WindowError};
 
@@ -29,6 +29,10 @@ pub enum InvalidSpec {
     CapacityOverflow { module: String },
     BadQuantity { module: String, field: String, value: String },
     NameTooLong { module: String, name: String },
+    PlanNotFound { plan: String },
+    ModuleNotInPlan { module: String, plan: String },
+    ExceedsPlan { module: String, plan: String, limit: String },
+    CalendarNotFound { calendar: String },
 }
 
 impl InvalidSpec {
@@ -42,6 +46,10 @@ impl InvalidSpec {
             Self::CapacityOverflow { .. } => "CapacityOverflow",
             Self::BadQuantity { .. } => "InvalidProfile",
             Self::NameTooLong { .. } => "NameTooLong",
+            Self::PlanNotFound { .. } => "PlanNotFound",
+            Self::ModuleNotInPlan { .. } => "ModuleNotInPlan",
+            Self::ExceedsPlan { .. } => "ExceedsPlan",
+            Self::CalendarNotFound { .. } => "CalendarNotFound",
         }
     }
 }
@@ -65,6 +73,12 @@ impl fmt::Display for InvalidSpec {
             }
             Self::NameTooLong { module, name } => {
                 write!(f, "{module}: object name {name:?} is longer than {MAX_CHILD_NAME} characters")
+            }
+            Self::PlanNotFound { plan } => write!(f, "spec.plan: SubscriptionPlan {plan:?} not found"),
+            Self::ModuleNotInPlan { module, plan } => write!(f, "{module}: not in plan {plan:?}"),
+            Self::ExceedsPlan { module, plan, limit } => write!(f, "{module}: exceeds plan {plan:?}: {limit}"),
+            Self::CalendarNotFound { calendar } => {
+                write!(f, "spec.seasons.calendars: CapacityCalendar {calendar:?} not found")
             }
         }
     }
@@ -147,22 +161,23 @@ pub struct CapacityPlan {
     pub time_zone: TimeZone,
 }
 
-/// Windows from shared calendars, already paired with their own time zone.
-pub struct CalendarWindows<'a> {
-    pub calendar: &'a str,
-    pub time_zone: Option<&'a str>,
-    pub windows: &'a [Window],
+/// The cluster-wide objects a subscription refers to, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalogue {
+    pub profiles: BTreeMap<String, ModuleProfileSpec>,
+    pub plans: BTreeMap<String, SubscriptionPlanSpec>,
+    pub calendars: BTreeMap<String, CapacityCalendarSpec>,
 }
 
 /// Turn a subscription into its capacity plan at `now`. Errors list every
 /// problem found, so one status message can name them all.
-pub fn plan<'p>(
+pub fn plan(
     subscription: &str,
     spec: &TenantSubscriptionSpec,
-    profile: impl Fn(&str) -> Option<&'p ModuleProfileSpec>,
-    calendars: &[CalendarWindows<'_>],
+    catalogue: &Catalogue,
     now: Timestamp,
 ) -> Result<CapacityPlan, Vec<InvalidSpec>> {
+    let profile = |n: &str| catalogue.profiles.get(n);
     let mut errors = Vec::new();
     let seasons = spec.seasons.clone().unwrap_or_default();
     let time_zone = window::parse_time_zone(seasons.time_zone.as_deref()).unwrap_or_else(|e| {
@@ -176,18 +191,22 @@ pub fn plan<'p>(
             Err(e) => errors.push(InvalidSpec::Window(e)),
         }
     }
-    for cal in calendars {
-        let tz = match window::parse_time_zone(cal.time_zone.or(seasons.time_zone.as_deref())) {
+    for name in &seasons.calendars {
+        let Some(cal) = catalogue.calendars.get(name) else {
+            errors.push(InvalidSpec::CalendarNotFound { calendar: name.clone() });
+            continue;
+        };
+        let tz = match window::parse_time_zone(cal.time_zone.as_deref().or(seasons.time_zone.as_deref())) {
             Ok(tz) => tz,
             Err(e) => {
                 errors.push(InvalidSpec::Window(e));
                 continue;
             }
         };
-        for w in cal.windows {
+        for w in &cal.windows {
             match CompiledWindow::compile(w, &tz) {
                 Ok(mut c) => {
-                    c.name = format!("{}/{}", cal.calendar, c.name);
+                    c.name = format!("{name}/{}", c.name);
                     windows.push(c)
                 }
                 Err(e) => errors.push(InvalidSpec::Window(e)),
@@ -195,6 +214,12 @@ pub fn plan<'p>(
         }
     }
     let (active, next_transition) = window::evaluate(&windows, now);
+    if let Some(plan_name) = &spec.plan {
+        match catalogue.plans.get(plan_name) {
+            None => errors.push(InvalidSpec::PlanNotFound { plan: plan_name.clone() }),
+            Some(sold) => errors.extend(check_plan(plan_name, sold, spec, &windows)),
+        }
+    }
 
     let mut modules = Vec::new();
     let mut disabled = Vec::new();
@@ -261,6 +286,56 @@ pub fn plan<'p>(
     active_windows.sort();
     active_windows.dedup();
     Ok(CapacityPlan { modules, disabled, active_windows, next_transition, time_zone })
+}
+
+/// Whether a subscription stays within what its plan sells. Checked against
+/// every window, not just the active ones, so a subscription that would
+/// exceed its plan next season is refused now rather than mid-season.
+pub fn check_plan(
+    plan_name: &str,
+    sold: &SubscriptionPlanSpec,
+    spec: &TenantSubscriptionSpec,
+    windows: &[CompiledWindow],
+) -> Vec<InvalidSpec> {
+    let mut errors = Vec::new();
+    let exceeds = |module: &str, limit: String| InvalidSpec::ExceedsPlan {
+        module: module.to_string(),
+        plan: plan_name.to_string(),
+        limit,
+    };
+    for m in spec.modules.iter().filter(|m| m.enabled) {
+        let Some(allowed) = sold.modules.iter().find(|p| p.name == m.name) else {
+            errors.push(InvalidSpec::ModuleNotInPlan { module: m.name.clone(), plan: plan_name.to_string() });
+            continue;
+        };
+        if m.concurrency > allowed.max_concurrency {
+            errors.push(exceeds(
+                &m.name,
+                format!("concurrency {} is over the plan's maxConcurrency {}", m.concurrency, allowed.max_concurrency),
+            ));
+        }
+        if let (Some(tier), Some(tiers)) = (&m.tier, &allowed.tiers)
+            && !tiers.contains(tier)
+        {
+            errors.push(exceeds(&m.name, format!("tier {tier:?} is not in the plan's tiers [{}]", tiers.join(", "))));
+        }
+        if let Some(peak_limit) = allowed.max_peak_concurrency {
+            let (pct, window) = windows
+                .iter()
+                .filter(|w| w.applies_to(&m.name))
+                .filter_map(|w| w.concurrency_percent.map(|p| (p, w.name.as_str())))
+                .max_by_key(|(p, _)| *p)
+                .unwrap_or((100, ""));
+            let peak = div_ceil(m.concurrency as i128 * pct.max(100) as i128, 100);
+            if peak > peak_limit as i128 {
+                errors.push(exceeds(
+                    &m.name,
+                    format!("window {window} raises concurrency to {peak}, over the plan's maxPeakConcurrency {peak_limit}"),
+                ));
+            }
+        }
+    }
+    errors
 }
 
 /// What one module may occupy at most: pods (ceiling plus surge) and their resources.

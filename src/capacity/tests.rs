@@ -31,15 +31,11 @@ fn messaging() -> ModuleProfileSpec {
     profile("{image: im:1, sessionsPerReplica: 5000, minReplicas: 2, resources: {requests: {cpu: 500m, memory: 512Mi}}}")
 }
 
-fn catalogue(name: &str) -> Option<&'static ModuleProfileSpec> {
-    use std::sync::OnceLock;
-    static V: OnceLock<ModuleProfileSpec> = OnceLock::new();
-    static M: OnceLock<ModuleProfileSpec> = OnceLock::new();
-    match name {
-        "video-call" => Some(V.get_or_init(video)),
-        "real-time-messaging" => Some(M.get_or_init(messaging)),
-        _ => None,
-    }
+fn catalogue() -> Catalogue {
+    let mut c = Catalogue::default();
+    c.profiles.insert("video-call".into(), video());
+    c.profiles.insert("real-time-messaging".into(), messaging());
+    c
 }
 
 fn at(s: &str) -> Timestamp {
@@ -53,13 +49,13 @@ fn module<'a>(p: &'a CapacityPlan, name: &str) -> &'a ModulePlan {
 #[test]
 fn replicas_follow_concurrency_and_tier() {
     let s = spec("{tenantId: acme, modules: [{name: video-call, concurrency: 1000, tier: hd}]}");
-    let p = plan("acme", &s, catalogue, &[], at("2026-03-01T00:00:00Z")).unwrap();
+    let p = plan("acme", &s, &catalogue(), at("2026-03-01T00:00:00Z")).unwrap();
     let m = module(&p, "video-call");
     assert_eq!(m.sessions_per_replica, 40);
     assert_eq!(m.numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
 
     let s = spec("{tenantId: acme, modules: [{name: video-call, concurrency: 1000, tier: uhd}]}");
-    let p = plan("acme", &s, catalogue, &[], at("2026-03-01T00:00:00Z")).unwrap();
+    let p = plan("acme", &s, &catalogue(), at("2026-03-01T00:00:00Z")).unwrap();
     let m = module(&p, "video-call");
     // ⌈1000 / 15⌉ = 67, and the uhd tier's resources replace the profile's.
     assert_eq!(m.numbers.max_replicas, 67);
@@ -78,7 +74,7 @@ seasons:
     - {name: summer-holiday, from: "07-01", to: "08-31", concurrencyPercent: 200, floorPercent: 50}
 "#,
     );
-    let p = plan("edu", &s, catalogue, &[], at("2026-07-15T04:00:00Z")).unwrap();
+    let p = plan("edu", &s, &catalogue(), at("2026-07-15T04:00:00Z")).unwrap();
     assert_eq!(p.active_windows, vec!["summer-holiday"]);
     assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 25 });
     assert_eq!(
@@ -86,7 +82,7 @@ seasons:
         "2026-09-01T00:00:00+08:00"
     );
     // Outside the window: the concurrency bought.
-    let p = plan("edu", &s, catalogue, &[], at("2026-09-01T00:00:00+08:00")).unwrap();
+    let p = plan("edu", &s, &catalogue(), at("2026-09-01T00:00:00+08:00")).unwrap();
     assert!(p.active_windows.is_empty());
     assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
 }
@@ -108,7 +104,7 @@ seasons:
 "#,
     );
     // Wednesday 2026-07-15, 19:00 in Shanghai.
-    let p = plan("edu", &s, catalogue, &[], at("2026-07-15T19:00:00+08:00")).unwrap();
+    let p = plan("edu", &s, &catalogue(), at("2026-07-15T19:00:00+08:00")).unwrap();
     assert_eq!(p.active_windows, vec!["campaign", "summer-holiday", "weekday-evening"]);
     // video: ceiling 200% → 50 replicas; floor max(20%, 30%) → 15.
     assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 15 });
@@ -125,7 +121,7 @@ modules: [{name: video-call, concurrency: 1000}]
 seasons: {windows: [{name: quiet, from: "02-01", to: "02-28", concurrencyPercent: 50}]}
 "#,
     );
-    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let p = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap();
     assert_eq!(module(&p, "video-call").numbers.max_replicas, 13);
 }
 
@@ -143,7 +139,7 @@ fn disabled_modules_are_left_out_and_listed() {
     let s = spec(
         "{tenantId: t, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10, enabled: false}]}",
     );
-    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let p = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap();
     assert_eq!(p.modules.len(), 1);
     assert_eq!(p.disabled, vec!["real-time-messaging"]);
 }
@@ -159,7 +155,7 @@ modules:
 seasons: {timeZone: Mars/Olympus_Mons}
 "#,
     );
-    let errors = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    let errors = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
     let text: Vec<String> = errors.iter().map(|e| format!("{} {e}", e.reason())).collect();
     assert_eq!(text.len(), 3, "{text:?}");
     assert!(text[0].starts_with("UnknownTimeZone"), "{text:?}");
@@ -171,7 +167,7 @@ seasons: {timeZone: Mars/Olympus_Mons}
 fn names_that_kubernetes_would_refuse_are_caught() {
     let long = "a".repeat(55);
     let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
-    let errors = plan(&long, &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    let errors = plan(&long, &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
     assert_eq!(errors[0].reason(), "NameTooLong");
 }
 
@@ -179,7 +175,9 @@ fn names_that_kubernetes_would_refuse_are_caught() {
 fn bad_quantities_in_a_profile_are_reported() {
     let bad = profile("{image: x, sessionsPerReplica: 10, resources: {requests: {cpu: lots}}}");
     let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
-    let errors = plan("t", &s, |_| Some(&bad), &[], at("2026-02-10T00:00:00Z")).unwrap_err();
+    let mut c = Catalogue::default();
+    c.profiles.insert("video-call".into(), bad);
+    let errors = plan("t", &s, &c, at("2026-02-10T00:00:00Z")).unwrap_err();
     assert_eq!(errors[0].reason(), "InvalidProfile");
     assert!(errors[0].to_string().contains("resources.requests.cpu"));
 }
@@ -189,7 +187,7 @@ fn quota_sums_every_module_at_its_ceiling_plus_surge() {
     let s = spec(
         "{tenantId: t, modules: [{name: video-call, concurrency: 1000, tier: hd}, {name: real-time-messaging, concurrency: 20000}]}",
     );
-    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let p = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap();
     let f: Vec<Footprint> = p.modules.iter().map(|m| m.footprint().unwrap()).collect();
     // video: 25 + ⌈25 × 25%⌉ = 32 pods; messaging: 4 + 1 = 5 pods.
     assert_eq!((f[0].pods, f[1].pods), (32, 5));
@@ -207,10 +205,127 @@ fn quota_sums_every_module_at_its_ceiling_plus_surge() {
 #[test]
 fn quota_of_a_single_module_caps_limits_too() {
     let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 40}]}");
-    let p = plan("t", &s, catalogue, &[], at("2026-02-10T00:00:00Z")).unwrap();
+    let p = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap();
     let hard = quota_hard(&[p.modules[0].footprint().unwrap()]).unwrap();
     // 1 replica + 1 surge pod.
     assert_eq!(hard["pods"].to_string(), "2");
     assert_eq!(hard["limits.cpu"].to_string(), "4");
     assert_eq!(hard["limits.memory"].to_string(), "4Gi");
+}
+
+fn with_plan(yaml: &str) -> Catalogue {
+    let mut c = catalogue();
+    c.plans.insert("pro".into(), serde_saphyr::from_str(yaml).unwrap());
+    c
+}
+
+const PRO: &str = r#"
+modules:
+  - {name: video-call, maxConcurrency: 2000, maxPeakConcurrency: 3000, tiers: [sd, hd]}
+  - {name: real-time-messaging, maxConcurrency: 50000}
+"#;
+
+#[test]
+fn a_subscription_within_its_plan_is_planned() {
+    let s = spec("{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 2000, tier: hd}]}");
+    assert!(plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).is_ok());
+}
+
+#[test]
+fn asking_more_than_the_plan_sells_is_refused_naming_module_and_limit() {
+    let s = spec(
+        r#"
+tenantId: t
+plan: pro
+modules:
+  - {name: video-call, concurrency: 2500, tier: uhd}
+  - {name: real-time-messaging, concurrency: 100}
+"#,
+    );
+    let errors = plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| format!("{} {e}", e.reason())).collect();
+    assert_eq!(
+        text,
+        vec![
+            "ExceedsPlan video-call: exceeds plan \"pro\": concurrency 2500 is over the plan's maxConcurrency 2000",
+            "ExceedsPlan video-call: exceeds plan \"pro\": tier \"uhd\" is not in the plan's tiers [sd, hd]",
+        ]
+    );
+}
+
+#[test]
+fn a_module_outside_the_plan_is_refused_unless_switched_off() {
+    let plan_yaml = "{modules: [{name: real-time-messaging, maxConcurrency: 100}]}";
+    let s = spec("{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10}]}");
+    let errors = plan("t", &s, &with_plan(plan_yaml), at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors, vec![InvalidSpec::ModuleNotInPlan { module: "video-call".into(), plan: "pro".into() }]);
+    let s = spec(
+        "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10, enabled: false}, {name: real-time-messaging, concurrency: 10}]}",
+    );
+    assert!(plan("t", &s, &with_plan(plan_yaml), at("2026-02-10T00:00:00Z")).is_ok());
+}
+
+#[test]
+fn a_season_that_would_exceed_the_plans_peak_is_refused_all_year() {
+    let s = spec(
+        r#"
+tenantId: t
+plan: pro
+modules: [{name: video-call, concurrency: 2000}]
+seasons: {windows: [{name: summer, from: "07-01", to: "08-31", concurrencyPercent: 200}]}
+"#,
+    );
+    // In February the window is not active, yet the subscription is refused now.
+    let errors = plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].reason(), "ExceedsPlan");
+    assert!(errors[0].to_string().contains("window summer raises concurrency to 4000, over the plan's maxPeakConcurrency 3000"));
+}
+
+#[test]
+fn an_unknown_plan_or_calendar_is_named() {
+    let s = spec("{tenantId: t, plan: gold, modules: [], seasons: {calendars: [cn-school]}}");
+    let errors = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
+    let reasons: Vec<&str> = errors.iter().map(|e| e.reason()).collect();
+    assert_eq!(reasons, vec!["CalendarNotFound", "PlanNotFound"]);
+}
+
+#[test]
+fn calendar_windows_merge_with_inline_ones_each_in_its_own_time_zone() {
+    let mut c = catalogue();
+    c.calendars.insert(
+        "cn-school".into(),
+        serde_saphyr::from_str(
+            r#"
+timeZone: Asia/Shanghai
+windows: [{name: summer, from: "07-01", to: "08-31", concurrencyPercent: 200, floorPercent: 20}]
+"#,
+        )
+        .unwrap(),
+    );
+    c.calendars.insert(
+        "evenings".into(),
+        // No time zone of its own: the subscription's applies.
+        serde_saphyr::from_str(r#"{windows: [{name: eve, start: "18:00", end: "22:00", floorPercent: 50}]}"#).unwrap(),
+    );
+    let s = spec(
+        r#"
+tenantId: t
+modules: [{name: video-call, concurrency: 1000}]
+seasons:
+  calendars: [cn-school, evenings]
+  timeZone: Europe/London
+  windows: [{name: launch, from: "2026-07-01", to: "2026-07-03", concurrencyPercent: 300}]
+"#,
+    );
+    // 2026-06-30 16:30 UTC is already July 1st 00:30 in Shanghai, 17:30 in London.
+    let p = plan("t", &s, &c, at("2026-06-30T16:30:00Z")).unwrap();
+    assert_eq!(p.active_windows, vec!["cn-school/summer"]);
+    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 10 });
+    // The next change: London's 18:00 evening window.
+    assert_eq!(window::format_instant(p.next_transition.unwrap(), &p.time_zone), "2026-06-30T18:00:00+01:00");
+    // July 1st, 19:00 London: all three; the largest percentages win.
+    let p = plan("t", &s, &c, at("2026-07-01T18:00:00Z")).unwrap();
+    assert_eq!(p.active_windows, vec!["cn-school/summer", "evenings/eve", "launch"]);
+    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 3000, max_replicas: 75, min_replicas: 38 });
 }

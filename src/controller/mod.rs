@@ -14,12 +14,12 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ResourceQuota, Service},
+        core::v1::{PersistentVolumeClaim, ResourceQuota, Service},
     },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
@@ -33,7 +33,10 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{ModuleProfile, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionStatus},
+    api::{
+        CapacityCalendar, DataRetention, ModuleProfile, ModuleState, ModuleStatus, SubscriptionPlan, TenantSubscription,
+        TenantSubscriptionStatus,
+    },
     capacity::{self, CapacityPlan, Footprint, window::format_instant},
     metrics::{Metrics, ModuleLabels},
     render::{self, ANNOTATION_DRAINING_SINCE, LABEL_MANAGED_BY, MANAGER, Owner},
@@ -71,11 +74,18 @@ pub struct Settings {
     pub resync: Duration,
     /// Subscriptions reconciled at once.
     pub concurrency: u16,
+    /// How often provisioned capacity is metered.
+    pub metering_interval: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { namespace: None, resync: Duration::from_secs(300), concurrency: 16 }
+        Self {
+            namespace: None,
+            resync: Duration::from_secs(300),
+            concurrency: 16,
+            metering_interval: Duration::from_secs(15),
+        }
     }
 }
 
@@ -83,6 +93,8 @@ impl Default for Settings {
 pub struct Context {
     pub client: Client,
     pub profiles: Store<ModuleProfile>,
+    pub plans: Store<SubscriptionPlan>,
+    pub calendars: Store<CapacityCalendar>,
     pub deployments: Store<Deployment>,
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub services: Store<Service>,
@@ -93,8 +105,31 @@ pub struct Context {
 }
 
 impl Context {
+    /// The profiles, plan and calendars a subscription names, from the caches.
+    fn catalogue_for(&self, sub: &TenantSubscription) -> capacity::Catalogue {
+        let mut c = capacity::Catalogue::default();
+        for m in &sub.spec.modules {
+            if let Some(p) = self.profiles.get(&ObjectRef::new(&m.name)) {
+                c.profiles.insert(m.name.clone(), p.spec.clone());
+            }
+        }
+        if let Some(name) = &sub.spec.plan
+            && let Some(p) = self.plans.get(&ObjectRef::new(name))
+        {
+            c.plans.insert(name.clone(), p.spec.clone());
+        }
+        for name in sub.spec.seasons.iter().flat_map(|s| &s.calendars) {
+            if let Some(cal) = self.calendars.get(&ObjectRef::new(name)) {
+                c.calendars.insert(name.clone(), cal.spec.clone());
+            }
+        }
+        c
+    }
+
     async fn caches_ready(&self) {
         let _ = tokio::join!(
+            self.plans.wait_until_ready(),
+            self.calendars.wait_until_ready(),
             self.profiles.wait_until_ready(),
             self.deployments.wait_until_ready(),
             self.hpas.wait_until_ready(),
@@ -144,14 +179,23 @@ pub async fn run(
     let (services, service_stream) = child_cache!(Service);
     let (quotas, quota_stream) = child_cache!(ResourceQuota);
 
-    let (profiles, profile_writer) = reflector::store::<ModuleProfile>();
-    let profile_stream = reflector::reflector(
-        profile_writer,
-        watcher(Api::<ModuleProfile>::all(client.clone()), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear()),
-    )
-    .touched_objects();
+    // The catalogue is cluster-scoped and small: cache it whole.
+    macro_rules! catalogue_cache {
+        ($t:ty) => {{
+            let (store, writer) = reflector::store::<$t>();
+            let stream = reflector::reflector(
+                writer,
+                watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic())
+                    .default_backoff()
+                    .modify(|o| o.managed_fields_mut().clear()),
+            )
+            .touched_objects();
+            (store, stream)
+        }};
+    }
+    let (profiles, profile_stream) = catalogue_cache!(ModuleProfile);
+    let (plans, plan_stream) = catalogue_cache!(SubscriptionPlan);
+    let (calendars, calendar_stream) = catalogue_cache!(CapacityCalendar);
 
     let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
     let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
@@ -162,6 +206,8 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client,
         profiles: profiles.clone(),
+        plans: plans.clone(),
+        calendars: calendars.clone(),
         deployments: deployments.clone(),
         hpas: hpas.clone(),
         services: services.clone(),
@@ -171,6 +217,11 @@ pub async fn run(
         settings,
     });
 
+    let metering = tokio::spawn(crate::metering::run(
+        deployments.clone(),
+        ctx.metrics.clone(),
+        ctx.settings.metering_interval,
+    ));
     let ready_ctx = ctx.clone();
     let ready_subs = subscription_store.clone();
     tokio::spawn(async move {
@@ -185,16 +236,14 @@ pub async fn run(
         .owns_stream(hpa_stream)
         .owns_stream(service_stream)
         .owns_stream(quota_stream)
-        // A changed profile re-plans every subscription that uses it.
-        .watches_stream(profile_stream, move |profile: ModuleProfile| {
-            let name = profile.name_any();
-            subscription_store
-                .state()
-                .into_iter()
-                .filter(|s| s.spec.modules.iter().any(|m| m.name == name))
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        // A changed profile, plan or calendar re-plans every subscription that uses it.
+        .watches_stream(profile_stream, users(subscription_store.clone(), |s, name| {
+            s.spec.modules.iter().any(|m| m.name == name)
+        }))
+        .watches_stream(plan_stream, users(subscription_store.clone(), |s, name| s.spec.plan.as_deref() == Some(name)))
+        .watches_stream(calendar_stream, users(subscription_store, |s, name| {
+            s.spec.seasons.iter().any(|se| se.calendars.iter().any(|c| c == name))
+        }))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -203,6 +252,23 @@ pub async fn run(
             }
         })
         .await;
+    metering.abort();
+}
+
+/// Maps a catalogue object to the subscriptions that refer to it.
+fn users<K: Resource>(
+    subscriptions: Store<TenantSubscription>,
+    uses: fn(&TenantSubscription, &str) -> bool,
+) -> impl Fn(K) -> Vec<ObjectRef<TenantSubscription>> + Send + Sync + 'static {
+    move |obj: K| {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        subscriptions
+            .state()
+            .into_iter()
+            .filter(|s| uses(s, &name))
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
 }
 
 fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -272,14 +338,8 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
     let outcome = if sub.spec.paused {
         paused(sub, &known, &live)
     } else {
-        let profiles: Vec<(String, Arc<ModuleProfile>)> = sub
-            .spec
-            .modules
-            .iter()
-            .filter_map(|m| ctx.profiles.get(&ObjectRef::new(&m.name)).map(|p| (m.name.clone(), p)))
-            .collect();
-        let lookup = |n: &str| profiles.iter().find(|(k, _)| k == n).map(|(_, p)| &p.spec);
-        match capacity::plan(&name, &sub.spec, lookup, &[], now) {
+        let catalogue = ctx.catalogue_for(sub);
+        match capacity::plan(&name, &sub.spec, &catalogue, now) {
             Err(errors) => invalid(sub, &errors, &known, &live),
             Ok(plan) => converge(sub, ctx, &owner, &uid, &plan, &known, &live, now).await?,
         }
@@ -473,6 +533,9 @@ async fn converge(
             if let Some(o) = &l.deployment {
                 apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
             }
+            if sub.spec.downgrade.data_retention == DataRetention::Delete {
+                delete_module_data(ctx, ns, &owner.name, m).await?;
+            }
             info!(subscription = %owner.name, namespace = ns, module = %m, "drain finished; module removed");
             publish(ctx, sub, EventType::Normal, "ModuleRemoved", &format!("{m}: drained and removed")).await;
             continue;
@@ -526,6 +589,17 @@ async fn converge(
         next_transition: plan.next_transition.map(|t| format_instant(t, &plan.time_zone)),
         requeue,
     })
+}
+
+/// The retention policy says Delete: remove the module's PersistentVolumeClaims.
+async fn delete_module_data(ctx: &Context, ns: &str, sub: &str, module: &str) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{}={sub},{}={module}", render::LABEL_SUBSCRIPTION, render::LABEL_MODULE);
+    for pvc in api.list(&ListParams::default().labels(&selector)).await? {
+        apply::delete_owned(&ctx.client, &ctx.metrics, &pvc).await?;
+        info!(namespace = ns, subscription = sub, module, claim = %pvc.name_any(), "data deleted (dataRetention: Delete)");
+    }
+    Ok(())
 }
 
 /// What a draining module may still occupy, read from its live objects.

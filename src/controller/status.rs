@@ -66,14 +66,22 @@ impl LiveModule {
     }
 }
 
-/// Why an active module cannot have the replicas its load asks for, if so.
+/// Why an active module cannot have the replicas its load asks for, if so:
+/// the ceiling bought, or the quota refusing pods.
 pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
-    let want = live.hpa_unbounded_want()?;
-    if want > plan.numbers.max_replicas {
-        Some(format!("{}: HPA wants {want} replicas, ceiling is {}", plan.name, plan.numbers.max_replicas))
-    } else {
-        None
+    if let Some(want) = live.hpa_unbounded_want()
+        && want > plan.numbers.max_replicas
+    {
+        return Some(format!("{}: HPA wants {want} replicas, ceiling is {}", plan.name, plan.numbers.max_replicas));
     }
+    let d = live.deployment.as_ref()?;
+    let status = d.status.as_ref()?;
+    let refused = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "ReplicaFailure" && c.status == "True" && c.message.as_deref().is_some_and(|m| m.contains("exceeded quota"))
+    });
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let fits = status.replicas.unwrap_or(0);
+    (refused && want > fits).then(|| format!("{}: HPA wants {want} replicas, quota fits {fits}", plan.name))
 }
 
 /// Progress message of an active module, `None` when it is at its floor or better.

@@ -35,6 +35,8 @@ pub const LABEL_TENANT: &str = "capacity.tenancy.dev/tenant";
 pub const ANNOTATION_HASH: &str = "capacity.tenancy.dev/spec-hash";
 /// Set on a module's Deployment when it starts draining (RFC 3339).
 pub const ANNOTATION_DRAINING_SINCE: &str = "capacity.tenancy.dev/draining-since";
+/// Sessions one replica of the module serves, for metering.
+pub const ANNOTATION_SESSIONS_PER_REPLICA: &str = "capacity.tenancy.dev/sessions-per-replica";
 pub const QUOTA_SUFFIX: &str = "capacity";
 
 /// Who the children belong to.
@@ -170,8 +172,11 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
         resources: m.resources.clone(),
         ..Default::default()
     };
+    let mut metadata = meta(owner, child_name(&owner.name, &m.name), Some(&m.name));
+    metadata.annotations =
+        Some(BTreeMap::from([(ANNOTATION_SESSIONS_PER_REPLICA.to_string(), m.sessions_per_replica.to_string())]));
     Deployment {
-        metadata: meta(owner, child_name(&owner.name, &m.name), Some(&m.name)),
+        metadata,
         spec: Some(DeploymentSpec {
             // No replicas: the HPA owns the scale, so GitOps tools see no drift.
             replicas: None,

@@ -29,7 +29,10 @@ fn sample(concurrency: i64) -> CapacityPlan {
         "{{tenantId: acme, modules: [{{name: video-call, concurrency: {concurrency}}}, {{name: real-time-messaging, concurrency: 100}}]}}"
     ))
     .unwrap();
-    plan("acme", &spec, |n| if n == "video-call" { Some(&profile) } else { Some(&im) }, &[], Timestamp::UNIX_EPOCH).unwrap()
+    let mut c = crate::capacity::Catalogue::default();
+    c.profiles.insert("video-call".into(), profile);
+    c.profiles.insert("real-time-messaging".into(), im);
+    plan("acme", &spec, &c, Timestamp::UNIX_EPOCH).unwrap()
 }
 
 #[test]

@@ -91,7 +91,12 @@ impl Operator {
     pub fn start_with(client: &Client, namespace: &str, resync: Duration) -> Self {
         let metrics = Metrics::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let settings = controller::Settings { namespace: Some(namespace.to_string()), resync, concurrency: 8 };
+        let settings = controller::Settings {
+            namespace: Some(namespace.to_string()),
+            resync,
+            concurrency: 8,
+            metering_interval: Duration::from_secs(1),
+        };
         let fut = controller::run(client.clone(), settings, metrics.clone(), Readiness::default(), async move {
             let _ = rx.await;
         });
