@@ -14,20 +14,11 @@ use crate::{
 };
 
 /// Read every ModuleProfile, SubscriptionPlan and CapacityCalendar from the
-/// YAML files in a folder (or one file).
+/// YAML files in a folder and its subfolders (or one file).
 pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
     let mut files = Vec::new();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
-            let p = entry?.path();
-            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-                files.push(p);
-            }
-        }
-        files.sort();
-    } else {
-        files.push(path.to_path_buf());
-    }
+    collect_yaml(path, &mut files)?;
+    files.sort();
     let mut out = capacity::Catalogue::default();
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
@@ -52,6 +43,20 @@ pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
         }
     }
     Ok(out)
+}
+
+fn collect_yaml(path: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            let p = entry?.path();
+            if p.is_dir() || matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                collect_yaml(&p, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
 }
 
 /// Every YAML document of a stream, as JSON values (empty documents skipped).

@@ -29,7 +29,7 @@ fn crd_prints_the_committed_crds() {
 
 #[test]
 fn render_previews_every_example_offline() {
-    let profiles = format!("{ROOT}/examples/profiles");
+    let profiles = format!("{ROOT}/examples");
     let mut seen = 0;
     for entry in std::fs::read_dir(format!("{ROOT}/examples/subscriptions")).unwrap() {
         let path = entry.unwrap().path();
@@ -49,7 +49,7 @@ fn render_previews_every_example_offline() {
         "--at", "2026-07-15T04:00:00Z",
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("# edu: active windows [summer-holiday], next transition 2026-07-15T18:00:00+08:00"), "{text}");
+    assert!(text.starts_with("# edu: active windows [cn-school-holidays/summer-holiday], next transition 2026-07-15T18:00:00+08:00"), "{text}");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     let hpa = docs.iter().find(|d| d["kind"] == "HorizontalPodAutoscaler" && d["metadata"]["name"] == "edu-video-call").unwrap();
     assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(25), Some(50)));

@@ -20,7 +20,8 @@ use kube::{
     runtime::wait::{await_condition, conditions},
 };
 use serde::de::DeserializeOwned;
-use tenant_capacity_operator::{api, controller, metrics::Metrics, server::Readiness};
+use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota};
+use tenant_capacity_operator::{api, api::TenantSubscription, controller, metrics::Metrics, server::Readiness};
 
 pub const TEST_MANAGER: &str = "integration-test";
 
@@ -205,3 +206,92 @@ spec:
 "#
     )
 }
+
+pub const T: Duration = Duration::from_secs(60);
+
+pub struct Fixture {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub video: String,
+    pub im: String,
+    pub operator: Operator,
+}
+
+impl Fixture {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let video = unique("video");
+        let im = unique("im");
+        apply_yaml(
+            &client,
+            None,
+            &profile_yaml(
+                &video,
+                "  port: 8443\n  scaling: {cpuUtilization: 65}\n  tiers: {sd: {sessionsPerReplica: 60}, uhd: {sessionsPerReplica: 15}}",
+            ),
+        )
+        .await;
+        apply_yaml(&client, None, &profile_yaml(&im, "  minReplicas: 2")).await;
+        let operator = Operator::start(&client, &ns.name);
+        Self { client, ns, video, im, operator }
+    }
+
+    pub fn subs(&self) -> Api<TenantSubscription> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    pub async fn apply_sub(&self, name: &str, spec: &str) -> TenantSubscription {
+        let yaml = format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+        );
+        apply_yaml(&self.client, Some(&self.ns.name), &yaml).await;
+        self.subs().get(name).await.unwrap()
+    }
+
+    pub async fn get<K>(&self, name: &str) -> Option<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        get_opt::<K>(&self.client, &self.ns.name, name).await
+    }
+
+    /// Wait until the subscription's status describes its current generation
+    /// and `check` holds.
+    pub async fn wait_status(&self, name: &str, what: &str, check: impl Fn(&TenantSubscription) -> bool) -> TenantSubscription {
+        wait_for(what, T, || async {
+            let s = self.subs().get(name).await.ok()?;
+            let st = s.status.as_ref()?;
+            (st.observed_generation == s.metadata.generation && check(&s)).then_some(s)
+        })
+        .await
+    }
+
+    pub async fn hpa_numbers(&self, name: &str) -> Option<(i32, i32)> {
+        let h: HorizontalPodAutoscaler = self.get(name).await?;
+        Some((h.spec.min_replicas.unwrap_or(1), h.spec.max_replicas))
+    }
+
+    pub async fn quota_hard(&self, sub: &str, key: &str) -> Option<String> {
+        let q: ResourceQuota = self.get(&format!("{sub}-capacity")).await?;
+        q.spec?.hard?.get(key).map(|v| v.0.clone())
+    }
+
+    pub async fn finish(self) {
+        self.operator.stop().await;
+        self.ns.delete().await;
+    }
+}
+
+pub fn condition<'a>(s: &'a TenantSubscription, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is(s: &TenantSubscription, type_: &str, status: &str, reason: &str) -> bool {
+    condition(s, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
