@@ -208,8 +208,16 @@ start_component() { # name binary args...
     done
     exec setsid "${bin}" "$@" >"${LOG_DIR}/${name}.log" 2>&1 </dev/null
   ) &
-  echo "$! ${bin}" >"${PID_DIR}/${name}.pid"
-  log "started ${name} (pid $!), log: ${LOG_DIR}/${name}.log"
+  local pid=$! i
+  disown "${pid}" 2>/dev/null || true # no "Killed" job notices from bash
+  echo "${pid} ${bin}" >"${PID_DIR}/${name}.pid"
+  # Until the subshell has exec'd the binary, /proc/<pid>/exe is still bash.
+  for ((i = 0; i < 100; i++)); do
+    [[ "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == "${bin}" ]] && break
+    kill -0 "${pid}" 2>/dev/null || break
+    sleep 0.05
+  done
+  log "started ${name} (pid ${pid}), log: ${LOG_DIR}/${name}.log"
 }
 
 # Stop every recorded process: TERM, then KILL after a timeout.
@@ -413,7 +421,7 @@ default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
 metrics_api_available() {
   [[ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]
 }
-top_nodes_works() { kubectl_admin top nodes --no-headers | grep -q .; }
+top_nodes_works() { [[ "$(kubectl_admin top nodes --no-headers | grep -c .)" -ge "${NODES}" ]]; }
 
 # --- manifests ---------------------------------------------------------------
 
@@ -449,6 +457,40 @@ status:
   nodeInfo: {architecture: amd64, operatingSystem: linux}
 EOF
   done | kubectl_admin create -f - >/dev/null
+}
+
+# metrics-server drops a node whose reported CPU or memory use is zero, and a
+# kwok node's use is the sum of its pods'. Like a real node's system pods, a
+# small DaemonSet gives every fake node some use, so node metrics (kubectl top
+# nodes) exist from the start.
+apply_node_agent() {
+  kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: tco-node-agent
+  namespace: kube-system
+  labels: {app.kubernetes.io/name: tco-node-agent}
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: tco-node-agent}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: tco-node-agent}
+      annotations:
+        kwok.x-k8s.io/usage-cpu: 20m
+        kwok.x-k8s.io/usage-memory: 64Mi
+    spec:
+      priorityClassName: system-node-critical
+      nodeSelector: {type: kwok}
+      tolerations:
+      - {key: ${KWOK_TAINT_KEY}, operator: Exists, effect: NoSchedule}
+      containers:
+      - name: agent
+        image: registry.invalid/tco-node-agent:0
+        resources:
+          requests: {cpu: 10m, memory: 32Mi}
+EOF
 }
 
 # metrics-server runs as a local process: an ExternalName Service points the
@@ -606,6 +648,7 @@ cmd_up() {
   wait_for kwok 60 "kwok /healthz" healthz_ok "${KWOK_PORT}"
 
   apply_nodes
+  apply_node_agent
   apply_metrics_apiservice
   start_component metrics-server metrics-server \
     --kubeconfig="${KUBECONFIG_PATH}" \
@@ -625,7 +668,7 @@ cmd_up() {
   wait_for kube-controller-manager 60 "nodes free of not-ready taints" nodes_untainted
   wait_for kube-controller-manager 60 "ServiceAccount default/default" default_sa_exists
   wait_for metrics-server 90 "APIService v1beta1.metrics.k8s.io Available" metrics_api_available
-  wait_for metrics-server 90 "kubectl top nodes" top_nodes_works
+  wait_for metrics-server 90 "kubectl top nodes (all ${NODES} nodes)" top_nodes_works
 
   date -u +%FT%TZ >"${READY_MARK}"
   UP_IN_PROGRESS=0

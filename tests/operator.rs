@@ -40,7 +40,7 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     )
     .await
     .expect_err("duplicate module names are refused");
-    assert!(dup_err.to_string().contains("spec.modules[1]"), "{dup_err}");
+    assert!(dup_err.to_string().contains("spec.modules: duplicate entries"), "{dup_err}");
 
     let sub = f
         .apply_sub("acme", &format!("  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 1000}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im))
@@ -252,19 +252,21 @@ data: {{a: b}}
         Some(&ns),
         &format!(
             r#"
-apiVersion: v1
-kind: Service
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
 metadata:
   name: h-{m}
   labels: {{app.kubernetes.io/managed-by: tenant-capacity-operator, capacity.tenancy.dev/subscription: h, capacity.tenancy.dev/module: {m}}}
 spec:
-  ports: [{{port: 1234}}]
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: elsewhere}}
+  minReplicas: 1
+  maxReplicas: 7
 "#,
             m = f.im
         ),
     )
     .await;
-    f.apply_sub("h", &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
     f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
 
     // Deleted by hand: recreated.
@@ -293,26 +295,28 @@ spec:
         .await
         .unwrap();
 
-    // Adding the messaging module collides with the stranger's Service: the
+    // Adding the messaging module collides with the stranger's HPA: the
     // module is reported, the stranger is untouched.
     f.apply_sub(
         "h",
-        &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
+        &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
     )
     .await;
     let s = f.wait_status("h", "ObjectConflict", |s| is(s, "Ready", "False", "ObjectConflict")).await;
     let msg = &condition(&s, "Ready").unwrap().message;
     assert!(msg.contains(&format!("h-{}", f.im)), "{msg}");
-    let svc: Service = f.get(&format!("h-{}", f.im)).await.unwrap();
-    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version, "stranger's Service was changed");
+    let svc: HorizontalPodAutoscaler = f.get(&format!("h-{}", f.im)).await.unwrap();
+    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version, "stranger's HPA was changed");
     assert!(svc.owner_references().is_empty());
+    // Applied whole or not at all: the colliding module got no Deployment either.
+    assert!(f.get::<Deployment>(&format!("h-{}", f.im)).await.is_none());
     let d: Deployment = f.get(&video).await.unwrap();
     assert_eq!(d.labels().get("team").map(String::as_str), Some("video"));
 
-    // Drop the module again: the stranger Service and ConfigMap survive.
-    f.apply_sub("h", &format!("  tenantId: h\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
+    // Drop the module again: the stranger HPA and ConfigMap survive.
+    f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
     f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
-    let svc: Service = f.get(&format!("h-{}", f.im)).await.expect("stranger Service survives");
+    let svc: HorizontalPodAutoscaler = f.get(&format!("h-{}", f.im)).await.expect("stranger HPA survives");
     assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version);
     assert!(f.get::<k8s_openapi::api::core::v1::ConfigMap>("h-stranger").await.is_some());
     f.finish().await;
@@ -327,7 +331,7 @@ async fn the_schema_refuses_bad_input_naming_the_field() {
         ("{tenantId: x, modules: [{name: video, concurrency: 0}]}", "spec.modules[0].concurrency"),
         ("{tenantId: x, modules: [{name: video, concurrency: -5}]}", "spec.modules[0].concurrency"),
         ("{tenantId: x, modules: [{name: video, concurrency: 10, tier: 'HD!'}]}", "spec.modules[0].tier"),
-        ("{tenantId: x, modules: [{name: a, concurrency: 1}, {name: a, concurrency: 2}]}", "spec.modules[1]"),
+        ("{tenantId: x, modules: [{name: a, concurrency: 1}, {name: a, concurrency: 2}]}", "spec.modules: duplicate entries for key [name=\"a\"]"),
         ("{tenantId: x, modules: [], seasons: {windows: [{name: w, start: '25:00', end: '02:00'}]}}", "spec.seasons.windows[0].start"),
         ("{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '02-30', to: '03-01'}]}}", "spec.seasons.windows[0].from"),
         ("{tenantId: x, modules: [], seasons: {windows: [{name: w, days: [Mon], floorPercent: 101}]}}", "spec.seasons.windows[0].floorPercent"),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub struct Seasons {
     /// Names of shared CapacityCalendars whose windows also apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub calendars: Vec<String>,
 
@@ -44,13 +44,13 @@ pub struct Window {
     /// First day, inclusive: MM-DD (every year) or YYYY-MM-DD (once).
     /// A yearly range whose to is before from runs over the new year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
+    #[schemars(length(min = 5, max = 10), regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(02-3[01]|0[469]-31|11-31)$')").message("not a calendar date"))]
     pub from: Option<String>,
 
     /// Last day, inclusive, in the same form as from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
+    #[schemars(length(min = 5, max = 10), regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(02-3[01]|0[469]-31|11-31)$')").message("not a calendar date"))]
     pub to: Option<String>,
 
@@ -62,12 +62,12 @@ pub struct Window {
 
     /// Start of the daily time range, HH:MM local time, inclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
+    #[schemars(length(min = 5, max = 5), regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
     pub start: Option<String>,
 
     /// End of the daily time range, HH:MM local time, exclusive; before start means it runs past midnight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
+    #[schemars(length(min = 5, max = 5), regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
     pub end: Option<String>,
 
     /// Ceiling during the window, in percent of the concurrency bought (100 when unset).
@@ -82,7 +82,7 @@ pub struct Window {
 
     /// Only these modules are affected; all when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 63)))]
     pub modules: Option<Vec<String>>,
 }
 

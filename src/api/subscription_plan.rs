@@ -48,7 +48,7 @@ pub struct PlanModule {
 
     /// Allowed tiers; all of the profile's tiers when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 32)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub tiers: Option<Vec<String>>,
 }

@@ -66,33 +66,46 @@ fn params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-async fn apply_typed<K>(client: &Client, ns: &str, name: &str, body: &Value, uid: &str, live_known: bool) -> Result<(), Error>
+async fn apply_typed<K>(client: &Client, ns: &str, name: &str, body: &Value) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    if !live_known {
-        // Not in our cache: never take over an object someone else made.
-        if let Some(existing) = api.get_opt(name).await?
-            && !owned_by(existing.meta(), uid)
-        {
-            return Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: name.to_string() });
-        }
-    }
     api.patch(name, &params(), &Patch::Apply(body)).await?;
     Ok(())
 }
 
-/// Apply `child` unless `live` (our cached copy, owned by `uid`) already matches.
+async fn check_free_typed<K>(client: &Client, ns: &str, name: &str, uid: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await? {
+        Some(existing) if !owned_by(existing.meta(), uid) => {
+            Err(Error::NotOwned { kind: K::kind(&()).to_string(), name: name.to_string() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// For a child missing from our cache: make sure the name is not taken by an
+/// object someone else made, which we must never take over.
+pub async fn check_free(client: &Client, ns: &str, child: &Child, uid: &str) -> Result<(), Error> {
+    use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1};
+    let name = child.name();
+    match child {
+        Child::Deployment(_) => check_free_typed::<Deployment>(client, ns, name, uid).await,
+        Child::Hpa(_) => check_free_typed::<HorizontalPodAutoscaler>(client, ns, name, uid).await,
+        Child::Service(_) => check_free_typed::<v1::Service>(client, ns, name, uid).await,
+        Child::Quota(_) => check_free_typed::<v1::ResourceQuota>(client, ns, name, uid).await,
+    }
+}
+
+/// Apply `child` unless `live` (our cached copy, owned by us) already
+/// matches. A child with no cached copy must have passed [`check_free`].
 /// Returns whether a write was made.
-pub async fn ensure(
-    client: &Client,
-    metrics: &Metrics,
-    ns: &str,
-    child: &Child,
-    live: Option<Value>,
-    uid: &str,
-) -> Result<bool, Error> {
+pub async fn ensure(client: &Client, metrics: &Metrics, ns: &str, child: &Child, live: Option<Value>) -> Result<bool, Error> {
+    use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1};
     let desired = child.to_value();
     if let Some(live) = &live
         && !needs_apply(&desired, live)
@@ -100,17 +113,11 @@ pub async fn ensure(
         return Ok(false);
     }
     let name = child.name();
-    let known = live.is_some();
     match child {
-        Child::Deployment(_) => apply_typed::<k8s_openapi::api::apps::v1::Deployment>(client, ns, name, &desired, uid, known).await?,
-        Child::Hpa(_) => {
-            apply_typed::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(client, ns, name, &desired, uid, known)
-                .await?
-        }
-        Child::Service(_) => apply_typed::<k8s_openapi::api::core::v1::Service>(client, ns, name, &desired, uid, known).await?,
-        Child::Quota(_) => {
-            apply_typed::<k8s_openapi::api::core::v1::ResourceQuota>(client, ns, name, &desired, uid, known).await?
-        }
+        Child::Deployment(_) => apply_typed::<Deployment>(client, ns, name, &desired).await?,
+        Child::Hpa(_) => apply_typed::<HorizontalPodAutoscaler>(client, ns, name, &desired).await?,
+        Child::Service(_) => apply_typed::<v1::Service>(client, ns, name, &desired).await?,
+        Child::Quota(_) => apply_typed::<v1::ResourceQuota>(client, ns, name, &desired).await?,
     }
     metrics.write(child.kind(), "apply");
     Ok(true)

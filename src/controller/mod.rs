@@ -458,21 +458,35 @@ async fn converge(
 
     for m in &plan.modules {
         let l = live(&m.name);
+        let children: Vec<(render::Child, Option<serde_json::Value>)> = render::module_children(owner, m)
+            .into_iter()
+            .map(|child| {
+                let current = match &child {
+                    render::Child::Deployment(_) => live_value(&l.deployment),
+                    render::Child::Hpa(_) => live_value(&l.hpa),
+                    render::Child::Service(_) => live_value(&l.service),
+                    render::Child::Quota(_) => None,
+                };
+                (child, current)
+            })
+            .collect();
+        // Check every name before writing any, so a module is applied whole or not at all.
         let mut conflict = None;
-        for child in render::module_children(owner, m) {
-            let current = match &child {
-                render::Child::Deployment(_) => live_value(&l.deployment),
-                render::Child::Hpa(_) => live_value(&l.hpa),
-                render::Child::Service(_) => live_value(&l.service),
-                render::Child::Quota(_) => None,
-            };
-            match apply::ensure(&ctx.client, &ctx.metrics, ns, &child, current, uid).await {
-                Ok(_) => {}
-                Err(Error::NotOwned { kind, name }) => {
-                    conflict = Some(format!("{}: {kind} {name} exists and is not owned by this subscription", m.name));
-                    break;
+        for (child, current) in &children {
+            if current.is_none() {
+                match apply::check_free(&ctx.client, ns, child, uid).await {
+                    Ok(()) => {}
+                    Err(Error::NotOwned { kind, name }) => {
+                        conflict = Some(format!("{}: {kind} {name} exists and is not owned by this subscription", m.name));
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+        }
+        if conflict.is_none() {
+            for (child, current) in children {
+                apply::ensure(&ctx.client, &ctx.metrics, ns, &child, current).await?;
             }
         }
         if let Some(msg) = conflict {
@@ -553,8 +567,14 @@ async fn converge(
             .quotas
             .get(&ObjectRef::new(q.name()).within(ns))
             .filter(|o| apply::owned_by(&o.metadata, uid));
-        match apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current), uid).await {
-            Ok(_) => {}
+        let free = match &current {
+            Some(_) => Ok(()),
+            None => apply::check_free(&ctx.client, ns, &q, uid).await,
+        };
+        match free {
+            Ok(()) => {
+                apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
+            }
             Err(Error::NotOwned { kind, name }) => {
                 conflicts.push(format!("{kind} {name} exists and is not owned by this subscription"))
             }
