@@ -236,7 +236,8 @@ stop_components() {
   local deadline=$((SECONDS + 20)) left
   while :; do
     left=()
-    for pid in "${pids[@]}"; do kill -0 "${pid}" 2>/dev/null && left+=("${pid}"); done
+    # (a zombie has no exe link any more: it has exited)
+    for pid in "${pids[@]}"; do readlink "/proc/${pid}/exe" >/dev/null 2>&1 && left+=("${pid}"); done
     ((${#left[@]})) || break
     if ((SECONDS >= deadline)); then
       log "still running after 20s, sending KILL to pid(s) ${left[*]}"

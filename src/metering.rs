@@ -41,9 +41,8 @@ pub fn accumulate<'a>(deployments: impl IntoIterator<Item = &'a Deployment>, dt:
     }
 }
 
-/// Meter every `interval` until dropped.
+/// Meter every `interval` until dropped. Start it once the caches are synced.
 pub async fn run(deployments: Store<Deployment>, metrics: Metrics, interval: Duration) {
-    let _ = deployments.wait_until_ready().await;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -41,7 +41,11 @@ fn require_cluster() {
 fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new("kubectl");
     cmd.arg("--request-timeout=20s").args(args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| {
         panic!("cannot run kubectl ({e}); put it on PATH with `eval \"$(hack/cluster.sh env)\"`")
@@ -112,7 +116,10 @@ impl TestNamespace {
     fn new(test: &str) -> Self {
         require_cluster();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let name = format!(
             "selfcheck-{test}-{}-{}-{}",
             std::process::id(),
@@ -136,7 +143,13 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let out = run_kubectl(
-            &["delete", "namespace", &self.0, "--wait=false", "--ignore-not-found"],
+            &[
+                "delete",
+                "namespace",
+                &self.0,
+                "--wait=false",
+                "--ignore-not-found",
+            ],
             None,
         );
         if !out.status.success() {
@@ -162,7 +175,10 @@ fn fake_nodes() -> BTreeSet<String> {
         .filter(|(_, fake)| *fake == "fake")
         .map(|(name, _)| name.to_owned())
         .collect();
-    assert!(!nodes.is_empty(), "no kwok fake nodes in the cluster:\n{out}");
+    assert!(
+        !nodes.is_empty(),
+        "no kwok fake nodes in the cluster:\n{out}"
+    );
     nodes
 }
 
@@ -193,8 +209,9 @@ fn millicores(q: &str) -> Option<f64> {
 #[test]
 fn server_version_matches_pinned_kubernetes() {
     require_cluster();
-    let versions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/versions.env"))
-        .expect("read hack/versions.env");
+    let versions =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/versions.env"))
+            .expect("read hack/versions.env");
     let pinned = versions
         .lines()
         .find_map(|l| l.trim().strip_prefix("K8S_VERSION="))
@@ -202,10 +219,15 @@ fn server_version_matches_pinned_kubernetes() {
         .expect("K8S_VERSION in hack/versions.env");
 
     let json = kubectl(&["version", "-o", "json"]);
-    let server = json.find("\"serverVersion\"").unwrap_or_else(|| panic!("no serverVersion in:\n{json}"));
+    let server = json
+        .find("\"serverVersion\"")
+        .unwrap_or_else(|| panic!("no serverVersion in:\n{json}"));
     let git_version = json_string_after(&json, server, "gitVersion")
         .unwrap_or_else(|| panic!("no serverVersion.gitVersion in:\n{json}"));
-    assert_eq!(git_version, pinned, "server version differs from hack/versions.env");
+    assert_eq!(
+        git_version, pinned,
+        "server version differs from hack/versions.env"
+    );
 }
 
 #[test]
@@ -236,28 +258,35 @@ spec:
 "#
         ),
     );
-    wait_until("2 Running pods of deployment web on fake nodes", TIMEOUT, || {
-        let out = try_kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            ns.name(),
-            "-l",
-            "app=web",
-            "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
-        ])?;
-        let pods: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
-        let good = pods
-            .iter()
-            .filter(|p| p.len() == 3 && nodes.contains(p[1]) && p[2] == "Running")
-            .count();
-        if pods.len() == 2 && good == 2 {
-            Ok(())
-        } else {
-            Err(format!("{out:?} (fake nodes: {nodes:?})"))
-        }
-    });
+    wait_until(
+        "2 Running pods of deployment web on fake nodes",
+        TIMEOUT,
+        || {
+            let out = try_kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                ns.name(),
+                "-l",
+                "app=web",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+            ])?;
+            let pods: Vec<Vec<&str>> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect())
+                .collect();
+            let good = pods
+                .iter()
+                .filter(|p| p.len() == 3 && nodes.contains(p[1]) && p[2] == "Running")
+                .count();
+            if pods.len() == 2 && good == 2 {
+                Ok(())
+            } else {
+                Err(format!("{out:?} (fake nodes: {nodes:?})"))
+            }
+        },
+    );
 }
 
 #[test]
@@ -278,12 +307,24 @@ spec:
 "#,
     );
     let quota = |path: &str| {
-        try_kubectl(&["get", "resourcequota", "quota", "-n", ns.name(), "-o", &format!("jsonpath={path}")])
+        try_kubectl(&[
+            "get",
+            "resourcequota",
+            "quota",
+            "-n",
+            ns.name(),
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
     };
     // Until the quota controller has filled in status, admission rejects pods.
     wait_until("ResourceQuota status.hard", TIMEOUT, || {
         let hard = quota("{.status.hard.pods}")?;
-        if hard == "10" { Ok(()) } else { Err(format!("status.hard.pods={hard:?}")) }
+        if hard == "10" {
+            Ok(())
+        } else {
+            Err(format!("status.hard.pods={hard:?}"))
+        }
     });
     apply(
         ns.name(),
@@ -306,10 +347,20 @@ spec:
     effect: NoSchedule
 "#,
     );
-    wait_until("ResourceQuota status.used to count the pod", TIMEOUT, || {
-        let used = quota(r#"{.status.used.pods} {.status.used.requests\.cpu} {.status.used.requests\.memory}"#)?;
-        if used == "1 250m 128Mi" { Ok(()) } else { Err(format!("status.used={used:?}")) }
-    });
+    wait_until(
+        "ResourceQuota status.used to count the pod",
+        TIMEOUT,
+        || {
+            let used = quota(
+                r#"{.status.used.pods} {.status.used.requests\.cpu} {.status.used.requests\.memory}"#,
+            )?;
+            if used == "1 250m 128Mi" {
+                Ok(())
+            } else {
+                Err(format!("status.used={used:?}"))
+            }
+        },
+    );
 }
 
 #[test]
@@ -325,7 +376,15 @@ metadata:
 data: {role: owner}
 "#,
     );
-    let uid = kubectl(&["get", "configmap", "owner", "-n", ns.name(), "-o", "jsonpath={.metadata.uid}"]);
+    let uid = kubectl(&[
+        "get",
+        "configmap",
+        "owner",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
     assert!(!uid.is_empty(), "owner ConfigMap has no uid");
     apply(
         ns.name(),
@@ -344,14 +403,31 @@ data: {{role: dependent}}
 "#
         ),
     );
-    kubectl(&["delete", "configmap", "owner", "-n", ns.name(), "--wait=true"]);
-    wait_until("the garbage collector to delete the dependent ConfigMap", TIMEOUT, || {
-        match try_kubectl(&["get", "configmap", "dependent", "-n", ns.name(), "-o", "name"]) {
+    kubectl(&[
+        "delete",
+        "configmap",
+        "owner",
+        "-n",
+        ns.name(),
+        "--wait=true",
+    ]);
+    wait_until(
+        "the garbage collector to delete the dependent ConfigMap",
+        TIMEOUT,
+        || match try_kubectl(&[
+            "get",
+            "configmap",
+            "dependent",
+            "-n",
+            ns.name(),
+            "-o",
+            "name",
+        ]) {
             Err(e) if e.contains("NotFound") || e.contains("not found") => Ok(()),
             Err(e) => Err(e),
             Ok(out) => Err(format!("still present: {}", out.trim())),
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -381,19 +457,39 @@ spec:
 "#,
     );
     wait_until("pod busy Running", TIMEOUT, || {
-        let phase = try_kubectl(&["get", "pod", "busy", "-n", ns.name(), "-o", "jsonpath={.status.phase}"])?;
-        if phase == "Running" { Ok(()) } else { Err(format!("phase={phase:?}")) }
+        let phase = try_kubectl(&[
+            "get",
+            "pod",
+            "busy",
+            "-n",
+            ns.name(),
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        if phase == "Running" {
+            Ok(())
+        } else {
+            Err(format!("phase={phase:?}"))
+        }
     });
     // metrics-server needs two scrapes (10s apart) to compute a CPU rate.
-    let cpu = wait_until("kubectl top pods to report ~800m for pod busy", TIMEOUT, || {
-        let out = try_kubectl(&["top", "pods", "-n", ns.name(), "--no-headers"])?;
-        let line = out
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some("busy"))
-            .ok_or_else(|| format!("no line for busy in {out:?}"))?;
-        let cpu_col = line.split_whitespace().nth(1).unwrap_or_default();
-        let cpu = millicores(cpu_col).ok_or_else(|| format!("unparsable CPU in {line:?}"))?;
-        if (700.0..=900.0).contains(&cpu) { Ok(cpu) } else { Err(format!("{line:?}")) }
-    });
+    let cpu = wait_until(
+        "kubectl top pods to report ~800m for pod busy",
+        TIMEOUT,
+        || {
+            let out = try_kubectl(&["top", "pods", "-n", ns.name(), "--no-headers"])?;
+            let line = out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some("busy"))
+                .ok_or_else(|| format!("no line for busy in {out:?}"))?;
+            let cpu_col = line.split_whitespace().nth(1).unwrap_or_default();
+            let cpu = millicores(cpu_col).ok_or_else(|| format!("unparsable CPU in {line:?}"))?;
+            if (700.0..=900.0).contains(&cpu) {
+                Ok(cpu)
+            } else {
+                Err(format!("{line:?}"))
+            }
+        },
+    );
     assert!((700.0..=900.0).contains(&cpu));
 }

@@ -247,7 +247,8 @@ async fn provisioned_capacity_is_metered_per_tenant_and_module() {
         f.operator.metrics.encode().lines().find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse::<f64>().unwrap()))
     };
     // Two replicas (the profile's floor) metered every second.
-    let (replica_s, session_s) = wait_for("metering", T, || async {
+    let (replica_s, session_s) = wait_for("metering", Duration::from_secs(20), || async {
+        eprintln!("{}", f.operator.metrics.encode().lines().filter(|l| l.contains("seconds_total")).collect::<Vec<_>>().join("\n"));
         let r = read("replica_seconds")?;
         (r >= 4.0).then(|| (r, read("session_capacity_seconds").unwrap()))
     })

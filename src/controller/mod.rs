@@ -102,6 +102,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// Turns true once every cache has its first full list.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -127,15 +129,8 @@ impl Context {
     }
 
     async fn caches_ready(&self) {
-        let _ = tokio::join!(
-            self.plans.wait_until_ready(),
-            self.calendars.wait_until_ready(),
-            self.profiles.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.hpas.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.quotas.wait_until_ready(),
-        );
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|synced| *synced).await;
     }
 }
 
@@ -203,6 +198,36 @@ pub async fn run(
     let subscription_store = controller.store();
 
     let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+    // A store wakes only one waiter of its first sync, so exactly one task
+    // waits on the stores and everyone else on this flag.
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    {
+        let stores = (
+            plans.clone(),
+            calendars.clone(),
+            profiles.clone(),
+            deployments.clone(),
+            hpas.clone(),
+            services.clone(),
+            quotas.clone(),
+            subscription_store.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = tokio::join!(
+                stores.0.wait_until_ready(),
+                stores.1.wait_until_ready(),
+                stores.2.wait_until_ready(),
+                stores.3.wait_until_ready(),
+                stores.4.wait_until_ready(),
+                stores.5.wait_until_ready(),
+                stores.6.wait_until_ready(),
+                stores.7.wait_until_ready(),
+            );
+            info!("caches synced");
+            readiness.set_ready();
+            let _ = synced_tx.send(true);
+        });
+    }
     let ctx = Arc::new(Context {
         client,
         profiles: profiles.clone(),
@@ -215,20 +240,14 @@ pub async fn run(
         metrics,
         recorder,
         settings,
+        synced,
     });
 
-    let metering = tokio::spawn(crate::metering::run(
-        deployments.clone(),
-        ctx.metrics.clone(),
-        ctx.settings.metering_interval,
-    ));
-    let ready_ctx = ctx.clone();
-    let ready_subs = subscription_store.clone();
-    tokio::spawn(async move {
-        ready_ctx.caches_ready().await;
-        let _ = ready_subs.wait_until_ready().await;
-        info!("caches synced");
-        readiness.set_ready();
+    let metering_ctx = ctx.clone();
+    let metering = tokio::spawn(async move {
+        metering_ctx.caches_ready().await;
+        let c = &metering_ctx;
+        crate::metering::run(c.deployments.clone(), c.metrics.clone(), c.settings.metering_interval).await
     });
 
     controller
