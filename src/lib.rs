@@ -9,6 +9,7 @@
 pub mod api;
 pub mod capacity;
 pub mod controller;
+pub mod leader;
 pub mod metering;
 pub mod metrics;
 pub mod preview;

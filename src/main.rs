@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use tenant_capacity_operator::{
     api, controller,
     metrics::Metrics,
-    preview,
+    leader, preview,
     server::{self, Readiness},
     telemetry::{self, LogFormat},
 };
@@ -40,9 +40,29 @@ enum Command {
         concurrency: u16,
         #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
         log_format: LogFormat,
+        /// Only the holder of a coordination.k8s.io Lease reconciles; others stand by.
+        #[arg(long)]
+        leader_elect: bool,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_election_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "tenant-capacity-operator")]
+        leader_election_id: String,
+        /// Seconds a leader holds the Lease without renewing it.
+        #[arg(long, default_value_t = 15)]
+        leader_election_lease_seconds: u64,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Show a subscription's capacity per module: floor, ceiling, replicas, windows.
+    Status {
+        /// Namespace of the subscription.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Name of the subscription.
+        name: String,
+    },
     /// Preview, offline, every object the operator would apply for a subscription.
     Render {
         /// File with one or more TenantSubscriptions.
@@ -64,6 +84,16 @@ fn main() -> anyhow::Result<()> {
             print!("{}", api::crds_yaml());
             Ok(())
         }
+        Command::Status { namespace, name } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+                let api: kube::Api<api::TenantSubscription> = kube::Api::namespaced(client, &namespace);
+                let sub = api.get(&name).await.with_context(|| format!("reading TenantSubscription {namespace}/{name}"))?;
+                print!("{}", preview::status_table(&sub));
+                Ok(())
+            })
+        }
         Command::Render { file, profiles, at } => {
             let catalogue = preview::load_catalogue(&profiles)?;
             let at = at.unwrap_or_else(jiff::Timestamp::now);
@@ -72,7 +102,18 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { metrics_bind_address, health_probe_bind_address, namespace, resync_seconds, concurrency, log_format } => {
+        Command::Run {
+            metrics_bind_address,
+            health_probe_bind_address,
+            namespace,
+            resync_seconds,
+            concurrency,
+            log_format,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_id,
+            leader_election_lease_seconds,
+        } => {
             telemetry::init(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -105,8 +146,13 @@ fn main() -> anyhow::Result<()> {
                     tokio::select! { _ = shutdown => {}, _ = term => {} }
                     info!("shutting down");
                 };
+                let election = leader_elect.then(|| leader::Election {
+                    namespace: leader_election_namespace,
+                    lease: leader_election_id,
+                    duration: Duration::from_secs(leader_election_lease_seconds.max(2)),
+                });
                 tokio::select! {
-                    _ = controller::run(client, settings, metrics, readiness, stop) => {}
+                    r = leader::run(client, settings, metrics, readiness, election, stop) => r?,
                     r = serve => if let Err(e) = r { error!(error = %e, "HTTP server failed"); return Err(e.into()); }
                 }
                 Ok(())

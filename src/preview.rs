@@ -111,3 +111,47 @@ pub fn render_yaml(sub: &TenantSubscription, catalogue: &capacity::Catalogue, at
     }
     Ok(out)
 }
+
+/// A per-module table of a subscription's status, for people at a terminal.
+pub fn status_table(sub: &TenantSubscription) -> String {
+    let st = sub.status.clone().unwrap_or_default();
+    let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let mut rows = vec![[
+        "MODULE", "STATE", "TIER", "FLOOR", "CEILING", "DESIRED", "REPLICAS", "READY", "SESSIONS", "NOTE",
+    ]
+    .map(String::from)];
+    for m in &st.modules {
+        rows.push([
+            m.name.clone(),
+            m.state.map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into()),
+            m.tier.clone().unwrap_or_else(|| "-".into()),
+            opt(m.min_replicas.map(Into::into)),
+            opt(m.max_replicas.map(Into::into)),
+            opt(m.desired_replicas.map(Into::into)),
+            opt(m.replicas.map(Into::into)),
+            opt(m.ready_replicas.map(Into::into)),
+            opt(m.concurrency),
+            m.message.clone().unwrap_or_default(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..10).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+    let mut out = format!(
+        "{}/{} (tenant {}){}\nReady: {} ({}) {}\nActive windows: {}\nNext transition: {}\n\n",
+        sub.namespace().unwrap_or_default(),
+        sub.name_any(),
+        sub.spec.tenant_id,
+        sub.spec.plan.as_ref().map(|p| format!(", plan {p}")).unwrap_or_default(),
+        ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
+        ready.map(|c| c.reason.as_str()).unwrap_or("-"),
+        ready.map(|c| c.message.as_str()).unwrap_or(""),
+        if st.active_windows.is_empty() { "none".to_string() } else { st.active_windows.join(", ") },
+        st.next_transition.as_deref().unwrap_or("none"),
+    );
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -135,6 +135,23 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     assert!(body.contains("tenant_capacity_reconcile_duration_seconds_bucket"));
     assert!(body.contains("tenant_capacity_api_writes_total{kind=\"Deployment\",verb=\"apply\"}"));
 
+    // `status` shows the per-module table once the subscription is Ready.
+    let table = wait_for("status table", Duration::from_secs(30), || async {
+        let out = run(&["status", "-n", &ns.name, "c"]);
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && text.contains("Ready: True (Available)")).then_some(text)
+    })
+    .await;
+    let header = table.lines().find(|l| l.starts_with("MODULE")).expect("table header");
+    for col in ["STATE", "FLOOR", "CEILING", "REPLICAS", "READY", "SESSIONS"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = table.lines().find(|l| l.starts_with(&module)).expect("module row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // name, state, tier, floor, ceiling, desired, replicas, ready, sessions
+    assert_eq!((cells[1], cells[3], cells[4], cells[8]), ("Active", "1", "3", "100"), "{row}");
+    assert!(table.contains("Next transition: none"), "{table}");
+
     unsafe { libc_kill(child.id() as i32) };
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit on SIGTERM, got {status}");
