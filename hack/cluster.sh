@@ -9,6 +9,8 @@
 #   hack/cluster.sh status  say whether the cluster is up
 #   hack/cluster.sh down    stop what `up` started and remove its state
 #   hack/cluster.sh logs [component]   list the logs, or print one
+#   hack/cluster.sh stop-component NAME / start-component NAME
+#                           fault injection: stop or restart one component
 #
 # Environment:
 #   TCO_CACHE       build cache root   (default ~/.cache/tenant-capacity-operator)
@@ -206,7 +208,7 @@ start_component() { # name binary args...
       fd="${fd##*/}"
       ((fd > 2)) && eval "exec ${fd}>&-" 2>/dev/null
     done
-    exec setsid "${bin}" "$@" >"${LOG_DIR}/${name}.log" 2>&1 </dev/null
+    exec setsid "${bin}" "$@" >>"${LOG_DIR}/${name}.log" 2>&1 </dev/null
   ) &
   local pid=$! i
   disown "${pid}" 2>/dev/null || true # no "Killed" job notices from bash
@@ -731,12 +733,50 @@ cmd_logs() {
   cat "${f}"
 }
 
+# Fault injection for tests: stop or start one component of a running cluster
+# (same command line as `up` used), e.g. to restart kube-apiserver.
+cmd_stop_one() {
+  local name="${1:-}" pid i
+  [[ -f "${STATE_DIR}/${name}.cmdline" ]] || die "unknown component '${name}' (components: ${COMPONENTS[*]})"
+  if pid="$(component_pid "${name}")"; then
+    kill -TERM "${pid}" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      readlink "/proc/${pid}/exe" >/dev/null 2>&1 || break
+      sleep 0.2
+    done
+    kill -KILL "${pid}" 2>/dev/null || true
+    log "stopped ${name} (pid ${pid})"
+  else
+    log "${name} is not running"
+  fi
+}
+
+cmd_start_one() {
+  local name="${1:-}" i
+  [[ -f "${STATE_DIR}/${name}.cmdline" ]] || die "unknown component '${name}' (components: ${COMPONENTS[*]})"
+  if alive "${name}"; then
+    log "${name} is already running"
+    return 0
+  fi
+  local -a argv
+  eval "argv=($(cat "${STATE_DIR}/${name}.cmdline"))"
+  start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
+  case "${name}" in
+    etcd) for ((i = 0; i < 150; i++)); do etcd_healthy && return 0; sleep 0.2; done ;;
+    kube-apiserver) for ((i = 0; i < 300; i++)); do api_ready && return 0; sleep 0.2; done ;;
+    *) alive "${name}" && return 0 ;;
+  esac
+  die "${name} did not come back; see ${LOG_DIR}/${name}.log"
+}
+
 case "${1:-}" in
+  stop-component) shift; cmd_stop_one "$@" ;;
+  start-component) shift; cmd_start_one "$@" ;;
   build) cmd_build ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;
-  *) echo "usage: $0 {build|up|env|status|down|logs [component]}" >&2; exit 2 ;;
+  *) echo "usage: $0 {build|up|env|status|down|logs [component]|stop-component NAME|start-component NAME}" >&2; exit 2 ;;
 esac

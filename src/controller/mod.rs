@@ -7,7 +7,7 @@ pub mod status;
 
 use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
 
-use futures::{StreamExt, future::BoxFuture};
+use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -163,6 +163,7 @@ pub async fn run(
                 writer,
                 watcher(scoped::<$t>(&client, &settings.namespace), managed.clone())
                     .default_backoff()
+                    .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
                     .modify(|o| o.managed_fields_mut().clear()),
             )
             .touched_objects();
@@ -182,6 +183,7 @@ pub async fn run(
                 writer,
                 watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic())
                     .default_backoff()
+                    .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
                     .modify(|o| o.managed_fields_mut().clear()),
             )
             .touched_objects();

@@ -1,0 +1,201 @@
+//! Faults: the operator killed mid-reconcile, and the API server (and etcd)
+//! going away under a running operator. Nothing may be lost or duplicated.
+//!
+//! The tests here restart control-plane components, so they take a lock and
+//! run one at a time.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use tenant_capacity_operator::api::TenantSubscription;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Operator {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Operator {
+    fn start(ns: &str) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+            .args(["--namespace", ns, "--log-format", "json"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cluster(args: &[&str]) {
+    let out = Command::new(format!("{ROOT}/hack/cluster.sh")).args(args).output().unwrap();
+    assert!(out.status.success(), "hack/cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sub_yaml(name: &str, video: &str, im: &str, c: i64) -> String {
+    format!(
+        "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: {name}}}\nspec:\n  tenantId: {name}\n  modules:\n    - {{name: {video}, concurrency: {c}}}\n    - {{name: {im}, concurrency: 100}}\n"
+    )
+}
+
+async fn ready_count(subs: &Api<TenantSubscription>) -> usize {
+    let Ok(list) = subs.list(&ListParams::default()).await else { return 0 };
+    list.items
+        .iter()
+        .filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.observed_generation == s.metadata.generation
+                    && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count()
+}
+
+/// Every subscription has exactly its children, each owned by it.
+async fn assert_children_exact(client: &Client, ns: &str, n: usize) {
+    let deployments: Vec<Deployment> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
+    let hpas: Vec<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
+    let quotas: Vec<ResourceQuota> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(deployments.len(), 2 * n, "Deployments");
+    assert_eq!(hpas.len(), 2 * n, "HPAs");
+    assert_eq!(quotas.len(), n, "ResourceQuotas");
+    for d in &deployments {
+        let owner = &d.owner_references()[0];
+        assert_eq!(owner.kind, "TenantSubscription");
+        assert!(d.name_any().starts_with(&format!("{}-", owner.name)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "kill").await;
+    let (video, im) = (unique("video"), unique("im"));
+    apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
+    apply_yaml(&client, None, &profile_yaml(&im, "")).await;
+    const N: usize = 40;
+    for i in 0..N {
+        apply_yaml(&client, Some(&ns.name), &sub_yaml(&format!("k{i}"), &video, &im, 100 + i as i64)).await;
+    }
+    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    let mut kills = 0;
+    for _ in 0..3 {
+        let mut op = Operator::start(&ns.name);
+        // Kill while some, not all, are done.
+        let seen = wait_for("progress", Duration::from_secs(60), || async {
+            let r = ready_count(&subs).await;
+            (r > 0 || op.logged("Deployment") > 0 || r == N).then_some(r)
+        })
+        .await;
+        if seen < N {
+            unsafe { kill(op.child.id() as i32, 9) };
+            let _ = op.child.wait();
+            kills += 1;
+        }
+        drop(op);
+    }
+    let _op = Operator::start(&ns.name);
+    wait_for("all Ready after restarts", Duration::from_secs(120), || async {
+        (ready_count(&subs).await == N).then_some(())
+    })
+    .await;
+    println!("SIGKILLs injected mid-reconcile: {kills}; {N} subscriptions converged");
+    assert_children_exact(&client, &ns.name, N).await;
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "outage").await;
+    let (video, im) = (unique("video"), unique("im"));
+    apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
+    apply_yaml(&client, None, &profile_yaml(&im, "")).await;
+    apply_yaml(&client, Some(&ns.name), &sub_yaml("o", &video, &im, 400)).await;
+    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    let mut op = Operator::start(&ns.name);
+    wait_for("Ready", T, || async { (ready_count(&subs).await == 1).then_some(()) }).await;
+
+    let mut outages = 0;
+    for components in [&["kube-apiserver"][..], &["kube-apiserver", "etcd"][..]] {
+        let before = op.lines.lock().unwrap().len();
+        for c in components {
+            cluster(&["stop-component", c]);
+        }
+        // The operator notices (its watches fail) and keeps running.
+        let noticed = Instant::now();
+        while op.lines.lock().unwrap()[before..].iter().all(|l| !l.contains("WARN") && !l.contains("ERROR")) {
+            assert!(noticed.elapsed() < Duration::from_secs(60), "the operator did not report the outage");
+            assert!(op.alive(), "the operator exited during the outage");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(op.alive());
+        for c in components.iter().rev() {
+            cluster(&["start-component", c]);
+        }
+        outages += 1;
+        // Converges on a change made after the API is back, without a restart.
+        let c = 400 + 400 * outages;
+        let hpa = format!("o-{video}");
+        wait_for("apply after the outage", T, || async {
+            try_apply(&client, Some(&ns.name), &serde_saphyr::from_str(&sub_yaml("o", &video, &im, c)).unwrap()).await.ok()
+        })
+        .await;
+        wait_for("converged after the outage", Duration::from_secs(90), || async {
+            let h = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await?;
+            (h.spec.max_replicas as i64 == c / 40).then_some(())
+        })
+        .await;
+        assert!(op.alive(), "the operator had to restart");
+    }
+    let warnings: Vec<String> =
+        op.lines.lock().unwrap().iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(3).cloned().collect();
+    println!("outages survived: {outages}; first warnings: {warnings:#?}");
+    wait_for("Ready at the end", T, || async { (ready_count(&subs).await == 1).then_some(()) }).await;
+    assert_children_exact(&client, &ns.name, 1).await;
+    ns.delete().await;
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
