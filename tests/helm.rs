@@ -185,8 +185,10 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
 
 fn must<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     find(docs, kind, name).unwrap_or_else(|| {
-        let have: Vec<String> =
-            docs.iter().map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?"))).collect();
+        let have: Vec<String> = docs
+            .iter()
+            .map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?")))
+            .collect();
         panic!("no {kind}/{name} rendered; have {have:?}")
     })
 }
@@ -195,7 +197,11 @@ fn must<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
     for r in rules.as_array().expect("rules") {
-        let s = |k: &str| r[k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()).unwrap_or_default();
+        let s = |k: &str| {
+            r[k].as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
         for g in s("apiGroups") {
             for res in s("resources") {
                 for v in s("verbs") {
@@ -255,7 +261,8 @@ fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
 fn chart_crds_are_the_repository_crds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repo = std::fs::read(root.join("crds/crds.yaml")).expect("crds/crds.yaml");
-    let chart = std::fs::read(Path::new(CHART).join("crds/crds.yaml")).expect("charts/tenant-capacity-operator/crds/crds.yaml");
+    let chart =
+        std::fs::read(Path::new(CHART).join("crds/crds.yaml")).expect("charts/tenant-capacity-operator/crds/crds.yaml");
     assert!(
         repo == chart,
         "charts/tenant-capacity-operator/crds/crds.yaml differs from crds/crds.yaml; \
@@ -335,7 +342,11 @@ fn default_render_is_least_privilege_and_hardened() {
     let catalogue = must(&docs, "ClusterRole", &format!("{full}-catalogue"));
     assert_eq!(
         grants(&catalogue["rules"]),
-        triples(&[("capacity.tenancy.dev", &["moduleprofiles", "subscriptionplans", "capacitycalendars"], &["get", "list", "watch"])])
+        triples(&[(
+            "capacity.tenancy.dev",
+            &["moduleprofiles", "subscriptionplans", "capacitycalendars"],
+            &["get", "list", "watch"]
+        )])
     );
     let leases = must(&docs, "Role", &format!("{full}-leader-election"));
     assert_eq!(leases["metadata"]["namespace"], "ops");
@@ -389,7 +400,8 @@ fn default_render_is_least_privilege_and_hardened() {
     assert!(!args.contains(&"--namespace".to_string()), "watches all namespaces by default: {args:?}");
     let env = c["env"].as_array().unwrap();
     assert!(
-        env.iter().any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        env.iter()
+            .any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
         "POD_NAMESPACE from the downward API: {env:?}"
     );
     let sc = &c["securityContext"];
@@ -411,7 +423,10 @@ fn default_render_is_least_privilege_and_hardened() {
 
     // Metrics Service; no ServiceMonitor and no catalogue by default.
     let svc = must(&docs, "Service", &format!("{full}-metrics"));
-    assert_eq!(svc["spec"]["ports"], json!([{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}]));
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}])
+    );
     assert_eq!(svc["spec"]["selector"], d["spec"]["selector"]["matchLabels"]);
     for kind in ["ServiceMonitor", "ModuleProfile", "SubscriptionPlan", "CapacityCalendar"] {
         assert!(docs.iter().all(|x| x["kind"] != kind), "{kind} rendered by default");
@@ -441,7 +456,10 @@ fn custom_values_render_as_asked() {
     // catalogue still cluster-wide; no Lease role without leader election.
     let rb = must(&docs, "RoleBinding", &format!("{full}-manager"));
     assert_eq!(rb["metadata"]["namespace"], "tenant-a");
-    assert_eq!(rb["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{full}-manager")}));
+    assert_eq!(
+        rb["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{full}-manager")})
+    );
     assert!(find(&docs, "ClusterRoleBinding", &format!("{full}-manager")).is_none());
     must(&docs, "ClusterRoleBinding", &format!("{full}-catalogue"));
     assert!(find(&docs, "Role", &format!("{full}-leader-election")).is_none());
@@ -464,7 +482,10 @@ fn custom_values_render_as_asked() {
     assert_eq!(must(&docs, "CapacityCalendar", "evenings")["spec"]["timeZone"], "Europe/Berlin");
     assert!(p["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
     let kept = template("rel", "ops", &["-f", values.to_str().unwrap(), "--set", "keepCatalogueOnUninstall=true"]);
-    assert_eq!(must(&kept, "ModuleProfile", "video-call")["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    assert_eq!(
+        must(&kept, "ModuleProfile", "video-call")["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
 
     // A long release name still gives valid names (a Service name is at most 63).
     let long = "a-really-long-release-name-for-a-tenant-capacity-op";
@@ -486,7 +507,11 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = run("helm", &["uninstall", &self.release, "-n", &self.release_ns, "--ignore-not-found", "--wait=false"], None);
+        let _ = run(
+            "helm",
+            &["uninstall", &self.release, "-n", &self.release_ns, "--ignore-not-found", "--wait=false"],
+            None,
+        );
         let _ = run("kubectl", &["delete", "moduleprofile", &self.profile, "--ignore-not-found", "--wait=false"], None);
         for ns in &self.namespaces {
             let _ = run("kubectl", &["delete", "namespace", ns, "--ignore-not-found", "--wait=false"], None);
@@ -505,7 +530,14 @@ impl OperatorProcess {
         let file = File::create(&log).expect("operator log file");
         let child = Command::new(OPERATOR)
             .arg("run")
-            .args(["--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+            .args([
+                "--metrics-bind-address",
+                "127.0.0.1:0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env_remove("WATCH_NAMESPACE")
@@ -533,9 +565,14 @@ impl OperatorProcess {
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         ok("kill", &["-TERM", &pid]);
-        let context = format!("operator log: {}", self.log.display());
+        let log = self.log.clone();
         let child = &mut self.child;
-        wait_for("the operator to exit after SIGTERM", Duration::from_secs(30), || child.try_wait().unwrap(), || context.clone())
+        wait_for(
+            "the operator to exit after SIGTERM",
+            Duration::from_secs(30),
+            || child.try_wait().unwrap(),
+            || format!("operator log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+        )
     }
 }
 
@@ -558,12 +595,19 @@ fn wait_ready(ns: &str, name: &str, op: &OperatorProcess) -> Value {
         &format!("TenantSubscription {ns}/{name} Ready=True at its generation"),
         TIMEOUT,
         || {
+            // A refusal will not go away by waiting: fail at once, naming it.
+            let log = op.log();
+            if let Some(line) = log.lines().find(|l| l.to_lowercase().contains("forbidden")) {
+                panic!("the operator was refused an API call (the chart's RBAC is not enough):\n{line}");
+            }
             let s = kubectl_get(&["tenantsubscription", name, "-n", ns])?;
             let ready = condition(&s, "Ready")?;
             (ready["status"] == "True" && s["status"]["observedGeneration"] == s["metadata"]["generation"]).then_some(s)
         },
         || {
-            let s = kubectl_get(&["tenantsubscription", name, "-n", ns]).map(|s| s["status"].to_string()).unwrap_or_default();
+            let s = kubectl_get(&["tenantsubscription", name, "-n", ns])
+                .map(|s| s["status"].to_string())
+                .unwrap_or_default();
             format!("status: {s}\n{}", op.context())
         },
     )
@@ -585,7 +629,8 @@ fn can_i(sa: &str, args: &[&str]) -> bool {
 /// A kubeconfig that authenticates with `token`, for the admin kubeconfig's
 /// API server and CA.
 fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let server = kubectl(&["config", "view", "--raw", "--minify", "--flatten", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let server =
+        kubectl(&["config", "view", "--raw", "--minify", "--flatten", "-o", "jsonpath={.clusters[0].cluster.server}"]);
     let ca = kubectl(&[
         "config",
         "view",
@@ -619,7 +664,9 @@ fn status_of<T>(r: Result<T, kube::Error>) -> u16 {
 
 async fn token_client(kubeconfig: &Path) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read the token kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.expect("token config");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("token config");
     kube::Client::try_from(cfg).expect("token client")
 }
 
@@ -636,10 +683,24 @@ fn install_run_as_its_service_account_upgrade_and_uninstall() {
     let profile = format!("{release}-video");
     let full = format!("{release}-{CHART_NAME}");
     let sa = format!("system:serviceaccount:{release_ns}:{full}");
-    let _cleanup =
-        Cleanup { release: release.clone(), release_ns: release_ns.clone(), namespaces: vec![release_ns.clone(), tenant_ns.clone()], profile: profile.clone() };
+    let _cleanup = Cleanup {
+        release: release.clone(),
+        release_ns: release_ns.clone(),
+        namespaces: vec![release_ns.clone(), tenant_ns.clone()],
+        profile: profile.clone(),
+    };
     kubectl(&["create", "namespace", &release_ns]);
     kubectl(&["create", "namespace", &tenant_ns]);
+    // The operator's pods meet the restricted Pod Security Standard: the API
+    // server's PodSecurity admission refuses them otherwise (and helm --wait
+    // then times out).
+    kubectl(&[
+        "label",
+        "namespace",
+        &release_ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
@@ -660,13 +721,20 @@ moduleProfiles:
         ),
     );
     let values = values.to_str().unwrap();
-    let installed = ok("helm", &["install", &release, CHART, "-n", &release_ns, "-f", values, "--wait", "--timeout", "3m"]);
+    let installed =
+        ok("helm", &["install", &release, CHART, "-n", &release_ns, "-f", values, "--wait", "--timeout", "3m"]);
     assert!(installed.contains("STATUS: deployed"), "{installed}");
     assert!(installed.contains("NOTES:"), "{installed}");
+    assert!(!installed.contains("PodSecurity"), "{installed}");
 
     for crd in ["moduleprofiles", "tenantsubscriptions", "subscriptionplans", "capacitycalendars"] {
-        let c = kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")]).unwrap_or_else(|| panic!("CRD {crd} missing"));
-        let established = c["status"]["conditions"].as_array().unwrap().iter().any(|x| x["type"] == "Established" && x["status"] == "True");
+        let c = kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")])
+            .unwrap_or_else(|| panic!("CRD {crd} missing"));
+        let established = c["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == "Established" && x["status"] == "True");
         assert!(established, "CRD {crd} not established");
     }
     let d = kubectl_get(&["deployment", &full, "-n", &release_ns]).expect("the operator Deployment");
@@ -694,8 +762,11 @@ moduleProfiles:
     let sub = wait_ready(&tenant_ns, "acme", &op);
     let uid = sub["metadata"]["uid"].as_str().unwrap();
     let child = format!("acme-{profile}");
-    for (kind, name) in [("deployment", child.as_str()), ("hpa", &child), ("service", &child), ("resourcequota", "acme-capacity")] {
-        let o = kubectl_get(&[kind, name, "-n", &tenant_ns]).unwrap_or_else(|| panic!("{kind}/{name} missing\n{}", op.context()));
+    for (kind, name) in
+        [("deployment", child.as_str()), ("hpa", &child), ("service", &child), ("resourcequota", "acme-capacity")]
+    {
+        let o = kubectl_get(&[kind, name, "-n", &tenant_ns])
+            .unwrap_or_else(|| panic!("{kind}/{name} missing\n{}", op.context()));
         assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], uid, "{kind}/{name} owned by the subscription");
     }
     let hpa = kubectl_get(&["hpa", &child, "-n", &tenant_ns]).unwrap();
@@ -714,7 +785,8 @@ moduleProfiles:
         },
         || op.context(),
     );
-    let lease = kubectl_get(&["lease", "tenant-capacity-operator", "-n", &release_ns]).expect("the leader-election Lease");
+    let lease =
+        kubectl_get(&["lease", "tenant-capacity-operator", "-n", &release_ns]).expect("the leader-election Lease");
     assert!(lease["spec"]["holderIdentity"].as_str().is_some_and(|h| !h.is_empty()), "{lease}");
     let log = op.log();
     assert!(!log.to_lowercase().contains("forbidden"), "the operator was refused something:\n{log}");
@@ -732,15 +804,24 @@ moduleProfiles:
     );
 
     // --- and nothing more: Secrets and namespaces are out of reach.
-    assert!(can_i(&sa, &["patch", "deployments.apps", "-n", &tenant_ns]), "control: the operator may patch Deployments");
+    assert!(
+        can_i(&sa, &["patch", "deployments.apps", "-n", &tenant_ns]),
+        "control: the operator may patch Deployments"
+    );
     assert!(can_i(&sa, &["list", "tenantsubscriptions.capacity.tenancy.dev", "--all-namespaces"]));
-    assert!(can_i(&sa, &["update", "tenantsubscriptions.capacity.tenancy.dev", "--subresource", "finalizers", "-n", &tenant_ns]));
+    assert!(can_i(
+        &sa,
+        &["update", "tenantsubscriptions.capacity.tenancy.dev", "--subresource", "finalizers", "-n", &tenant_ns]
+    ));
     for ns in [&tenant_ns, &release_ns] {
         assert!(!can_i(&sa, &["get", "secrets", "-n", ns]), "the ServiceAccount may read Secrets in {ns}");
         assert!(!can_i(&sa, &["list", "secrets", "-n", ns]));
     }
     assert!(!can_i(&sa, &["delete", "namespaces"]), "the ServiceAccount may delete namespaces");
-    assert!(!can_i(&sa, &["update", "tenantsubscriptions.capacity.tenancy.dev", "-n", &tenant_ns]), "spec is the users', not the operator's");
+    assert!(
+        !can_i(&sa, &["update", "tenantsubscriptions.capacity.tenancy.dev", "-n", &tenant_ns]),
+        "spec is the users', not the operator's"
+    );
     assert!(!can_i(&sa, &["create", "moduleprofiles.capacity.tenancy.dev"]));
     assert!(!can_i(&sa, &["delete", "leases.coordination.k8s.io", "-n", &release_ns]));
     rt.block_on(async {
@@ -796,7 +877,10 @@ moduleProfiles:
     assert!(has_pair(&args_of(&after), "--namespace", &tenant_ns));
     let history = ok("helm", &["history", &release, "-n", &release_ns, "-o", "json"]);
     assert_eq!(serde_json::from_str::<Value>(&history).unwrap().as_array().unwrap().len(), 2);
-    assert!(kubectl_get(&["clusterrolebinding", &format!("{full}-manager")]).is_none(), "cluster-wide binding replaced");
+    assert!(
+        kubectl_get(&["clusterrolebinding", &format!("{full}-manager")]).is_none(),
+        "cluster-wide binding replaced"
+    );
     assert!(kubectl_get(&["rolebinding", &format!("{full}-manager"), "-n", &tenant_ns]).is_some());
     // (RBAC caches follow the new bindings within moments: poll.)
     wait_for(
@@ -843,7 +927,10 @@ moduleProfiles:
     ok("helm", &["uninstall", &release, "-n", &release_ns, "--wait", "--timeout", "2m"]);
     assert!(kubectl_get(&["deployment", &full, "-n", &release_ns]).is_none(), "Deployment removed");
     assert!(kubectl_get(&["serviceaccount", &full, "-n", &release_ns]).is_none(), "ServiceAccount removed");
-    assert!(kubectl_get(&["service", &format!("{full}-metrics"), "-n", &release_ns]).is_none(), "metrics Service removed");
+    assert!(
+        kubectl_get(&["service", &format!("{full}-metrics"), "-n", &release_ns]).is_none(),
+        "metrics Service removed"
+    );
     for role in ["manager", "catalogue", "edit", "view"] {
         assert!(kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(), "ClusterRole {role} removed");
     }
@@ -852,9 +939,15 @@ moduleProfiles:
     assert!(kubectl_get(&["role", &format!("{full}-leader-election"), "-n", &release_ns]).is_none());
     assert!(kubectl_get(&["moduleprofile", &profile]).is_none(), "the catalogue from values goes with the release");
     for crd in ["moduleprofiles", "tenantsubscriptions", "subscriptionplans", "capacitycalendars"] {
-        assert!(kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")]).is_some(), "CRD {crd} survives uninstall");
+        assert!(
+            kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")]).is_some(),
+            "CRD {crd} survives uninstall"
+        );
     }
-    assert!(kubectl_get(&["tenantsubscription", "acme", "-n", &tenant_ns]).is_some(), "subscriptions survive uninstall");
+    assert!(
+        kubectl_get(&["tenantsubscription", "acme", "-n", &tenant_ns]).is_some(),
+        "subscriptions survive uninstall"
+    );
     // The ServiceAccount is gone, and with it its token (the API server
     // caches a successful token check for a few seconds: poll).
     rt.block_on(async {

@@ -403,3 +403,6 @@ pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -1,0 +1,241 @@
+//! Renders the demo timeline (hack/demo.sh → docs/demo/timeline.csv) as an
+//! SVG chart: one panel per module with the simulated load, what the HPA
+//! wants, the replicas running, and the ceiling and floor the operator set.
+//!
+//!     tco-demo-plot <timeline.csv> <timeline.svg>
+
+use std::{collections::BTreeMap, error::Error, fs};
+
+use plotters::prelude::*;
+
+/// One sample of one module (a CSV row).
+#[derive(Debug, Clone)]
+struct Sample {
+    t: f64,
+    phase: String,
+    module: String,
+    load_per_pod_m: f64,
+    demand_replicas: f64,
+    desired: Option<f64>,
+    replicas: Option<f64>,
+    ceiling: Option<f64>,
+    floor: Option<f64>,
+    limited: bool,
+}
+
+fn parse(csv: &str) -> Result<Vec<Sample>, Box<dyn Error>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty CSV")?.split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| format!("no column {name:?} in the CSV"));
+    let (t, phase, module, load, demand, desired, replicas, ceiling, floor, limited) = (
+        col("t_s")?,
+        col("phase")?,
+        col("module")?,
+        col("load_cpu_per_pod_m")?,
+        col("demand_replicas")?,
+        col("hpa_desired")?,
+        col("replicas")?,
+        col("ceiling")?,
+        col("floor")?,
+        col("capacity_limited")?,
+    );
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |j: usize| f.get(j).and_then(|v| v.trim().parse::<f64>().ok());
+        out.push(Sample {
+            t: num(t).ok_or_else(|| format!("line {}: bad t_s", i + 2))?,
+            phase: f.get(phase).unwrap_or(&"").to_string(),
+            module: f.get(module).unwrap_or(&"").to_string(),
+            load_per_pod_m: num(load).unwrap_or(0.0),
+            demand_replicas: num(demand).unwrap_or(0.0),
+            desired: num(desired),
+            replicas: num(replicas),
+            ceiling: num(ceiling),
+            floor: num(floor),
+            limited: f.get(limited).is_some_and(|v| v.trim() == "1"),
+        });
+    }
+    Ok(out)
+}
+
+/// Contiguous runs of `keep` as (from, to) times.
+fn spans(samples: &[&Sample], keep: impl Fn(&Sample) -> bool) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut open: Option<f64> = None;
+    for (i, s) in samples.iter().enumerate() {
+        let next_t = samples.get(i + 1).map_or(s.t, |n| n.t);
+        match (keep(s), open) {
+            (true, None) => open = Some(s.t),
+            (false, Some(from)) => {
+                out.push((from, s.t));
+                open = None;
+            }
+            _ => {}
+        }
+        if i + 1 == samples.len()
+            && let Some(from) = open
+        {
+            out.push((from, next_t));
+        }
+    }
+    out
+}
+
+/// Where each phase starts, in order of appearance.
+fn phase_starts(samples: &[&Sample]) -> Vec<(f64, String)> {
+    let mut out: Vec<(f64, String)> = Vec::new();
+    for s in samples {
+        if out.last().is_none_or(|(_, p)| *p != s.phase) {
+            out.push((s.t, s.phase.clone()));
+        }
+    }
+    out
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (input, output) = match args.as_slice() {
+        [_, i, o] => (i.clone(), o.clone()),
+        _ => return Err("usage: tco-demo-plot <timeline.csv> <timeline.svg>".into()),
+    };
+    let samples = parse(&fs::read_to_string(&input)?)?;
+    if samples.is_empty() {
+        return Err(format!("{input}: no samples").into());
+    }
+    // Panels in order of first appearance, the video module first when present.
+    let mut modules: Vec<String> = Vec::new();
+    for s in &samples {
+        if !modules.contains(&s.module) {
+            modules.push(s.module.clone());
+        }
+    }
+    modules.sort_by_key(|m| !m.contains("video"));
+    let by_module: BTreeMap<&str, Vec<&Sample>> =
+        modules.iter().map(|m| (m.as_str(), samples.iter().filter(|s| &s.module == m).collect())).collect();
+    let t_max = samples.iter().map(|s| s.t).fold(0.0, f64::max).max(1.0);
+
+    let panel_h = 420u32;
+    let width = 1200u32;
+    let root = SVGBackend::new(&output, (width, panel_h * modules.len() as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(40);
+    title.draw(&Text::new(
+        "Tenant Capacity Operator demo: a compressed school day and holiday (tenant edu, namespace demo-edu)",
+        (20, 12),
+        ("sans-serif", 20).into_font().color(&BLACK),
+    ))?;
+    let panels = body.split_evenly((modules.len(), 1));
+
+    let ceiling_c = RGBColor(200, 30, 30);
+    let floor_c = RGBColor(30, 90, 200);
+    let desired_c = RGBColor(240, 140, 0);
+    let replicas_c = RGBColor(20, 140, 60);
+    let demand_c = RGBColor(110, 110, 110);
+    let load_c = RGBColor(150, 60, 170);
+
+    for (panel, module) in panels.iter().zip(&modules) {
+        let rows = &by_module[module.as_str()];
+        let y_max = rows
+            .iter()
+            .flat_map(|s| [s.ceiling, s.replicas, s.desired, Some(s.demand_replicas)])
+            .flatten()
+            .fold(1.0, f64::max)
+            * 1.15;
+        let load_max = rows.iter().map(|s| s.load_per_pod_m).fold(100.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("module {module}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .right_y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max)?
+            .set_secondary_coord(0.0..t_max, 0.0..load_max);
+
+        // Background: phases (alternating bands, labelled) and CapacityLimited spans.
+        let starts = phase_starts(rows);
+        for (i, (t0, name)) in starts.iter().enumerate() {
+            let t1 = starts.get(i + 1).map_or(t_max, |(t, _)| *t);
+            if i % 2 == 1 {
+                chart.draw_series(std::iter::once(Rectangle::new([(*t0, 0.0), (t1, y_max)], RGBColor(243, 243, 243).filled())))?;
+            }
+            chart.draw_series(std::iter::once(Text::new(
+                name.replace('-', " "),
+                (*t0 + t_max * 0.004, y_max * 0.985),
+                ("sans-serif", 12).into_font().color(&RGBColor(80, 80, 80)),
+            )))?;
+        }
+        for (a, b) in spans(rows, |s| s.limited) {
+            chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_max * 0.93)], RGBColor(255, 215, 215).filled())))?;
+        }
+        chart
+            .configure_mesh()
+            .x_desc("time since the demo started (s)")
+            .y_desc("replicas")
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("simulated CPU per pod (millicores)")
+            .draw()?;
+
+        let series = |pick: fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+            rows.iter().filter_map(|s| pick(s).map(|v| (s.t, v))).collect()
+        };
+        // Ceiling and floor change in steps: draw them as steps.
+        let steps = |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+            let mut out = Vec::new();
+            for (i, p) in pts.iter().enumerate() {
+                if i > 0 {
+                    out.push((p.0, pts[i - 1].1));
+                }
+                out.push(*p);
+            }
+            out
+        };
+        chart
+            .draw_series(LineSeries::new(steps(series(|s| s.ceiling)), ceiling_c.stroke_width(3)))?
+            .label("ceiling (HPA maxReplicas)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ceiling_c.stroke_width(3)));
+        chart
+            .draw_series(LineSeries::new(steps(series(|s| s.floor)), floor_c.stroke_width(3)))?
+            .label("floor (HPA minReplicas)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], floor_c.stroke_width(3)));
+        chart
+            .draw_series(LineSeries::new(series(|s| Some(s.demand_replicas)), demand_c.stroke_width(2)))?
+            .label("demand (replicas needed at the CPU target)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], demand_c.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(steps(series(|s| s.desired)), desired_c.stroke_width(2)))?
+            .label("HPA desired replicas")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], desired_c.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(steps(series(|s| s.replicas)), replicas_c.stroke_width(4)))?
+            .label("Deployment replicas")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], replicas_c.stroke_width(4)));
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                rows.iter().map(|s| (s.t, s.load_per_pod_m)),
+                6,
+                4,
+                load_c.stroke_width(2),
+            ))?
+            .label("load: simulated CPU per pod (m, right axis)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], load_c.stroke_width(2)));
+        chart
+            .draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (0.0, 0.0)], RGBColor(255, 215, 215).filled())))?
+            .label("CapacityLimited=True")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(255, 215, 215).filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .margin(12)
+            .label_font(("sans-serif", 12))
+            .background_style(WHITE.mix(0.9))
+            .border_style(RGBColor(180, 180, 180))
+            .draw()?;
+    }
+    root.present()?;
+    eprintln!("wrote {output}: {} samples, modules {}", samples.len(), modules.join(", "));
+    Ok(())
+}
