@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Capacity follows demand, end to end: a compressed school day and holiday for
+# an online-education tenant, on the local cluster, recorded as a timeline.
+#
+#   hack/demo.sh        bring the cluster up (idempotent), build and run the
+#                       operator for the demo namespace, drive simulated load
+#                       through a quiet morning, an after-school evening, a
+#                       holiday with its peak, and falling load; write
+#                       docs/demo/timeline.csv and render docs/demo/timeline.svg
+#
+# Environment:
+#   DEMO_NAMESPACE      namespace of the demo tenant (default demo-edu)
+#   DEMO_TAIL_SECONDS   how long to keep watching after the holiday ends, for
+#                       the HPA's 5-minute scale-down stabilisation (default 330;
+#                       the demo stops earlier once the replicas have settled)
+#   DEMO_OUT            output folder (default docs/demo)
+#
+# The operator started here is stopped on exit; the cluster and the demo
+# namespace stay (kubectl delete ns demo-edu removes the latter). See docs/demo.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${ROOT}"
+NS="${DEMO_NAMESPACE:-demo-edu}"
+TAIL_SECONDS="${DEMO_TAIL_SECONDS:-330}"
+OUT="${DEMO_OUT:-docs/demo}"
+MODULES=(video-call real-time-messaging)
+# CPU one replica carries at the HPA target: request × target utilisation
+# (examples/profiles: video-call 1 CPU at 70 %, real-time-messaging 250m at 70 %).
+declare -A AT_TARGET=([video-call]=700 [real-time-messaging]=175)
+
+log() { printf '[demo] %s\n' "$*" >&2; }
+
+hack/cluster.sh up
+eval "$(hack/cluster.sh env)"
+
+log "building the operator (release) and the chart renderer"
+cargo build --locked --release --quiet
+cargo build --locked --release --quiet --manifest-path hack/plot/Cargo.toml --target-dir target/plot
+BIN="${ROOT}/target/release/tenant-capacity-operator"
+PLOT="${ROOT}/target/plot/release/tco-demo-plot"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tco-demo.XXXXXX")"
+OPERATOR=""
+ANNOTATOR=""
+cleanup() {
+  [[ -n "${ANNOTATOR}" ]] && kill "${ANNOTATOR}" 2>/dev/null && wait "${ANNOTATOR}" 2>/dev/null
+  if [[ -n "${OPERATOR}" ]]; then
+    kill "${OPERATOR}" 2>/dev/null && wait "${OPERATOR}" 2>/dev/null
+    log "operator stopped (its log: ${WORK}/operator.log)"
+  fi
+  return 0
+}
+trap cleanup EXIT
+
+log "installing the CRDs and the example catalogue (profiles, plans)"
+"${BIN}" crd | kubectl apply --server-side -f - >/dev/null
+for crd in moduleprofiles tenantsubscriptions subscriptionplans capacitycalendars; do
+  kubectl wait --for condition=established --timeout=60s "crd/${crd}.capacity.tenancy.dev" >/dev/null
+done
+kubectl apply --server-side -f examples/profiles -f examples/plans >/dev/null
+
+# A fresh start: the previous run's subscription and its children go first
+# (a re-created HPA also starts with a fresh scale-down history).
+if kubectl get namespace "${NS}" >/dev/null 2>&1; then
+  kubectl delete tsub --all -n "${NS}" --wait=true >/dev/null
+  for kind in hpa deployment pod; do
+    kubectl wait --for=delete "${kind}" -l capacity.tenancy.dev/subscription=edu -n "${NS}" --timeout=120s >/dev/null 2>&1 || true
+  done
+fi
+
+log "starting the operator for namespace ${NS} (log: ${WORK}/operator.log)"
+"${BIN}" run --metrics-bind-address 127.0.0.1:0 --health-probe-bind-address 127.0.0.1:0 --namespace "${NS}" \
+  >"${WORK}/operator.log" 2>&1 &
+OPERATOR=$!
+
+# ---------------------------------------------------------------------------
+# The day, in minutes from now (windows are HH:MM, so they start on full minutes):
+#   M0 (the first full minute at least 40 s away)  weekday-evening window [M0, M0+2m): video floor 40 %
+#   M0 + 1m                                        holiday window [M0+1m, M0+4m): ceiling 200 %, floor 50 %
+now=$(date -u +%s)
+M0=$(((now + 40 + 59) / 60 * 60))
+EVENING_START=$M0
+EVENING_END=$((M0 + 120))
+HOLIDAY_START=$((M0 + 60))
+HOLIDAY_END=$((M0 + 240))
+hhmm() { date -u -d "@$1" +%H:%M; }
+sed -e "s/@NAMESPACE@/${NS}/g" \
+  -e "s/@EVENING_DAY@/$(date -u -d "@${EVENING_START}" +%a)/" \
+  -e "s/@EVENING_START@/$(hhmm "${EVENING_START}")/" -e "s/@EVENING_END@/$(hhmm "${EVENING_END}")/" \
+  -e "s/@HOLIDAY_DATE@/$(date -u -d "@${HOLIDAY_START}" +%F)/g" \
+  -e "s/@HOLIDAY_START@/$(hhmm "${HOLIDAY_START}")/" -e "s/@HOLIDAY_END@/$(hhmm "${HOLIDAY_END}")/" \
+  hack/demo/subscription.yaml >"${WORK}/subscription.yaml"
+log "windows (UTC): weekday-evening $(hhmm "${EVENING_START}")–$(hhmm "${EVENING_END}"), holiday $(hhmm "${HOLIDAY_START}")–$(hhmm "${HOLIDAY_END}")"
+kubectl apply --server-side -f "${WORK}/subscription.yaml" >/dev/null
+kubectl wait --for=condition=Ready --timeout=120s tsub/edu -n "${NS}" >/dev/null \
+  || { log "the subscription did not become Ready:"; kubectl get tsub edu -n "${NS}" -o yaml >&2; tail -20 "${WORK}/operator.log" >&2; exit 1; }
+kubectl get tsub edu -n "${NS}" -o wide
+
+# Demand is total CPU (millicores) per module, spread evenly over its running
+# pods, as a load balancer would: more replicas, less CPU each. Seconds from M0.
+phase_at() { # t (seconds from M0) -> "phase video-demand messaging-demand"
+  local t=$1
+  if ((t < 0)); then echo "quiet-morning 400 150"
+  elif ((t < 20)); then echo "evening-floor-up 400 150"      # floor rises before the load
+  elif ((t < 60)); then echo "after-school 2400 400"
+  elif ((t < 80)); then echo "holiday-floor-up 2400 400"     # holiday: ceiling ×2, floor 50 %
+  elif ((t < 120)); then echo "holiday-rising 5600 900"
+  elif ((t < 170)); then echo "holiday-peak 11000 1800"      # more than the holiday ceiling
+  elif ((t < 240)); then echo "load-falling 1400 250"
+  else echo "holiday-over 1400 250"
+  fi
+}
+
+for m in "${MODULES[@]}"; do echo 0 >"${WORK}/demand-${m}"; echo 0 >"${WORK}/load-${m}"; done
+
+# The annotator: every 2 s, give each running pod its share of the demand.
+annotate_loop() {
+  while true; do
+    for m in "${MODULES[@]}"; do
+      demand=$(cat "${WORK}/demand-${m}")
+      mapfile -t pods < <(kubectl get pods -n "${NS}" -l "capacity.tenancy.dev/subscription=edu,capacity.tenancy.dev/module=${m}" \
+        -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name} {.metadata.deletionTimestamp} {.metadata.annotations.kwok\.x-k8s\.io/usage-cpu}{"\n"}{end}' 2>/dev/null \
+        | awk 'NF == 1 || (NF == 2 && $2 ~ /m$/) {print}')
+      n=${#pods[@]}
+      ((n > 0)) || continue
+      per=$(((demand + n - 1) / n))
+      ((per > 0)) || per=1
+      echo "${per}" >"${WORK}/load-${m}"
+      stale=()
+      for p in "${pods[@]}"; do
+        read -r name current <<<"${p}"
+        [[ "${current:-}" == "${per}m" ]] || stale+=("${name}")
+      done
+      if ((${#stale[@]} > 0)); then
+        kubectl annotate --overwrite pods -n "${NS}" "${stale[@]}" "kwok.x-k8s.io/usage-cpu=${per}m" >/dev/null 2>&1 || true
+      fi
+    done
+    sleep 2
+  done
+}
+annotate_loop &
+ANNOTATOR=$!
+
+mkdir -p "${OUT}"
+CSV="${OUT}/timeline.csv"
+echo "t_s,phase,module,demand_cpu_m,demand_replicas,load_cpu_per_pod_m,hpa_cpu_pct,hpa_desired,replicas,ready,ceiling,floor,quota_pods_hard,quota_pods_used,capacity_limited,active_windows" >"${CSV}"
+
+T0=$(date -u +%s)
+log "sampling every 5 s into ${CSV}; the evening window starts in $((M0 - T0)) s"
+printf '%5s %-17s %-20s %6s %7s %5s %7s %7s %5s %5s %6s %s\n' t phase module demand load/pod cpu% desired ready floor ceil quota limited >&2
+last_phase=""
+settled_since=""
+while true; do
+  now=$(date -u +%s)
+  t=$((now - T0))
+  read -r phase d_video d_im <<<"$(phase_at $((now - M0)))"
+  echo "${d_video}" >"${WORK}/demand-video-call"
+  echo "${d_im}" >"${WORK}/demand-real-time-messaging"
+  if [[ "${phase}" != "${last_phase}" ]]; then
+    log "t=${t}s: ${phase} (video demand ${d_video}m, messaging ${d_im}m)"
+    last_phase="${phase}"
+  fi
+
+  hpas=$(kubectl get hpa -n "${NS}" -o jsonpath='{range .items[*]}{.metadata.labels.capacity\.tenancy\.dev/module} {.spec.minReplicas} {.spec.maxReplicas} {.status.desiredReplicas} {.status.currentMetrics[0].resource.current.averageUtilization}{"\n"}{end}')
+  deps=$(kubectl get deploy -n "${NS}" -o jsonpath='{range .items[*]}{.metadata.labels.capacity\.tenancy\.dev/module} {.status.replicas} {.status.readyReplicas}{"\n"}{end}')
+  quota=$(kubectl get resourcequota edu-capacity -n "${NS}" -o jsonpath='{.status.hard.pods} {.status.used.pods}')
+  limited_status=$(kubectl get tsub edu -n "${NS}" -o jsonpath='{.status.conditions[?(@.type=="CapacityLimited")].status}')
+  limited_msg=$(kubectl get tsub edu -n "${NS}" -o jsonpath='{.status.conditions[?(@.type=="CapacityLimited")].message}')
+  windows=$(kubectl get tsub edu -n "${NS}" -o jsonpath='{.status.activeWindows[*]}' | tr ' ' ';')
+  read -r q_hard q_used <<<"${quota}"
+
+  settled=1
+  for m in "${MODULES[@]}"; do
+    demand=$(cat "${WORK}/demand-${m}")
+    load=$(cat "${WORK}/load-${m}")
+    read -r _ floor ceiling desired cpu <<<"$(grep "^${m} " <<<"${hpas}" || true)"
+    read -r _ replicas ready <<<"$(grep "^${m} " <<<"${deps}" || true)"
+    limited=0
+    [[ "${limited_status}" == "True" && "${limited_msg}" == *"${m}: "* ]] && limited=1
+    need=$(((demand + AT_TARGET[$m] - 1) / AT_TARGET[$m]))
+    want=$((need > ${floor:-1} ? need : ${floor:-1}))
+    want=$((want < ${ceiling:-1} ? want : ${ceiling:-1}))
+    [[ "${replicas:-0}" == "${want}" ]] || settled=0
+    demand_replicas=$(awk -v d="${demand}" -v c="${AT_TARGET[$m]}" 'BEGIN {printf "%.2f", d / c}')
+    echo "${t},${phase},${m},${demand},${demand_replicas},${load},${cpu:-},${desired:-},${replicas:-0},${ready:-0},${ceiling:-},${floor:-},${q_hard:-},${q_used:-},${limited},${windows}" >>"${CSV}"
+    printf '%5s %-17s %-20s %6s %7s %5s %7s %7s %5s %5s %6s %s\n' "${t}" "${phase}" "${m}" "${demand}m" "${load}m" "${cpu:--}" "${desired:--}" "${ready:-0}/${replicas:-0}" "${floor:--}" "${ceiling:--}" "${q_used:-}/${q_hard:-}" "${limited}" >&2
+  done
+  [[ "${limited_status}" == "True" ]] && log "CapacityLimited: ${limited_msg}"
+
+  # After the holiday: stop once every module runs what its demand needs
+  # (the HPA's scale-down stabilisation takes 5 minutes), or after the tail.
+  if ((now >= HOLIDAY_END + 20)); then
+    if ((settled)); then settled_since=${settled_since:-${now}}; else settled_since=""; fi
+    if [[ -n "${settled_since}" ]] && ((now - settled_since >= 15)); then
+      log "settled: every module at the replicas its demand needs"
+      break
+    fi
+    if ((now >= HOLIDAY_END + TAIL_SECONDS)); then
+      log "end of the tail (DEMO_TAIL_SECONDS=${TAIL_SECONDS})"
+      break
+    fi
+  fi
+  sleep $((5 - ($(date -u +%s) - now) % 5))
+done
+
+cleanup
+OPERATOR=""
+ANNOTATOR=""
+"${PLOT}" "${CSV}" "${OUT}/timeline.svg"
+log "timeline: ${CSV}, chart: ${OUT}/timeline.svg"
+kubectl get tsub edu -n "${NS}" -o wide
