@@ -29,10 +29,15 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(ns: &str) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
-            .args(["--namespace", ns, "--log-format", "json"])
+    /// Watching one namespace, or all of them with `None`.
+    fn start(ns: Option<&str>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+            .args(["--log-format", "json"]);
+        if let Some(ns) = ns {
+            cmd.args(["--namespace", ns]);
+        }
+        let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -45,10 +50,6 @@ impl Operator {
             }
         });
         Self { child, lines }
-    }
-
-    fn logged(&self, needle: &str) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
     fn alive(&mut self) -> bool {
@@ -107,22 +108,32 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "kill").await;
     let (video, im) = (unique("video"), unique("im"));
     apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
     apply_yaml(&client, None, &profile_yaml(&im, "")).await;
-    const N: usize = 40;
+    // One tenant per namespace, as in production (a ResourceQuota caps its whole namespace).
+    const N: usize = 20;
+    let mut namespaces = Vec::new();
     for i in 0..N {
+        let ns = TestNamespace::new(&client, "kill").await;
         apply_yaml(&client, Some(&ns.name), &sub_yaml(&format!("k{i}"), &video, &im, 100 + i as i64)).await;
+        namespaces.push(ns);
     }
-    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    let subs: Vec<Api<TenantSubscription>> = namespaces.iter().map(|ns| Api::namespaced(client.clone(), &ns.name)).collect();
+    let ready = || async {
+        let mut n = 0;
+        for api in &subs {
+            n += ready_count(api).await;
+        }
+        n
+    };
     let mut kills = 0;
     for _ in 0..3 {
-        let mut op = Operator::start(&ns.name);
+        let mut op = Operator::start(None);
         // Kill while some, not all, are done.
         let seen = wait_for("progress", Duration::from_secs(60), || async {
-            let r = ready_count(&subs).await;
-            (r > 0 || op.logged("Deployment") > 0 || r == N).then_some(r)
+            let r = ready().await;
+            (r > 0).then_some(r)
         })
         .await;
         if seen < N {
@@ -132,14 +143,13 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
         }
         drop(op);
     }
-    let _op = Operator::start(&ns.name);
-    wait_for("all Ready after restarts", Duration::from_secs(120), || async {
-        (ready_count(&subs).await == N).then_some(())
-    })
-    .await;
+    let _op = Operator::start(None);
+    wait_for("all Ready after restarts", Duration::from_secs(120), || async { (ready().await == N).then_some(()) }).await;
     println!("SIGKILLs injected mid-reconcile: {kills}; {N} subscriptions converged");
-    assert_children_exact(&client, &ns.name, N).await;
-    ns.delete().await;
+    for ns in namespaces {
+        assert_children_exact(&client, &ns.name, 1).await;
+        ns.delete().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,21 +163,24 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     apply_yaml(&client, None, &profile_yaml(&im, "")).await;
     apply_yaml(&client, Some(&ns.name), &sub_yaml("o", &video, &im, 400)).await;
     let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
-    let mut op = Operator::start(&ns.name);
+    let mut op = Operator::start(Some(&ns.name));
     wait_for("Ready", T, || async { (ready_count(&subs).await == 1).then_some(()) }).await;
 
     let mut outages = 0;
-    for components in [&["kube-apiserver"][..], &["kube-apiserver", "etcd"][..]] {
+    for components in [&["kube-apiserver"][..], &["etcd"][..], &["kube-apiserver", "etcd"][..]] {
         let before = op.lines.lock().unwrap().len();
         for c in components {
             cluster(&["stop-component", c]);
         }
-        // The operator notices (its watches fail) and keeps running.
-        let noticed = Instant::now();
-        while op.lines.lock().unwrap()[before..].iter().all(|l| !l.contains("WARN") && !l.contains("ERROR")) {
-            assert!(noticed.elapsed() < Duration::from_secs(60), "the operator did not report the outage");
-            assert!(op.alive(), "the operator exited during the outage");
-            std::thread::sleep(Duration::from_millis(200));
+        // Without the API server, the operator's watches fail: it says so and keeps running.
+        // (With only etcd down the API server still serves its cache: nothing to report.)
+        if components.contains(&"kube-apiserver") {
+            let noticed = Instant::now();
+            while op.lines.lock().unwrap()[before..].iter().all(|l| !l.contains("WARN") && !l.contains("ERROR")) {
+                assert!(noticed.elapsed() < Duration::from_secs(60), "the operator did not report the outage");
+                assert!(op.alive(), "the operator exited during the outage");
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         assert!(op.alive());
         for c in components.iter().rev() {
@@ -181,11 +194,14 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
             try_apply(&client, Some(&ns.name), &serde_saphyr::from_str(&sub_yaml("o", &video, &im, c)).unwrap()).await.ok()
         })
         .await;
-        wait_for("converged after the outage", Duration::from_secs(90), || async {
+        let back = Instant::now();
+        // Watches are renewed every 60 s, so even a watch that went quiet heals within that.
+        wait_for("converged after the outage", Duration::from_secs(150), || async {
             let h = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await?;
             (h.spec.max_replicas as i64 == c / 40).then_some(())
         })
         .await;
+        println!("{components:?} outage: converged {:?} after the API was back", back.elapsed());
         assert!(op.alive(), "the operator had to restart");
     }
     let warnings: Vec<String> =

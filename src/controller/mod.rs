@@ -152,7 +152,13 @@ pub async fn run(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}")).any_semantic();
+    // Watches are re-established at least this often: a watch that silently
+    // stops delivering (seen after API server or etcd restarts) heals by itself.
+    const WATCH_TIMEOUT_SECONDS: u32 = 60;
+    let managed = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"))
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECONDS);
 
     // Children are cached (managed fields stripped) so that status and the
     // "already converged?" check need no API reads.
@@ -181,7 +187,7 @@ pub async fn run(
             let (store, writer) = reflector::store::<$t>();
             let stream = reflector::reflector(
                 writer,
-                watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic())
+                watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
                     .default_backoff()
                     .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
                     .modify(|o| o.managed_fields_mut().clear()),
@@ -195,7 +201,7 @@ pub async fn run(
     let (calendars, calendar_stream) = catalogue_cache!(CapacityCalendar);
 
     let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic())
+    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
         .with_config(ControllerConfig::default().concurrency(settings.concurrency));
     let subscription_store = controller.store();
 
