@@ -69,6 +69,26 @@ fn cluster(args: &[&str]) {
     assert!(out.status.success(), "hack/cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Components stopped for a test; started again when dropped, even when the test fails.
+struct Outage(Vec<&'static str>);
+
+impl Outage {
+    fn begin(components: &[&'static str]) -> Self {
+        for c in components {
+            cluster(&["stop-component", c]);
+        }
+        Self(components.to_vec())
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            cluster(&["start-component", c]);
+        }
+    }
+}
+
 fn sub_yaml(name: &str, video: &str, im: &str, c: i64) -> String {
     format!(
         "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: {name}}}\nspec:\n  tenantId: {name}\n  modules:\n    - {{name: {video}, concurrency: {c}}}\n    - {{name: {im}, concurrency: 100}}\n"
@@ -169,9 +189,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     let mut outages = 0;
     for components in [&["kube-apiserver"][..], &["etcd"][..], &["kube-apiserver", "etcd"][..]] {
         let before = op.lines.lock().unwrap().len();
-        for c in components {
-            cluster(&["stop-component", c]);
-        }
+        let outage = Outage::begin(components);
         // Without the API server, the operator's watches fail: it says so and keeps running.
         // (With only etcd down the API server still serves its cache: nothing to report.)
         if components.contains(&"kube-apiserver") {
@@ -183,9 +201,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
             }
         }
         assert!(op.alive());
-        for c in components.iter().rev() {
-            cluster(&["start-component", c]);
-        }
+        drop(outage);
         outages += 1;
         // Converges on a change made after the API is back, without a restart.
         let c = 400 + 400 * outages;

@@ -57,16 +57,16 @@ async fn a_tenant_cannot_exceed_its_quota_and_nothing_leaks_out_of_its_namespace
 
     // ...and a Deployment of its own asking for 60 pods gets only what the quota leaves.
     let hard: i64 = f.quota_hard("t", "pods").await.unwrap().parse().unwrap();
-    let rogue = format!(
-        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "rogue"}},
-            "spec": {{"replicas": 60, "selector": {{"matchLabels": {{"app": "rogue"}}}},
-              "template": {{"metadata": {{"labels": {{"app": "rogue"}}}}, "spec": {{
-                "tolerations": [{{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}}],
-                "containers": [{{"name": "c", "image": "x", "resources": {{"requests": {{"cpu": "10m", "memory": "8Mi"}}, "limits": {{"cpu": "10m", "memory": "8Mi"}}}}}}]}}}}}}}}"#
-    );
+    let rogue = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rogue"},
+        "spec": {"replicas": 60, "selector": {"matchLabels": {"app": "rogue"}},
+          "template": {"metadata": {"labels": {"app": "rogue"}}, "spec": {
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"cpu": "10m", "memory": "8Mi"}}}]}}}
+    });
     let deployments: Api<Deployment> = Api::namespaced(tenant.clone(), &ns);
     deployments
-        .patch("rogue", &PatchParams::apply("tenant"), &Patch::Apply(serde_json::from_str::<serde_json::Value>(&rogue).unwrap()))
+        .patch("rogue", &PatchParams::apply("tenant"), &Patch::Apply(&rogue))
         .await
         .expect("the tenant may create its own Deployment");
     let replicasets: Api<ReplicaSet> = Api::namespaced(f.client.clone(), &ns);

@@ -5,6 +5,7 @@ use super::season::Window;
 
 /// Shared seasonal windows (school holidays of a region, a shopping festival,
 /// weekday evenings) that many subscriptions reference by name.
+#[allow(clippy::duplicated_attributes)] // the derive's printcolumn(...) lists repeat keys by design
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capacity.tenancy.dev",

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A module of the product catalogue (messaging, voice, video, live streaming,
 /// conversational AI): what runs for it and how much one replica serves.
+#[allow(clippy::duplicated_attributes)] // the derive's printcolumn(...) lists repeat keys by design
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capacity.tenancy.dev",

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// A commercial plan (e.g. basic, pro, enterprise): which modules and tiers a
 /// subscription on it may use and the most concurrency it may buy.
+#[allow(clippy::duplicated_attributes)] // the derive's printcolumn(...) lists repeat keys by design
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capacity.tenancy.dev",

@@ -6,6 +6,7 @@ use super::season::Seasons;
 
 /// One tenant's subscription: the modules it bought, at which concurrency and
 /// tier, and how its capacity follows the seasons.
+#[allow(clippy::duplicated_attributes)] // the derive's printcolumn(...) lists repeat keys by design
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capacity.tenancy.dev",
