@@ -89,6 +89,41 @@ impl Default for Settings {
     }
 }
 
+/// Exponential backoff for watches, capped low: after an API server outage
+/// the operator is back within seconds. (kube's default grows to 30 s and
+/// more, and the controller's merged trigger stream sleeps as a whole, so
+/// several failing watches compound into minutes of deafness.)
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
 /// Shared state of all reconciliations.
 pub struct Context {
     pub client: Client,
@@ -168,11 +203,14 @@ pub async fn run(
             let stream = reflector::reflector(
                 writer,
                 watcher(scoped::<$t>(&client, &settings.namespace), managed.clone())
-                    .default_backoff()
+                    .backoff(WatchBackoff::default())
                     .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
                     .modify(|o| o.managed_fields_mut().clear()),
             )
-            .touched_objects();
+            .touched_objects()
+            // Errors are logged and retried above; keep them out of the controller's
+            // trigger stream, whose backoff would pause every other watch too.
+            .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
             (store, stream)
         }};
     }
@@ -188,11 +226,12 @@ pub async fn run(
             let stream = reflector::reflector(
                 writer,
                 watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
-                    .default_backoff()
+                    .backoff(WatchBackoff::default())
                     .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
                     .modify(|o| o.managed_fields_mut().clear()),
             )
-            .touched_objects();
+            .touched_objects()
+            .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
             (store, stream)
         }};
     }
@@ -202,7 +241,8 @@ pub async fn run(
 
     let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
     let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency));
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .trigger_backoff(WatchBackoff::default());
     let subscription_store = controller.store();
 
     let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
