@@ -44,12 +44,17 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/tco-demo.XXXXXX")"
 OPERATOR=""
 ANNOTATOR=""
 cleanup() {
-  [[ -n "${ANNOTATOR}" ]] && kill "${ANNOTATOR}" 2>/dev/null && wait "${ANNOTATOR}" 2>/dev/null
+  if [[ -n "${ANNOTATOR}" ]]; then
+    kill "${ANNOTATOR}" 2>/dev/null || true
+    wait "${ANNOTATOR}" 2>/dev/null || true
+    ANNOTATOR=""
+  fi
   if [[ -n "${OPERATOR}" ]]; then
-    kill "${OPERATOR}" 2>/dev/null && wait "${OPERATOR}" 2>/dev/null
+    kill "${OPERATOR}" 2>/dev/null || true
+    wait "${OPERATOR}" 2>/dev/null || true
+    OPERATOR=""
     log "operator stopped (its log: ${WORK}/operator.log)"
   fi
-  return 0
 }
 trap cleanup EXIT
 
@@ -60,13 +65,17 @@ for crd in moduleprofiles tenantsubscriptions subscriptionplans capacitycalendar
 done
 kubectl apply --server-side -f examples/profiles -f examples/plans >/dev/null
 
-# A fresh start: the previous run's subscription and its children go first
-# (a re-created HPA also starts with a fresh scale-down history).
+# A fresh start: the previous run's subscription and its children go first.
+# The HPA controller keeps each HPA's recent recommendations (its 5-minute
+# scale-down memory) by namespace/name and forgets them only when it next
+# finds the HPA gone (it looks every 5 s): an HPA re-created with the same
+# name sooner would inherit the last run's history. So give it 15 s.
 if kubectl get namespace "${NS}" >/dev/null 2>&1; then
   kubectl delete tsub --all -n "${NS}" --wait=true >/dev/null
   for kind in hpa deployment pod; do
     kubectl wait --for=delete "${kind}" -l capacity.tenancy.dev/subscription=edu -n "${NS}" --timeout=120s >/dev/null 2>&1 || true
   done
+  sleep 15
 fi
 
 log "starting the operator for namespace ${NS} (log: ${WORK}/operator.log)"
@@ -205,8 +214,6 @@ while true; do
 done
 
 cleanup
-OPERATOR=""
-ANNOTATOR=""
 "${PLOT}" "${CSV}" "${OUT}/timeline.svg"
 log "timeline: ${CSV}, chart: ${OUT}/timeline.svg"
 kubectl get tsub edu -n "${NS}" -o wide

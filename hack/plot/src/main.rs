@@ -115,74 +115,106 @@ fn main() -> Result<(), Box<dyn Error>> {
         modules.iter().map(|m| (m.as_str(), samples.iter().filter(|s| &s.module == m).collect())).collect();
     let t_max = samples.iter().map(|s| s.t).fold(0.0, f64::max).max(1.0);
 
-    let panel_h = 420u32;
+    let panel_h = 430u32;
     let width = 1200u32;
-    let root = SVGBackend::new(&output, (width, panel_h * modules.len() as u32 + 40)).into_drawing_area();
+    let header_h = 96u32;
+    let root = SVGBackend::new(&output, (width, panel_h * modules.len() as u32 + header_h)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.draw(&Text::new(
+    let (header, body) = root.split_vertically(header_h);
+    header.draw(&Text::new(
         "Tenant Capacity Operator demo: a compressed school day and holiday (tenant edu, namespace demo-edu)",
         (20, 12),
         ("sans-serif", 20).into_font().color(&BLACK),
     ))?;
-    let panels = body.split_evenly((modules.len(), 1));
 
     let ceiling_c = RGBColor(200, 30, 30);
     let floor_c = RGBColor(30, 90, 200);
     let desired_c = RGBColor(240, 140, 0);
-    let replicas_c = RGBColor(20, 140, 60);
-    let demand_c = RGBColor(110, 110, 110);
+    let replicas_c = RGBColor(20, 150, 60);
+    let demand_c = RGBColor(90, 90, 90);
     let load_c = RGBColor(150, 60, 170);
+    let limited_c = RGBColor(255, 210, 210);
+
+    // One legend for all panels, in rows of three under the title.
+    let legend: [(&str, RGBColor, u32, bool); 7] = [
+        ("Deployment replicas", replicas_c, 5, false),
+        ("HPA desired replicas", desired_c, 2, false),
+        ("demand: replicas needed at the CPU target", demand_c, 2, false),
+        ("ceiling (HPA maxReplicas)", ceiling_c, 2, true),
+        ("floor (HPA minReplicas)", floor_c, 2, true),
+        ("load: simulated CPU per pod (millicores, right axis)", load_c, 1, true),
+        ("CapacityLimited=True (shaded)", limited_c, 10, false),
+    ];
+    let font = ("sans-serif", 14).into_font().color(&BLACK);
+    for (i, (label, color, width_px, dashed)) in legend.iter().enumerate() {
+        let (x, y) = (30 + (i % 3) as i32 * 390, 46 + (i / 3) as i32 * 20);
+        let style = color.stroke_width(*width_px);
+        if *dashed {
+            header.draw(&PathElement::new(vec![(x, y), (x + 10, y)], style))?;
+            header.draw(&PathElement::new(vec![(x + 16, y), (x + 28, y)], style))?;
+        } else {
+            header.draw(&PathElement::new(vec![(x, y), (x + 28, y)], style))?;
+        }
+        header.draw(&Text::new(label.to_string(), (x + 36, y - 7), font.clone()))?;
+    }
+    let panels = body.split_evenly((modules.len(), 1));
 
     for (panel, module) in panels.iter().zip(&modules) {
         let rows = &by_module[module.as_str()];
-        let y_max = rows
+        let y_top = rows
             .iter()
             .flat_map(|s| [s.ceiling, s.replicas, s.desired, Some(s.demand_replicas)])
             .flatten()
-            .fold(1.0, f64::max)
-            * 1.15;
-        let load_max = rows.iter().map(|s| s.load_per_pod_m).fold(100.0, f64::max) * 1.15;
+            .fold(1.0, f64::max);
+        // Head room for the phase labels.
+        let y_max = (y_top * 1.3).ceil();
+        let load_max = rows.iter().map(|s| s.load_per_pod_m).fold(100.0, f64::max) * 1.3;
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("module {module}"), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(55)
+            .y_label_area_size(50)
             .right_y_label_area_size(60)
             .build_cartesian_2d(0.0..t_max, 0.0..y_max)?
             .set_secondary_coord(0.0..t_max, 0.0..load_max);
 
-        // Background: phases (alternating bands, labelled) and CapacityLimited spans.
+        // Background: phases (alternating bands, labels staggered) and CapacityLimited spans.
         let starts = phase_starts(rows);
-        for (i, (t0, name)) in starts.iter().enumerate() {
+        for (i, (t0, _)) in starts.iter().enumerate() {
             let t1 = starts.get(i + 1).map_or(t_max, |(t, _)| *t);
             if i % 2 == 1 {
-                chart.draw_series(std::iter::once(Rectangle::new([(*t0, 0.0), (t1, y_max)], RGBColor(243, 243, 243).filled())))?;
+                chart.draw_series(std::iter::once(Rectangle::new([(*t0, 0.0), (t1, y_max)], RGBColor(242, 242, 242).filled())))?;
             }
-            chart.draw_series(std::iter::once(Text::new(
-                name.replace('-', " "),
-                (*t0 + t_max * 0.004, y_max * 0.985),
-                ("sans-serif", 12).into_font().color(&RGBColor(80, 80, 80)),
-            )))?;
         }
         for (a, b) in spans(rows, |s| s.limited) {
-            chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_max * 0.93)], RGBColor(255, 215, 215).filled())))?;
+            chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_top * 1.08)], limited_c.filled())))?;
         }
         chart
             .configure_mesh()
             .x_desc("time since the demo started (s)")
             .y_desc("replicas")
-            .light_line_style(RGBColor(235, 235, 235))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
         chart
             .configure_secondary_axes()
             .y_desc("simulated CPU per pod (millicores)")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()?;
+        for (i, (t0, name)) in starts.iter().enumerate() {
+            let row = if i % 2 == 0 { 0.975 } else { 0.915 };
+            chart.draw_series(std::iter::once(Text::new(
+                name.replace('-', " "),
+                (*t0 + t_max * 0.003, y_max * row),
+                ("sans-serif", 12).into_font().color(&RGBColor(70, 70, 70)),
+            )))?;
+        }
 
         let series = |pick: fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
             rows.iter().filter_map(|s| pick(s).map(|v| (s.t, v))).collect()
         };
-        // Ceiling and floor change in steps: draw them as steps.
+        // Everything here changes in steps between samples: draw steps.
         let steps = |pts: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
             let mut out = Vec::new();
             for (i, p) in pts.iter().enumerate() {
@@ -193,47 +225,14 @@ fn main() -> Result<(), Box<dyn Error>> {
             }
             out
         };
-        chart
-            .draw_series(LineSeries::new(steps(series(|s| s.ceiling)), ceiling_c.stroke_width(3)))?
-            .label("ceiling (HPA maxReplicas)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ceiling_c.stroke_width(3)));
-        chart
-            .draw_series(LineSeries::new(steps(series(|s| s.floor)), floor_c.stroke_width(3)))?
-            .label("floor (HPA minReplicas)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], floor_c.stroke_width(3)));
-        chart
-            .draw_series(LineSeries::new(series(|s| Some(s.demand_replicas)), demand_c.stroke_width(2)))?
-            .label("demand (replicas needed at the CPU target)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], demand_c.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(steps(series(|s| s.desired)), desired_c.stroke_width(2)))?
-            .label("HPA desired replicas")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], desired_c.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(steps(series(|s| s.replicas)), replicas_c.stroke_width(4)))?
-            .label("Deployment replicas")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], replicas_c.stroke_width(4)));
-        chart
-            .draw_secondary_series(DashedLineSeries::new(
-                rows.iter().map(|s| (s.t, s.load_per_pod_m)),
-                6,
-                4,
-                load_c.stroke_width(2),
-            ))?
-            .label("load: simulated CPU per pod (m, right axis)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], load_c.stroke_width(2)));
-        chart
-            .draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (0.0, 0.0)], RGBColor(255, 215, 215).filled())))?
-            .label("CapacityLimited=True")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(255, 215, 215).filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .margin(12)
-            .label_font(("sans-serif", 12))
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
+        chart.draw_series(LineSeries::new(steps(series(|s| s.replicas)), replicas_c.mix(0.85).stroke_width(5)))?;
+        // The HPA reports desiredReplicas 0 until its first computation: not a wish.
+        chart.draw_series(LineSeries::new(steps(series(|s| s.desired.filter(|d| *d > 0.0))), desired_c.stroke_width(2)))?;
+        chart.draw_series(LineSeries::new(steps(series(|s| Some(s.demand_replicas))), demand_c.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(steps(series(|s| s.ceiling)), 10, 6, ceiling_c.stroke_width(2)))?;
+        chart.draw_series(DashedLineSeries::new(steps(series(|s| s.floor)), 10, 6, floor_c.stroke_width(2)))?;
+        let load: Vec<(f64, f64)> = steps(rows.iter().map(|s| (s.t, s.load_per_pod_m)).collect());
+        chart.draw_secondary_series(DashedLineSeries::new(load, 4, 3, load_c.stroke_width(1)))?;
     }
     root.present()?;
     eprintln!("wrote {output}: {} samples, modules {}", samples.len(), modules.join(", "));
