@@ -46,16 +46,20 @@ async fn server_counts(client: &Client) -> (u64, u64) {
 async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "quiet").await;
     let video = unique("video");
     let im = unique("im");
     apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
     apply_yaml(&client, None, &profile_yaml(&im, "")).await;
+    // One tenant per namespace (a ResourceQuota caps its whole namespace),
+    // each namespace with its operator.
     const N: usize = 5;
     let resync = Duration::from_secs(2);
-    let operator = Operator::start_with(&client, &ns.name, resync);
     let (_, bad_before) = server_counts(&client).await;
+    let mut namespaces = Vec::new();
+    let mut operators = Vec::new();
     for i in 0..N {
+        let ns = TestNamespace::new(&client, "quiet").await;
+        operators.push(Operator::start_with(&client, &ns.name, resync));
         let yaml = format!(
             r#"
 apiVersion: capacity.tenancy.dev/v1alpha1
@@ -73,46 +77,55 @@ spec:
             c = 100 * (i + 1)
         );
         apply_yaml(&client, Some(&ns.name), &yaml).await;
+        namespaces.push(ns);
     }
-    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    let subs: Vec<Api<TenantSubscription>> = namespaces.iter().map(|ns| Api::namespaced(client.clone(), &ns.name)).collect();
     wait_for("all Ready", Duration::from_secs(120), || async {
-        let list = subs.list(&Default::default()).await.ok()?;
-        let ready = list.items.iter().filter(|s| {
-            s.status.as_ref().is_some_and(|st| {
-                st.observed_generation == s.metadata.generation
-                    && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        });
-        (ready.count() == N).then_some(())
+        let mut ready = 0;
+        for api in &subs {
+            let list = api.list(&Default::default()).await.ok()?;
+            ready += list
+                .items
+                .iter()
+                .filter(|s| {
+                    s.status.as_ref().is_some_and(|st| {
+                        st.observed_generation == s.metadata.generation
+                            && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+        }
+        (ready == N).then_some(())
     })
     .await;
+    let own_writes = || operators.iter().map(|o| o.writes()).sum::<u64>();
+    let reconciliations = || operators.iter().map(|o| o.reconciliations()).sum::<u64>();
 
     // Let pod readiness settle: converged means a full round of resyncs without a write.
     let rounds = |n: u64| n * N as u64;
     let settled = wait_for("a quiet round", Duration::from_secs(90), || async {
-        let (w0, own0, r0) = (server_counts(&client).await.0, operator.writes(), operator.reconciliations());
-        wait_for("a resync round", Duration::from_secs(30), || async {
-            (operator.reconciliations() >= r0 + rounds(1)).then_some(())
-        })
-        .await;
-        (server_counts(&client).await.0 == w0 && operator.writes() == own0).then_some(())
+        let (w0, own0, r0) = (server_counts(&client).await.0, own_writes(), reconciliations());
+        wait_for("a resync round", Duration::from_secs(30), || async { (reconciliations() >= r0 + rounds(1)).then_some(()) }).await;
+        (server_counts(&client).await.0 == w0 && own_writes() == own0).then_some(())
     })
     .await;
     let _: () = settled;
 
     // Measure: several forced resyncs of every subscription.
-    let (w0, own0, r0) = (server_counts(&client).await.0, operator.writes(), operator.reconciliations());
-    wait_for("three resync rounds", Duration::from_secs(60), || async {
-        (operator.reconciliations() >= r0 + rounds(3)).then_some(())
-    })
-    .await;
+    let (w0, own0, r0) = (server_counts(&client).await.0, own_writes(), reconciliations());
+    wait_for("three resync rounds", Duration::from_secs(60), || async { (reconciliations() >= r0 + rounds(3)).then_some(()) })
+        .await;
     let (w1, bad_after) = server_counts(&client).await;
-    let reconciles = operator.reconciliations() - r0;
-    println!("quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)", w1 - w0, operator.writes() - own0);
+    let reconciles = reconciliations() - r0;
+    println!("quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)", w1 - w0, own_writes() - own0);
     assert!(reconciles >= rounds(3));
     assert_eq!(w1 - w0, 0, "the API server saw writes to our resources while converged");
-    assert_eq!(operator.writes() - own0, 0, "the operator made writes while converged");
+    assert_eq!(own_writes() - own0, 0, "the operator made writes while converged");
     assert_eq!(bad_after - bad_before, 0, "409 or 429 responses on our resources");
-    operator.stop().await;
-    ns.delete().await;
+    for o in operators {
+        o.stop().await;
+    }
+    for ns in namespaces {
+        ns.delete().await;
+    }
 }
