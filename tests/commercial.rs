@@ -140,7 +140,7 @@ async fn pause_freezes_children_and_unpause_converges() {
     let video = format!("z-{}", f.video);
     let spec = |c: i64, paused: bool| format!("  tenantId: z\n  paused: {paused}\n  modules:\n    - {{name: {}, concurrency: {c}}}\n", f.video);
     f.apply_sub("z", &spec(400, false)).await;
-    f.wait_status("z", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("z", "Ready before the pause", |s| is(s, "Ready", "True", "Available")).await;
     f.apply_sub("z", &spec(800, true)).await;
     let s = f.wait_status("z", "Paused", |s| is(s, "Ready", "False", "Paused")).await;
     assert!(condition(&s, "Ready").unwrap().message.contains("paused"));
@@ -156,7 +156,7 @@ async fn pause_freezes_children_and_unpause_converges() {
 
     f.apply_sub("z", &spec(900, false)).await;
     wait_for("converged after unpause", T, || async { (f.hpa_numbers(&video).await? == (1, 23)).then_some(()) }).await;
-    f.wait_status("z", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("z", "Ready after the unpause", |s| is(s, "Ready", "True", "Available")).await;
     f.finish().await;
 }
 
