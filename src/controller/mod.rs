@@ -523,8 +523,91 @@ async fn converge(
     let mut limited = Vec::new();
     let mut requeue = plan.next_transition.map(|t| t + SignedDuration::from_millis(500));
 
+    let mut drained_status = Vec::new();
+    // Modules with children but no longer enabled: drain, then remove.
+    let enabled: BTreeSet<&str> = plan.modules.iter().map(|m| m.name.as_str()).collect();
+    let mut drain_footprints = Vec::new();
+    let mut draining = Vec::new();
+    for m in known.iter().filter(|m| !enabled.contains(m.as_str())) {
+        let l = live(m);
+        if l.is_empty() {
+            continue;
+        }
+        let since = l
+            .deployment
+            .as_ref()
+            .and_then(|d| d.annotations().get(ANNOTATION_DRAINING_SINCE))
+            .and_then(|s| s.parse::<Timestamp>().ok());
+        let since = match (since, &l.deployment) {
+            (Some(t), _) => t,
+            (None, Some(d)) => {
+                apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, Some(&now.to_string()))
+                    .await?;
+                info!(subscription = %owner.name, namespace = ns, module = %m, "module switched off; draining");
+                publish(ctx, sub, EventType::Normal, "Draining", &format!("{m}: draining for {}s before removal", sub.spec.downgrade.drain_seconds)).await;
+                now
+            }
+            // Without a Deployment nothing serves: remove the rest now.
+            (None, None) => now - SignedDuration::from_secs(sub.spec.downgrade.drain_seconds + 1),
+        };
+        let deadline = since + SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
+        if now >= deadline {
+            if let Some(o) = &l.hpa {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            if let Some(o) = &l.service {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            if let Some(o) = &l.deployment {
+                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+            }
+            if sub.spec.downgrade.data_retention == DataRetention::Delete {
+                delete_module_data(ctx, ns, &owner.name, m).await?;
+            }
+            info!(subscription = %owner.name, namespace = ns, module = %m, "drain finished; module removed");
+            publish(ctx, sub, EventType::Normal, "ModuleRemoved", &format!("{m}: drained and removed")).await;
+            continue;
+        }
+        requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
+        drain_footprints.push(footprint_of_live(m, &l));
+        let shown = format_instant(deadline, &plan.time_zone);
+        drained_status.push(status::draining_module(m, &l, &shown));
+        draining.push(format!("{m} until {shown}"));
+    }
+
+    // The quota covers what is enabled plus what is still draining. It goes
+    // first: no tenant pod may start before the cap is in force.
+    let mut quota_in_force = false;
+    if let Some(q) = render::quota_child(owner, plan, &drain_footprints) {
+        let current = ctx
+            .quotas
+            .get(&ObjectRef::new(q.name()).within(ns))
+            .filter(|o| apply::owned_by(&o.metadata, uid));
+        let free = match &current {
+            Some(_) => Ok(()),
+            None => apply::check_free(&ctx.client, ns, &q, uid).await,
+        };
+        match free {
+            Ok(()) => {
+                let wrote = apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
+                quota_in_force = !wrote && current.as_deref().is_some_and(quota_enforced);
+            }
+            Err(Error::NotOwned { kind, name }) => {
+                conflicts.push(format!("{kind} {name} exists and is not owned by this subscription"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
     for m in &plan.modules {
         let l = live(&m.name);
+        if l.deployment.is_none() && !quota_in_force {
+            // A new module waits until the quota controller has taken up the
+            // quota (its status event brings us back here).
+            progress.push(format!("{}: waiting for ResourceQuota {} to be in force", m.name, render::quota_name(&owner.name)));
+            requeue = Some(requeue.map_or(now + SignedDuration::from_secs(2), |r| r.min(now + SignedDuration::from_secs(2))));
+            continue;
+        }
         let children: Vec<(render::Child, Option<serde_json::Value>)> = render::module_children(owner, m)
             .into_iter()
             .map(|child| {
@@ -577,77 +660,7 @@ async fn converge(
         modules.push(st);
     }
 
-    // Modules with children but no longer enabled: drain, then remove.
-    let enabled: BTreeSet<&str> = plan.modules.iter().map(|m| m.name.as_str()).collect();
-    let mut drain_footprints = Vec::new();
-    let mut draining = Vec::new();
-    for m in known.iter().filter(|m| !enabled.contains(m.as_str())) {
-        let l = live(m);
-        if l.is_empty() {
-            continue;
-        }
-        let since = l
-            .deployment
-            .as_ref()
-            .and_then(|d| d.annotations().get(ANNOTATION_DRAINING_SINCE))
-            .and_then(|s| s.parse::<Timestamp>().ok());
-        let since = match (since, &l.deployment) {
-            (Some(t), _) => t,
-            (None, Some(d)) => {
-                apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, Some(&now.to_string()))
-                    .await?;
-                info!(subscription = %owner.name, namespace = ns, module = %m, "module switched off; draining");
-                publish(ctx, sub, EventType::Normal, "Draining", &format!("{m}: draining for {}s before removal", sub.spec.downgrade.drain_seconds)).await;
-                now
-            }
-            // Without a Deployment nothing serves: remove the rest now.
-            (None, None) => now - SignedDuration::from_secs(sub.spec.downgrade.drain_seconds + 1),
-        };
-        let deadline = since + SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
-        if now >= deadline {
-            if let Some(o) = &l.hpa {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
-            }
-            if let Some(o) = &l.service {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
-            }
-            if let Some(o) = &l.deployment {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
-            }
-            if sub.spec.downgrade.data_retention == DataRetention::Delete {
-                delete_module_data(ctx, ns, &owner.name, m).await?;
-            }
-            info!(subscription = %owner.name, namespace = ns, module = %m, "drain finished; module removed");
-            publish(ctx, sub, EventType::Normal, "ModuleRemoved", &format!("{m}: drained and removed")).await;
-            continue;
-        }
-        requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
-        drain_footprints.push(footprint_of_live(m, &l));
-        let shown = format_instant(deadline, &plan.time_zone);
-        modules.push(status::draining_module(m, &l, &shown));
-        draining.push(format!("{m} until {shown}"));
-    }
-
-    // The quota covers what is enabled plus what is still draining.
-    if let Some(q) = render::quota_child(owner, plan, &drain_footprints) {
-        let current = ctx
-            .quotas
-            .get(&ObjectRef::new(q.name()).within(ns))
-            .filter(|o| apply::owned_by(&o.metadata, uid));
-        let free = match &current {
-            Some(_) => Ok(()),
-            None => apply::check_free(&ctx.client, ns, &q, uid).await,
-        };
-        match free {
-            Ok(()) => {
-                apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
-            }
-            Err(Error::NotOwned { kind, name }) => {
-                conflicts.push(format!("{kind} {name} exists and is not owned by this subscription"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    modules.extend(drained_status);
 
     let ready = if !conflicts.is_empty() {
         (false, "ObjectConflict".to_string(), conflicts.join("; "))
@@ -687,6 +700,16 @@ async fn delete_module_data(ctx: &Context, ns: &str, sub: &str, module: &str) ->
         info!(namespace = ns, subscription = sub, module, claim = %pvc.name_any(), "data deleted (dataRetention: Delete)");
     }
     Ok(())
+}
+
+/// Whether the quota controller has taken up the quota's current spec.
+fn quota_enforced(q: &ResourceQuota) -> bool {
+    let (Some(spec), Some(status)) = (q.spec.as_ref().and_then(|s| s.hard.as_ref()), q.status.as_ref().and_then(|s| s.hard.as_ref()))
+    else {
+        return false;
+    };
+    spec.len() == status.len()
+        && spec.iter().all(|(k, v)| status.get(k).is_some_and(|w| capacity::quantity::same_quantity(&v.0, &w.0)))
 }
 
 /// What a draining module may still occupy, read from its live objects.
