@@ -20,13 +20,15 @@ use kube::{
 async fn a_tenant_cannot_exceed_its_quota_and_nothing_leaks_out_of_its_namespace() {
     let f = Fixture::new("iso").await;
     let ns = f.ns.name.clone();
-    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 80}}\n", f.video)).await;
+    // A tenant id of its own, so objects of earlier runs (namespaces still terminating) don't match.
+    let tenant = unique("t");
+    f.apply_sub("t", &format!("  tenantId: {tenant}\n  modules:\n    - {{name: {}, concurrency: 80}}\n", f.video)).await;
     f.wait_status("t", "Ready", |s| is(s, "Ready", "True", "Available")).await;
 
     // Nothing labelled for this subscription exists outside its namespace.
-    let selector = "app.kubernetes.io/managed-by=tenant-capacity-operator,capacity.tenancy.dev/subscription=t,capacity.tenancy.dev/tenant=t";
-    let all_deployments: Vec<Deployment> = Api::all(f.client.clone()).list(&ListParams::default().labels(selector)).await.unwrap().items;
-    let all_quotas: Vec<ResourceQuota> = Api::all(f.client.clone()).list(&ListParams::default().labels(selector)).await.unwrap().items;
+    let selector = format!("app.kubernetes.io/managed-by=tenant-capacity-operator,capacity.tenancy.dev/subscription=t,capacity.tenancy.dev/tenant={tenant}");
+    let all_deployments: Vec<Deployment> = Api::all(f.client.clone()).list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    let all_quotas: Vec<ResourceQuota> = Api::all(f.client.clone()).list(&ListParams::default().labels(&selector)).await.unwrap().items;
     assert!(!all_deployments.is_empty());
     for d in &all_deployments {
         assert_eq!(d.namespace().as_deref(), Some(ns.as_str()), "Deployment {} outside the namespace", d.name_any());

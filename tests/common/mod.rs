@@ -68,6 +68,13 @@ impl TestNamespace {
         let api: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        // Pods are refused until the namespace's default ServiceAccount exists;
+        // a real tenant namespace has it long before a subscription arrives.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the namespace's default ServiceAccount", Duration::from_secs(60), || async {
+            sas.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await;
         Self { name, client: client.clone() }
     }
 
