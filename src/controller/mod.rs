@@ -407,7 +407,23 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
     } else {
         let catalogue = ctx.catalogue_for(sub);
         match capacity::plan(&name, &sub.spec, &catalogue, now) {
-            Err(errors) => invalid(sub, &errors, &known, &live),
+            Err(errors) => {
+                let mut o = invalid(sub, &errors, &known, &live);
+                // A reference that may appear any moment (the profile, plan or
+                // calendar applied together with the subscription, its watch event
+                // possibly handled first): look again soon, not only at resync.
+                if errors.iter().any(|e| {
+                    matches!(
+                        e,
+                        capacity::InvalidSpec::ProfileNotFound { .. }
+                            | capacity::InvalidSpec::PlanNotFound { .. }
+                            | capacity::InvalidSpec::CalendarNotFound { .. }
+                    )
+                }) {
+                    o.requeue = Some(now + SignedDuration::from_secs(10));
+                }
+                o
+            }
             Ok(plan) => converge(sub, ctx, &owner, &uid, &plan, &known, &live, now).await?,
         }
     };
