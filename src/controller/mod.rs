@@ -197,50 +197,18 @@ pub async fn run(
 
     // Children are cached (managed fields stripped) so that status and the
     // "already converged?" check need no API reads.
-    macro_rules! child_cache {
-        ($t:ty) => {{
-            let (store, writer) = reflector::store::<$t>();
-            let stream = reflector::reflector(
-                writer,
-                watcher(scoped::<$t>(&client, &settings.namespace), managed.clone())
-                    .backoff(WatchBackoff::default())
-                    .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
-                    .modify(|o| o.managed_fields_mut().clear()),
-            )
-            .touched_objects()
-            // Errors are logged and retried above; keep them out of the controller's
-            // trigger stream, whose backoff would pause every other watch too.
-            .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
-            (store, stream)
-        }};
-    }
-    let (deployments, deployment_stream) = child_cache!(Deployment);
-    let (hpas, hpa_stream) = child_cache!(HorizontalPodAutoscaler);
-    let (services, service_stream) = child_cache!(Service);
-    let (quotas, quota_stream) = child_cache!(ResourceQuota);
-
+    let catalogue = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
+    let (deployments, deployment_stream) = cache(scoped::<Deployment>(&client, &settings.namespace), managed.clone());
+    let (hpas, hpa_stream) = cache(scoped::<HorizontalPodAutoscaler>(&client, &settings.namespace), managed.clone());
+    let (services, service_stream) = cache(scoped::<Service>(&client, &settings.namespace), managed.clone());
+    let (quotas, quota_stream) = cache(scoped::<ResourceQuota>(&client, &settings.namespace), managed);
     // The catalogue is cluster-scoped and small: cache it whole.
-    macro_rules! catalogue_cache {
-        ($t:ty) => {{
-            let (store, writer) = reflector::store::<$t>();
-            let stream = reflector::reflector(
-                writer,
-                watcher(Api::<$t>::all(client.clone()), watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
-                    .backoff(WatchBackoff::default())
-                    .inspect_err(|e| warn!(kind = stringify!($t), error = %e, "watch failed; retrying with backoff"))
-                    .modify(|o| o.managed_fields_mut().clear()),
-            )
-            .touched_objects()
-            .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
-            (store, stream)
-        }};
-    }
-    let (profiles, profile_stream) = catalogue_cache!(ModuleProfile);
-    let (plans, plan_stream) = catalogue_cache!(SubscriptionPlan);
-    let (calendars, calendar_stream) = catalogue_cache!(CapacityCalendar);
+    let (profiles, profile_stream) = cache(Api::<ModuleProfile>::all(client.clone()), catalogue.clone());
+    let (plans, plan_stream) = cache(Api::<SubscriptionPlan>::all(client.clone()), catalogue.clone());
+    let (calendars, calendar_stream) = cache(Api::<CapacityCalendar>::all(client.clone()), catalogue.clone());
 
     let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS))
+    let controller = Controller::new(subscriptions, catalogue)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .trigger_backoff(WatchBackoff::default());
     let subscription_store = controller.store();
@@ -320,6 +288,27 @@ pub async fn run(
         })
         .await;
     metering.abort();
+}
+
+/// A cache of `api` (managed fields stripped) and the stream of objects it
+/// saw change, for the controller's triggers. Watch errors are logged and
+/// retried here, and kept out of the controller's trigger stream, whose
+/// backoff would pause every other watch too.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .backoff(WatchBackoff::default())
+            .inspect_err(|e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"))
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
+    (store, stream)
 }
 
 /// Maps a catalogue object to the subscriptions that refer to it.
