@@ -379,6 +379,22 @@ make_pki() {
 }
 
 # kwok reads Stage, Metric and ClusterResourceUsage objects from its config.
+# Every write (who, verb, resource, response code) goes to an audit log at
+# Metadata level, so benchmarks and tests can count one client's writes.
+make_audit_policy() {
+  cat >"${STATE_DIR}/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+}
+
 make_kwok_config() {
   local k="${BUILD_DIR}/kwok" f first=1
   local files=(
@@ -564,6 +580,7 @@ cmd_up() {
   log "state and logs in ${STATE_DIR}"
   make_pki
   make_kwok_config
+  make_audit_policy
 
   start_component etcd etcd \
     --name=tco-local \
@@ -605,7 +622,11 @@ cmd_up() {
     --requestheader-username-headers=X-Remote-User \
     --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
-    --enable-aggregator-routing=false
+    --enable-aggregator-routing=false \
+    --audit-policy-file="${STATE_DIR}/audit-policy.yaml" \
+    --audit-log-path="${LOG_DIR}/audit.log" \
+    --audit-log-format=json \
+    --audit-log-maxsize=512 --audit-log-maxbackup=2
   wait_for kube-apiserver 120 "kube-apiserver /readyz" api_ready
 
   start_component kube-controller-manager kube-controller-manager \

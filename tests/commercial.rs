@@ -90,7 +90,10 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
         &format!("  tenantId: c\n  modules:\n    - {{name: {}, concurrency: 400}}\n  seasons: {{calendars: [{cal}]}}\n", f.video),
     )
     .await;
-    f.wait_status("c", "always active", |s| s.status.as_ref().unwrap().active_windows == vec![format!("{cal}/always")]).await;
+    f.wait_status("c", "always active and Ready", |s| {
+        is(s, "Ready", "True", "Available") && s.status.as_ref().unwrap().active_windows == vec![format!("{cal}/always")]
+    })
+    .await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
 
     // Editing the calendar re-plans the subscription right away.

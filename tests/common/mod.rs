@@ -270,12 +270,30 @@ impl Fixture {
     /// Wait until the subscription's status describes its current generation
     /// and `check` holds.
     pub async fn wait_status(&self, name: &str, what: &str, check: impl Fn(&TenantSubscription) -> bool) -> TenantSubscription {
-        wait_for(what, T, || async {
-            let s = self.subs().get(name).await.ok()?;
-            let st = s.status.as_ref()?;
-            (st.observed_generation == s.metadata.generation && check(&s)).then_some(s)
-        })
-        .await
+        let start = Instant::now();
+        loop {
+            let last = self.subs().get(name).await;
+            if let Ok(s) = &last
+                && let Some(st) = s.status.as_ref()
+                && st.observed_generation == s.metadata.generation
+                && check(s)
+            {
+                return last.unwrap();
+            }
+            if start.elapsed() > T {
+                let seen = match &last {
+                    Ok(s) => format!(
+                        "generation {:?}, status {}",
+                        s.metadata.generation,
+                        serde_json::to_string_pretty(&s.status).unwrap_or_default()
+                    ),
+                    Err(e) => format!("error {e}"),
+                };
+                let events = kubectl(&["get", "events", "-n", &self.ns.name, "--sort-by=.lastTimestamp"]);
+                panic!("timed out after {T:?} waiting for {what} on {}/{name}; last seen {seen}\nevents:\n{events}", self.ns.name);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub async fn hpa_numbers(&self, name: &str) -> Option<(i32, i32)> {
