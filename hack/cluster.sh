@@ -20,6 +20,7 @@
 #   TCO_ETCD_PORT, TCO_ETCD_PEER_PORT, TCO_KCM_PORT, TCO_SCHEDULER_PORT,
 #   TCO_KWOK_PORT, TCO_METRICS_SERVER_PORT   the other ports (see below)
 #   TCO_NODE_CPU, TCO_NODE_MEMORY, TCO_NODE_PODS   allocatable of each fake node
+#   TCO_KCM_QPS     the controller manager's API rate limit (default 100/s)
 #
 # Pods only land on the fake nodes if they tolerate the taint
 # kwok.x-k8s.io/node=fake:NoSchedule. A pod's CPU/memory use, as metrics-server
@@ -166,6 +167,8 @@ POD_CIDR="10.244.0.1/16"
 NODE_CPU="${TCO_NODE_CPU:-32}"
 NODE_MEMORY="${TCO_NODE_MEMORY:-256Gi}"
 NODE_PODS="${TCO_NODE_PODS:-250}"
+# The controller manager's client rate limit (requests/s; burst is twice it).
+KCM_QPS="${TCO_KCM_QPS:-100}"
 METRIC_RESOLUTION="10s"
 KWOK_TAINT_KEY="kwok.x-k8s.io/node"
 
@@ -644,7 +647,8 @@ cmd_up() {
     --cluster-signing-key-file="${PKI_DIR}/ca.key" \
     --service-cluster-ip-range="${SERVICE_CIDR}" \
     --horizontal-pod-autoscaler-sync-period=5s \
-    --kube-api-qps=100 --kube-api-burst=200
+    --kube-api-qps="${KCM_QPS}" --kube-api-burst="$((2 * KCM_QPS))" \
+    --concurrent-namespace-syncs=20
 
   start_component kube-scheduler kube-scheduler \
     --kubeconfig="${STATE_DIR}/kube-scheduler.kubeconfig" \

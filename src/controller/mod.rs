@@ -214,8 +214,13 @@ pub async fn run(
     let subscription_store = controller.store();
 
     let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
-    // A store wakes only one waiter of its first sync, so exactly one task
-    // waits on the stores and everyone else on this flag.
+    // A store wakes only one waiter of its first sync (its readiness is a
+    // oneshot channel: the last task to poll it holds the only waker). So
+    // exactly one task waits on each store and everyone else on this flag.
+    // The subscription store is the controller's own: its runner already
+    // waits on it before any reconcile starts, and a second waiter there
+    // could take the wake-up from it, or lose it (seen at 1,000 tenants:
+    // caches never reported synced and no subscription was reconciled).
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     {
         let stores = (
@@ -226,7 +231,6 @@ pub async fn run(
             hpas.clone(),
             services.clone(),
             quotas.clone(),
-            subscription_store.clone(),
         );
         tokio::spawn(async move {
             let _ = tokio::join!(
@@ -237,7 +241,6 @@ pub async fn run(
                 stores.4.wait_until_ready(),
                 stores.5.wait_until_ready(),
                 stores.6.wait_until_ready(),
-                stores.7.wait_until_ready(),
             );
             info!("caches synced");
             readiness.set_ready();
