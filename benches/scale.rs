@@ -52,7 +52,11 @@ use tenant_capacity_operator::{
 const BENCH_LABEL: &str = "tenant-capacity-operator/bench";
 const OPERATOR_NS: &str = "tco-bench-system";
 const OPERATOR_SA: &str = "operator";
-const MODULES: [(&str, i64); 3] = [("bench-video", 400), ("bench-voice", 500), ("bench-im", 10_000)];
+const MODULES: [(&str, i64); 3] = [
+    ("bench-video", 400),
+    ("bench-voice", 500),
+    ("bench-im", 10_000),
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "Scale benchmark of the tenant capacity operator")]
@@ -87,6 +91,12 @@ struct Args {
     /// Skip the Helm comparison.
     #[arg(long)]
     skip_helm: bool,
+    /// Skip the floor (no ratios then); for a quick look at the operator alone.
+    #[arg(long)]
+    skip_floor: bool,
+    /// Leave the operator's tenants in place at the end (namespaces bo-*).
+    #[arg(long)]
+    keep: bool,
     /// kube-apiserver audit log (default: the local cluster's).
     #[arg(long)]
     audit_log: Option<PathBuf>,
@@ -107,13 +117,32 @@ fn main() -> Res<()> {
     let args = if std::env::args().any(|a| a == "--bench") {
         Args::parse()
     } else {
-        Args::parse_from(["scale", "--tenants", "3", "--sweep", "8", "--idle-seconds", "5", "--change-seconds", "1", "--helm-parallel", "3"])
+        Args::parse_from([
+            "scale",
+            "--tenants",
+            "3",
+            "--sweep",
+            "8",
+            "--idle-seconds",
+            "5",
+            "--change-seconds",
+            "1",
+            "--helm-parallel",
+            "3",
+        ])
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("[bench {:>7.1}s] {}", started().elapsed().as_secs_f64(), msg.as_ref());
+    eprintln!(
+        "[bench {:>7.1}s] {}",
+        started().elapsed().as_secs_f64(),
+        msg.as_ref()
+    );
 }
 
 fn started() -> &'static Instant {
@@ -123,7 +152,9 @@ fn started() -> &'static Instant {
 
 async fn run(args: Args) -> Res<()> {
     started();
-    let client = Client::try_default().await.context("no cluster: run hack/cluster.sh up (or hack/bench.sh)")?;
+    let client = Client::try_default()
+        .await
+        .context("no cluster: run hack/cluster.sh up (or hack/bench.sh)")?;
     let n = args.tenants;
     let audit = Audit::new(args.audit_log.clone().unwrap_or_else(default_audit_log))?;
     let machine = machine();
@@ -140,14 +171,24 @@ async fn run(args: Args) -> Res<()> {
         json!({"description": machine, "cores": num_cpus(), "memory_gib": mem_gib(), "date": jiff::Timestamp::now().to_string()}),
     );
     results.insert("tenants", json!(n));
-    results.insert("objects_per_tenant", json!(desired(&catalogue, "x", 0).len()));
+    results.insert(
+        "objects_per_tenant",
+        json!(desired(&catalogue, "x", 0).len()),
+    );
 
     // 1. The floor: a bare SSA loop over the same objects.
     let mut floor = Vec::new();
-    for &c in &args.sweep {
+    for &c in args.sweep.iter().filter(|_| !args.skip_floor) {
         let ns = namespaces(&client, "bf", n).await?;
-        let children: Vec<(String, Child)> =
-            ns.iter().enumerate().flat_map(|(i, ns)| desired(&catalogue, ns, i).into_iter().map(move |c| (ns.clone(), c))).collect();
+        let children: Vec<(String, Child)> = ns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ns)| {
+                desired(&catalogue, ns, i)
+                    .into_iter()
+                    .map(move |c| (ns.clone(), c))
+            })
+            .collect();
         let total = children.len();
         let t0 = Instant::now();
         stream::iter(children)
@@ -162,11 +203,20 @@ async fn run(args: Args) -> Res<()> {
         let selector = format!("{}={}", render::LABEL_MANAGED_BY, render::MANAGER);
         wait_available(&client, &selector, 3 * n, Duration::from_secs(1800)).await?;
         let available = t0.elapsed();
-        log(format!("floor c={c}: {total} objects written in {:.1}s, all Deployments available after {:.1}s", written.as_secs_f64(), available.as_secs_f64()));
+        log(format!(
+            "floor c={c}: {total} objects written in {:.1}s, all Deployments available after {:.1}s",
+            written.as_secs_f64(),
+            available.as_secs_f64()
+        ));
         floor.push(json!({"concurrency": c, "objects": total, "written_s": secs(written), "available_s": secs(available)}));
         delete_namespaces(&client, "bf").await?;
     }
-    let best = |key: &str| floor.iter().filter_map(|f| f[key].as_f64()).fold(f64::INFINITY, f64::min);
+    let best = |key: &str| {
+        floor
+            .iter()
+            .filter_map(|f| f[key].as_f64())
+            .fold(f64::INFINITY, f64::min)
+    };
     let (floor_written, floor_available) = (best("written_s"), best("available_s"));
     results.insert("floor", json!({"sweep": floor, "best_written_s": floor_written, "best_available_s": floor_available}));
 
@@ -187,7 +237,11 @@ async fn run(args: Args) -> Res<()> {
     tracker.wait_ready(n, Duration::from_secs(1800)).await?;
     let cold = t0.elapsed();
     let cold_hwm = op.memory().1;
-    log(format!("operator cold convergence: {:.1}s ({:.2}× the floor)", cold.as_secs_f64(), secs(cold) / floor_available));
+    log(format!(
+        "operator cold convergence: {:.1}s ({:.2}× the floor)",
+        cold.as_secs_f64(),
+        secs(cold) / floor_available
+    ));
     let cold_writes = audit.writes_since(&audit_start, &operator_user())?;
     results.insert(
         "cold_convergence",
@@ -207,7 +261,11 @@ async fn run(args: Args) -> Res<()> {
     let t_settle = Instant::now();
     wait_hpas_active(&client, 3 * n, Duration::from_secs(900)).await?;
     let settle = audit.writes_since(&settle_start, &operator_user())?;
-    log(format!("every HPA active {:.1}s after convergence; {} operator writes meanwhile", t_settle.elapsed().as_secs_f64(), settle.total()));
+    log(format!(
+        "every HPA active {:.1}s after convergence; {} operator writes meanwhile",
+        t_settle.elapsed().as_secs_f64(),
+        settle.total()
+    ));
     results.insert(
         "settling",
         json!({"seconds": secs(t_settle.elapsed()), "operator_writes": settle.total(), "operator_writes_by_verb_resource_code": settle.by_key()}),
@@ -220,7 +278,8 @@ async fn run(args: Args) -> Res<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss_samples.push(op.memory().0);
     }
-    let reconciles_idle = op.metric("tenant_capacity_reconciliations_total").await? - resyncs_before;
+    let reconciles_idle =
+        op.metric("tenant_capacity_reconciliations_total").await? - resyncs_before;
     let idle = audit.writes_since(&idle_start, &operator_user())?;
     let (steady_rss, _) = op.memory();
     log(format!(
@@ -259,7 +318,12 @@ async fn run(args: Args) -> Res<()> {
     };
     let restart_hwm = op.memory().1;
     let restart_writes = audit.writes_since(&restart_start, &operator_user())?;
-    log(format!("restart: all {n} confirmed after {:.2}s, {} writes, peak RSS {:.1} MiB", confirmed.as_secs_f64(), restart_writes.total(), mib(restart_hwm)));
+    log(format!(
+        "restart: all {n} confirmed after {:.2}s, {} writes, peak RSS {:.1} MiB",
+        confirmed.as_secs_f64(),
+        restart_writes.total(),
+        mib(restart_hwm)
+    ));
     results.insert(
         "restart",
         json!({"seconds": secs(confirmed), "operator_writes": restart_writes.total(), "operator_writes_by_verb_resource_code": restart_writes.by_key()}),
@@ -287,7 +351,11 @@ async fn run(args: Args) -> Res<()> {
     results.get_mut("memory").unwrap()["rss_after_changes_mib"] = json!(mib(steady_rss_after));
     op.stop().await?;
     drop(tracker);
-    delete_namespaces(&client, "bo").await?;
+    if args.keep {
+        log("--keep: leaving namespaces bo-* and their subscriptions");
+    } else {
+        delete_namespaces(&client, "bo").await?;
+    }
 
     // 7. One Helm release per tenant.
     if !args.skip_helm {
@@ -295,14 +363,21 @@ async fn run(args: Args) -> Res<()> {
         let helm = helm_comparison(&client, &catalogue, h, &args).await?;
         let op_change_p50 = latency["p50_ms"].as_f64().unwrap_or(f64::NAN);
         let mut helm = helm;
-        helm["converge_ratio_to_operator"] = json!(helm["converge_s"].as_f64().unwrap() / secs(cold) * (n as f64 / h as f64));
-        helm["change_ratio_to_operator_p50"] = json!(helm["change_ms"].as_f64().unwrap() / op_change_p50);
+        helm["converge_ratio_to_operator"] =
+            json!(helm["converge_s"].as_f64().unwrap() / secs(cold) * (n as f64 / h as f64));
+        helm["change_ratio_to_operator_p50"] =
+            json!(helm["change_ms"].as_f64().unwrap() / op_change_p50);
         results.insert("helm_per_tenant", helm);
         delete_namespaces(&client, "bh").await?;
     }
 
-    cleanup(&client).await?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("target/bench/scale-{n}.json")));
+    if !args.keep {
+        cleanup(&client).await?;
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("target/bench/scale-{n}.json")));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -351,10 +426,21 @@ fn subscription(ns: &str, i: usize, video: i64) -> TenantSubscription {
     .expect("valid subscription")
 }
 
-async fn apply_subscription(client: &Client, ns: &str, i: usize, video: i64) -> Res<TenantSubscription> {
+async fn apply_subscription(
+    client: &Client,
+    ns: &str,
+    i: usize,
+    video: i64,
+) -> Res<TenantSubscription> {
     let api: Api<TenantSubscription> = Api::namespaced(client.clone(), ns);
     let s = subscription(ns, i, video);
-    Ok(api.patch("capacity", &PatchParams::apply("bench").force(), &Patch::Apply(&s)).await?)
+    Ok(api
+        .patch(
+            "capacity",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&s),
+        )
+        .await?)
 }
 
 async fn catalogue(client: &Client) -> Res<capacity::Catalogue> {
@@ -374,8 +460,14 @@ fn desired(catalogue: &capacity::Catalogue, ns: &str, i: usize) -> Vec<Child> {
 
 fn desired_with(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i64) -> Vec<Child> {
     let sub = subscription(ns, i, video);
-    let plan = capacity::plan("capacity", &sub.spec, catalogue, jiff::Timestamp::now()).expect("bench subscriptions are valid");
-    let owner = Owner { name: "capacity".into(), namespace: ns.into(), tenant_id: sub.spec.tenant_id.clone(), reference: None };
+    let plan = capacity::plan("capacity", &sub.spec, catalogue, jiff::Timestamp::now())
+        .expect("bench subscriptions are valid");
+    let owner = Owner {
+        name: "capacity".into(),
+        namespace: ns.into(),
+        tenant_id: sub.spec.tenant_id.clone(),
+        reference: None,
+    };
     render::all_children(&owner, &plan)
 }
 
@@ -384,10 +476,26 @@ async fn ssa(client: &Client, ns: &str, child: &Child, manager: &str) -> Res<()>
     let body = Patch::Apply(child.to_value());
     let name = child.name();
     match child {
-        Child::Deployment(_) => drop(Api::<Deployment>::namespaced(client.clone(), ns).patch(name, &pp, &body).await?),
-        Child::Hpa(_) => drop(Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns).patch(name, &pp, &body).await?),
-        Child::Service(_) => drop(Api::<Service>::namespaced(client.clone(), ns).patch(name, &pp, &body).await?),
-        Child::Quota(_) => drop(Api::<ResourceQuota>::namespaced(client.clone(), ns).patch(name, &pp, &body).await?),
+        Child::Deployment(_) => drop(
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &body)
+                .await?,
+        ),
+        Child::Hpa(_) => drop(
+            Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &body)
+                .await?,
+        ),
+        Child::Service(_) => drop(
+            Api::<Service>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &body)
+                .await?,
+        ),
+        Child::Quota(_) => drop(
+            Api::<ResourceQuota>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &body)
+                .await?,
+        ),
     }
     Ok(())
 }
@@ -399,20 +507,51 @@ async fn install(client: &Client) -> Res<()> {
         Api::all(client.clone());
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/crds.yaml"))?;
     for doc in tenant_capacity_operator::preview::documents(&text)? {
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&doc)).await?;
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        crds.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&doc),
+        )
+        .await?;
     }
-    for name in ["tenantsubscriptions", "moduleprofiles", "subscriptionplans", "capacitycalendars"] {
+    for name in [
+        "tenantsubscriptions",
+        "moduleprofiles",
+        "subscriptionplans",
+        "capacitycalendars",
+    ] {
         let full = format!("{name}.capacity.tenancy.dev");
-        wait_until(&format!("CRD {full} established"), Duration::from_secs(60), || async {
-            let c = crds.get(&full).await.ok()?;
-            c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        })
+        wait_until(
+            &format!("CRD {full} established"),
+            Duration::from_secs(60),
+            || async {
+                let c = crds.get(&full).await.ok()?;
+                c.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
         .await?;
     }
     let profiles: Api<ModuleProfile> = Api::all(client.clone());
-    for (name, sessions, port) in [("bench-video", 40, Some(8443)), ("bench-voice", 100, Some(5060)), ("bench-im", 5000, None)] {
-        profiles.patch(name, &PatchParams::apply("bench").force(), &Patch::Apply(profile(name, sessions, port))).await?;
+    for (name, sessions, port) in [
+        ("bench-video", 40, Some(8443)),
+        ("bench-voice", 100, Some(5060)),
+        ("bench-im", 5000, None),
+    ] {
+        profiles
+            .patch(
+                name,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(profile(name, sessions, port)),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -426,23 +565,48 @@ async fn ensure_capacity(client: &Client, n: usize) -> Res<()> {
     let slots: i64 = list
         .items
         .iter()
-        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("pods")?.0.parse::<i64>().ok())
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .allocatable
+                .as_ref()?
+                .get("pods")?
+                .0
+                .parse::<i64>()
+                .ok()
+        })
         .sum();
-    let used = pods.list_metadata(&ListParams::default()).await?.items.len() as i64;
+    let used = pods
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len() as i64;
     // Floor pods, plus one surge pod each during rollouts, plus slack.
     let need = (3 * n as i64) * 5 / 4 + 50;
     if slots - used >= need {
-        log(format!("{} pod slots free on {} node(s); {need} needed", slots - used, list.items.len()));
+        log(format!(
+            "{} pod slots free on {} node(s); {need} needed",
+            slots - used,
+            list.items.len()
+        ));
         return Ok(());
     }
     let template = list
         .items
         .iter()
-        .find(|n| n.annotations().get("kwok.x-k8s.io/node").map(String::as_str) == Some("fake"))
+        .find(|n| {
+            n.annotations()
+                .get("kwok.x-k8s.io/node")
+                .map(String::as_str)
+                == Some("fake")
+        })
         .context("no kwok fake node to copy")?;
     let per_node = 1000;
     let extra = ((need - (slots - used)) as usize).div_ceil(per_node);
-    log(format!("adding {extra} fake node(s) of {per_node} pods (free {}, need {need})", slots - used));
+    log(format!(
+        "adding {extra} fake node(s) of {per_node} pods (free {}, need {need})",
+        slots - used
+    ));
     for k in 0..extra {
         let name = format!("bench-node-{k}");
         let mut v = serde_json::to_value(template)?;
@@ -460,21 +624,36 @@ async fn ensure_capacity(client: &Client, n: usize) -> Res<()> {
             nodes.create(&PostParams::default(), &node).await?;
         }
     }
-    wait_until("bench nodes Ready and untainted", Duration::from_secs(120), || async {
-        let list = nodes.list(&ListParams::default().labels(&format!("{BENCH_LABEL}=true"))).await.ok()?;
-        list.items
-            .iter()
-            .all(|n| {
-                let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                });
-                let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
-                    t.iter().any(|t| t.key.starts_with("node.kubernetes.io/"))
-                });
-                ready && !tainted
-            })
-            .then_some(())
-    })
+    wait_until(
+        "bench nodes Ready and untainted",
+        Duration::from_secs(120),
+        || async {
+            let list = nodes
+                .list(&ListParams::default().labels(&format!("{BENCH_LABEL}=true")))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .all(|n| {
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    let tainted =
+                        n.spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|t| {
+                                t.iter().any(|t| t.key.starts_with("node.kubernetes.io/"))
+                            });
+                    ready && !tainted
+                })
+                .then_some(())
+        },
+    )
     .await
 }
 
@@ -514,9 +693,15 @@ async fn operator_kubeconfig(client: &Client) -> Res<PathBuf> {
                 .body(serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 86400}}))?)?,
         )
         .await?;
-    let token = token_request["status"]["token"].as_str().context("no token in TokenRequest")?;
+    let token = token_request["status"]["token"]
+        .as_str()
+        .context("no token in TokenRequest")?;
     let kubeconfig = kube::config::Kubeconfig::read().context("read KUBECONFIG")?;
-    let cluster = kubeconfig.clusters.first().and_then(|c| c.cluster.clone()).context("no cluster in KUBECONFIG")?;
+    let cluster = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .context("no cluster in KUBECONFIG")?;
     let config = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "bench", "cluster": {"server": cluster.server, "certificate-authority-data": cluster.certificate_authority_data,
@@ -554,11 +739,25 @@ async fn namespaces(client: &Client, prefix: &str, n: usize) -> Res<Vec<String>>
         .try_collect::<Vec<_>>()
         .await?;
     let sas: Api<ServiceAccount> = Api::all(client.clone());
-    wait_until(&format!("{n} default ServiceAccounts in {prefix}-*"), Duration::from_secs(600), || async {
-        let list = sas.list_metadata(&ListParams::default().fields("metadata.name=default")).await.ok()?;
-        let have = list.items.iter().filter(|s| s.namespace().is_some_and(|ns| ns.starts_with(&format!("{prefix}-")))).count();
-        (have >= n).then_some(())
-    })
+    wait_until(
+        &format!("{n} default ServiceAccounts in {prefix}-*"),
+        Duration::from_secs(600),
+        || async {
+            let list = sas
+                .list_metadata(&ListParams::default().fields("metadata.name=default"))
+                .await
+                .ok()?;
+            let have = list
+                .items
+                .iter()
+                .filter(|s| {
+                    s.namespace()
+                        .is_some_and(|ns| ns.starts_with(&format!("{prefix}-")))
+                })
+                .count();
+            (have >= n).then_some(())
+        },
+    )
     .await?;
     Ok(names)
 }
@@ -566,21 +765,40 @@ async fn namespaces(client: &Client, prefix: &str, n: usize) -> Res<Vec<String>>
 async fn delete_namespaces(client: &Client, prefix: &str) -> Res<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let selector = format!("tenant-capacity-operator/bench-phase={prefix}");
-    let list = api.list_metadata(&ListParams::default().labels(&selector)).await?;
+    let list = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?;
     let t0 = Instant::now();
     stream::iter(list.items)
         .map(|ns| {
             let api = api.clone();
-            async move { api.delete(&ns.name_any(), &DeleteParams::background()).await.map(drop).or_else(ignore_not_found) }
+            async move {
+                api.delete(&ns.name_any(), &DeleteParams::background())
+                    .await
+                    .map(drop)
+                    .or_else(ignore_not_found)
+            }
         })
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
-    wait_until(&format!("namespaces {prefix}-* gone"), Duration::from_secs(1800), || async {
-        api.list_metadata(&ListParams::default().labels(&selector)).await.ok()?.items.is_empty().then_some(())
-    })
+    wait_until(
+        &format!("namespaces {prefix}-* gone"),
+        Duration::from_secs(1800),
+        || async {
+            api.list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await?;
-    log(format!("namespaces {prefix}-* deleted in {:.1}s", t0.elapsed().as_secs_f64()));
+    log(format!(
+        "namespaces {prefix}-* deleted in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -597,21 +815,51 @@ async fn cleanup(client: &Client) -> Res<()> {
         delete_namespaces(client, prefix).await?;
     }
     let nodes: Api<Node> = Api::all(client.clone());
-    for n in nodes.list_metadata(&ListParams::default().labels(&format!("{BENCH_LABEL}=true"))).await?.items {
-        nodes.delete(&n.name_any(), &DeleteParams::default()).await.map(drop).or_else(ignore_not_found)?;
+    for n in nodes
+        .list_metadata(&ListParams::default().labels(&format!("{BENCH_LABEL}=true")))
+        .await?
+        .items
+    {
+        nodes
+            .delete(&n.name_any(), &DeleteParams::default())
+            .await
+            .map(drop)
+            .or_else(ignore_not_found)?;
     }
     Ok(())
 }
 
 /// The end state the operator's Ready stands for: every Deployment with an
 /// available replica.
-async fn wait_available(client: &Client, selector: &str, want: usize, timeout: Duration) -> Res<()> {
+async fn wait_available(
+    client: &Client,
+    selector: &str,
+    want: usize,
+    timeout: Duration,
+) -> Res<()> {
     let deployments: Api<Deployment> = Api::all(client.clone());
-    wait_until(&format!("{want} Deployments available"), timeout, || async {
-        let list = deployments.list(&ListParams::default().labels(selector)).await.ok()?;
-        let ok = list.items.iter().filter(|d| d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0) >= 1).count();
-        (ok >= want).then_some(())
-    })
+    wait_until(
+        &format!("{want} Deployments available"),
+        timeout,
+        || async {
+            let list = deployments
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?;
+            let ok = list
+                .items
+                .iter()
+                .filter(|d| {
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0)
+                        >= 1
+                })
+                .count();
+            (ok >= want).then_some(())
+        },
+    )
     .await
 }
 
@@ -621,14 +869,22 @@ async fn wait_hpas_active(client: &Client, want: usize, timeout: Duration) -> Re
     let hpas: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
     let selector = format!("{}={}", render::LABEL_MANAGED_BY, render::MANAGER);
     wait_until(&format!("{want} HPAs ScalingActive"), timeout, || async {
-        let list = hpas.list(&ListParams::default().labels(&selector)).await.ok()?;
+        let list = hpas
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
         let active = list
             .items
             .iter()
             .filter(|h| {
-                h.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                    c.iter().any(|c| c.type_ == "ScalingActive" && c.status == "True")
-                }) && h.status.as_ref().is_some_and(|s| s.desired_replicas >= 1)
+                h.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+                    })
+                    && h.status.as_ref().is_some_and(|s| s.desired_replicas >= 1)
             })
             .count();
         (active >= want).then_some(())
@@ -690,11 +946,17 @@ impl Tracker {
                 let generation = sub.metadata.generation.unwrap_or(0);
                 let ready = sub.status.as_ref().is_some_and(|st| {
                     st.observed_generation == Some(generation)
-                        && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        && st
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
                 });
                 let key = sub.namespace().unwrap_or_default();
                 let mut st = s.lock().unwrap();
-                let entry = st.subs.entry(key).or_insert((generation, ready, Instant::now()));
+                let entry = st
+                    .subs
+                    .entry(key)
+                    .or_insert((generation, ready, Instant::now()));
                 if entry.0 != generation || entry.1 != ready {
                     *entry = (generation, ready, Instant::now());
                 }
@@ -703,7 +965,8 @@ impl Tracker {
         let hpas: Api<HorizontalPodAutoscaler> = Api::all(client.clone());
         let s = state.clone();
         let t2 = tokio::spawn(async move {
-            let cfg = watcher::Config::default().labels(&format!("{}=bench-video", render::LABEL_MODULE));
+            let cfg =
+                watcher::Config::default().labels(&format!("{}=bench-video", render::LABEL_MODULE));
             let mut w = std::pin::pin!(watcher(hpas, cfg).default_backoff().applied_objects());
             while let Some(Ok(h)) = w.next().await {
                 let key = h.namespace().unwrap_or_default();
@@ -715,14 +978,24 @@ impl Tracker {
                 }
             }
         });
-        Self { state, tasks: vec![t1, t2] }
+        Self {
+            state,
+            tasks: vec![t1, t2],
+        }
     }
 
     async fn wait_ready(&self, n: usize, timeout: Duration) -> Res<()> {
         let t0 = Instant::now();
         let mut last_log = Instant::now();
         loop {
-            let ready = self.state.lock().unwrap().subs.values().filter(|(_, r, _)| *r).count();
+            let ready = self
+                .state
+                .lock()
+                .unwrap()
+                .subs
+                .values()
+                .filter(|(_, r, _)| *r)
+                .count();
             if ready >= n {
                 return Ok(());
             }
@@ -747,13 +1020,18 @@ async fn change_latency(
 ) -> Res<Value> {
     let count = ((args.change_rate * args.change_seconds as f64) as usize).min(namespaces.len());
     let interval = Duration::from_secs_f64(1.0 / args.change_rate);
-    log(format!("change latency: {count} plan changes at {}/s", args.change_rate));
+    log(format!(
+        "change latency: {count} plan changes at {}/s",
+        args.change_rate
+    ));
     // Each change raises one tenant's video concurrency: a new HPA ceiling and quota.
     let new_video = MODULES[0].1 + 80;
     let expect_max = desired_with(catalogue, "x", 0, new_video)
         .iter()
         .find_map(|c| match c {
-            Child::Hpa(h) if h.metadata.name.as_deref() == Some("capacity-bench-video") => Some(h.spec.max_replicas),
+            Child::Hpa(h) if h.metadata.name.as_deref() == Some("capacity-bench-video") => {
+                Some(h.spec.max_replicas)
+            }
             _ => None,
         })
         .context("bench-video HPA")?;
@@ -778,22 +1056,36 @@ async fn change_latency(
     let mut latencies = Vec::new();
     loop {
         latencies.clear();
-        let st = tracker.state.lock().unwrap();
-        for (ns, generation, t0) in &sent {
-            let sub = st.subs.get(ns).filter(|(g, ready, _)| g == generation && *ready).map(|(_, _, t)| *t);
-            let hpa = st.hpas.get(ns).filter(|(m, _)| *m == expect_max).map(|(_, t)| *t);
-            if let (Some(a), Some(b)) = (sub, hpa) {
-                latencies.push(a.max(b).saturating_duration_since(*t0).as_secs_f64() * 1000.0);
+        {
+            let st = tracker.state.lock().unwrap();
+            for (ns, generation, t0) in &sent {
+                let sub = st
+                    .subs
+                    .get(ns)
+                    .filter(|(g, ready, _)| g == generation && *ready)
+                    .map(|(_, _, t)| *t);
+                let hpa = st
+                    .hpas
+                    .get(ns)
+                    .filter(|(m, _)| *m == expect_max)
+                    .map(|(_, t)| *t);
+                if let (Some(a), Some(b)) = (sub, hpa) {
+                    latencies.push(a.max(b).saturating_duration_since(*t0).as_secs_f64() * 1000.0);
+                }
             }
         }
-        drop(st);
         if latencies.len() == sent.len() || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     latencies.sort_by(f64::total_cmp);
-    let q = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    let q = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let r = json!({
         "changes": sent.len(),
         "completed": latencies.len(),
@@ -844,7 +1136,9 @@ impl Operator {
 
     /// (current RSS, peak RSS) in bytes, from /proc.
     fn memory(&self) -> (u64, u64) {
-        let Some(pid) = self.child.id() else { return (0, 0) };
+        let Some(pid) = self.child.id() else {
+            return (0, 0);
+        };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |name: &str| {
             status
@@ -861,7 +1155,8 @@ impl Operator {
     async fn scrape(&self) -> Res<String> {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics)).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
         let mut body = String::new();
         s.read_to_string(&mut body).await?;
         Ok(body)
@@ -882,8 +1177,14 @@ impl Operator {
     async fn confirmed_subscriptions(&self) -> Res<usize> {
         let text = self.scrape().await?;
         let mut subs = std::collections::HashSet::new();
-        for l in text.lines().filter(|l| l.starts_with("tenant_capacity_module_max_replicas{")) {
-            if let Some(ns) = l.split("namespace=\"").nth(1).and_then(|r| r.split('"').next())
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("tenant_capacity_module_max_replicas{"))
+        {
+            if let Some(ns) = l
+                .split("namespace=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
                 && ns.starts_with("bo-")
             {
                 subs.insert(ns.to_string());
@@ -894,15 +1195,21 @@ impl Operator {
 
     async fn stop(&mut self) -> Res<()> {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.context("operator did not stop on SIGTERM")??;
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("operator did not stop on SIGTERM")??;
         Ok(())
     }
 }
 
 fn free_port() -> Res<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 // ---------------------------------------------------------------- audit log
@@ -937,32 +1244,56 @@ impl Writes {
 impl Audit {
     fn new(path: PathBuf) -> Res<Self> {
         if !path.exists() {
-            bail!("no audit log at {} (hack/cluster.sh up writes one; pass --audit-log)", path.display());
+            bail!(
+                "no audit log at {} (hack/cluster.sh up writes one; pass --audit-log)",
+                path.display()
+            );
         }
         Ok(Self { path })
     }
 
     fn mark(&self) -> Res<Mark> {
-        Ok(Mark { offset: std::fs::metadata(&self.path)?.len() })
+        Ok(Mark {
+            offset: std::fs::metadata(&self.path)?.len(),
+        })
     }
 
     fn writes_since(&self, mark: &Mark, user: &str) -> Res<Writes> {
         let mut f = std::fs::File::open(&self.path)?;
         let len = f.metadata()?.len();
         // The log rotated: read from the start of the new file.
-        f.seek(SeekFrom::Start(if len < mark.offset { 0 } else { mark.offset }))?;
+        f.seek(SeekFrom::Start(if len < mark.offset {
+            0
+        } else {
+            mark.offset
+        }))?;
         let mut w = Writes::default();
         for line in std::io::BufReader::new(f).lines() {
-            let Ok(e) = serde_json::from_str::<Value>(&line?) else { continue };
-            if e["user"]["username"].as_str() != Some(user) || e["stage"].as_str() != Some("ResponseComplete") {
+            let Ok(e) = serde_json::from_str::<Value>(&line?) else {
+                continue;
+            };
+            if e["user"]["username"].as_str() != Some(user)
+                || e["stage"].as_str() != Some("ResponseComplete")
+            {
                 continue;
             }
             let code = e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16;
             let resource = match e["objectRef"]["subresource"].as_str() {
-                Some(sub) => format!("{}/{sub}", e["objectRef"]["resource"].as_str().unwrap_or("?")),
-                None => e["objectRef"]["resource"].as_str().unwrap_or("?").to_string(),
+                Some(sub) => format!(
+                    "{}/{sub}",
+                    e["objectRef"]["resource"].as_str().unwrap_or("?")
+                ),
+                None => e["objectRef"]["resource"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
             };
-            *w.counts.entry(format!("{} {resource} {code}", e["verb"].as_str().unwrap_or("?"))).or_default() += 1;
+            *w.counts
+                .entry(format!(
+                    "{} {resource} {code}",
+                    e["verb"].as_str().unwrap_or("?")
+                ))
+                .or_default() += 1;
             *w.codes.entry(code).or_default() += 1;
         }
         Ok(w)
@@ -970,22 +1301,36 @@ impl Audit {
 }
 
 fn default_audit_log() -> PathBuf {
-    let state = std::env::var("TCO_CLUSTER_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".local/state/tenant-capacity-operator/cluster")
-    });
+    let state = std::env::var("TCO_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".local/state/tenant-capacity-operator/cluster")
+        });
     state.join("logs/audit.log")
 }
 
 // ---------------------------------------------------------------- Helm
 
-async fn helm_comparison(client: &Client, catalogue: &capacity::Catalogue, h: usize, args: &Args) -> Res<Value> {
-    let chart = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/bench/tenant-chart"));
+async fn helm_comparison(
+    client: &Client,
+    catalogue: &capacity::Catalogue,
+    h: usize,
+    args: &Args,
+) -> Res<Value> {
+    let chart = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hack/bench/tenant-chart"
+    ));
     let dir = PathBuf::from("target/bench/helm-values");
     std::fs::create_dir_all(&dir)?;
     let ns = namespaces(client, "bh", h).await?;
     let values = |i: usize, ns: &str, video: i64| -> Res<PathBuf> {
         let path = dir.join(format!("{ns}-{video}.json"));
-        std::fs::write(&path, serde_json::to_string(&helm_values(catalogue, ns, i, video))?)?;
+        std::fs::write(
+            &path,
+            serde_json::to_string(&helm_values(catalogue, ns, i, video))?,
+        )?;
         Ok(path)
     };
     let install = |i: usize, ns: String, video: i64| {
@@ -993,18 +1338,32 @@ async fn helm_comparison(client: &Client, catalogue: &capacity::Catalogue, h: us
         let chart = chart.clone();
         async move {
             let out = tokio::process::Command::new("helm")
-                .args(["upgrade", "--install", "tenant", chart.to_str().unwrap(), "-n", &ns, "-f"])
+                .args([
+                    "upgrade",
+                    "--install",
+                    "tenant",
+                    chart.to_str().unwrap(),
+                    "-n",
+                    &ns,
+                    "-f",
+                ])
                 .arg(file?)
                 .output()
                 .await
                 .context("run helm (is it on PATH? eval \"$(hack/cluster.sh env)\")")?;
             if !out.status.success() {
-                bail!("helm upgrade --install in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "helm upgrade --install in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Ok(())
         }
     };
-    log(format!("helm: {h} releases, {} at once", args.helm_parallel));
+    log(format!(
+        "helm: {h} releases, {} at once",
+        args.helm_parallel
+    ));
     let t0 = Instant::now();
     stream::iter(ns.iter().cloned().enumerate())
         .map(|(i, ns)| install(i, ns, MODULES[0].1))
@@ -1013,22 +1372,48 @@ async fn helm_comparison(client: &Client, catalogue: &capacity::Catalogue, h: us
         .await?;
     let installed = t0.elapsed();
     // Helm-managed objects carry managed-by: Helm.
-    wait_available(client, "app.kubernetes.io/managed-by=Helm,capacity.tenancy.dev/tenant", 3 * h, Duration::from_secs(1800)).await?;
+    wait_available(
+        client,
+        "app.kubernetes.io/managed-by=Helm,capacity.tenancy.dev/tenant",
+        3 * h,
+        Duration::from_secs(1800),
+    )
+    .await?;
     let converged = t0.elapsed();
-    log(format!("helm: {h} releases installed in {:.1}s, available after {:.1}s", installed.as_secs_f64(), converged.as_secs_f64()));
+    log(format!(
+        "helm: {h} releases installed in {:.1}s, available after {:.1}s",
+        installed.as_secs_f64(),
+        converged.as_secs_f64()
+    ));
 
     // One plan change: a tenant's video concurrency rises.
     let new_video = MODULES[0].1 + 80;
-    let expect = helm_values(catalogue, &ns[0], 0, new_video)["modules"][0]["maxReplicas"].as_i64().unwrap() as i32;
+    let expect = helm_values(catalogue, &ns[0], 0, new_video)["modules"][0]["maxReplicas"]
+        .as_i64()
+        .unwrap() as i32;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns[0]);
     let t0 = Instant::now();
     install(0, ns[0].clone(), new_video).await?;
-    wait_until("Helm plan change on the HPA", Duration::from_secs(120), || async {
-        (hpas.get("capacity-bench-video").await.ok()?.spec.max_replicas == expect).then_some(())
-    })
+    wait_until(
+        "Helm plan change on the HPA",
+        Duration::from_secs(120),
+        || async {
+            (hpas
+                .get("capacity-bench-video")
+                .await
+                .ok()?
+                .spec
+                .max_replicas
+                == expect)
+                .then_some(())
+        },
+    )
     .await?;
     let change = t0.elapsed();
-    log(format!("helm: one plan change applied in {:.0} ms", change.as_secs_f64() * 1000.0));
+    log(format!(
+        "helm: one plan change applied in {:.0} ms",
+        change.as_secs_f64() * 1000.0
+    ));
     Ok(json!({
         "tenants": h,
         "parallel": args.helm_parallel,
@@ -1055,7 +1440,15 @@ fn helm_values(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i64) 
             _ => None,
         });
         let (Some(d), Some(h)) = (d, h) else { continue };
-        let container = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let container = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
         let hs = &h.spec;
         let profile = &catalogue.profiles[m];
         modules.push(json!({
@@ -1088,19 +1481,31 @@ fn helm_values(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i64) 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{} core(s), {:.0} GiB, {cpu}", num_cpus(), mem_gib())
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn mem_gib() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1048576.0)
         .unwrap_or(0.0)
 }
@@ -1109,12 +1514,20 @@ fn table(r: &BTreeMap<&str, Value>) -> String {
     let g = |path: &str| -> String {
         let mut v = &Value::Null;
         for (i, part) in path.split('.').enumerate() {
-            v = if i == 0 { r.get(part).unwrap_or(&Value::Null) } else { &v[part] };
+            v = if i == 0 {
+                r.get(part).unwrap_or(&Value::Null)
+            } else {
+                &v[part]
+            };
         }
         match v {
             Value::Number(n) => {
                 let f = n.as_f64().unwrap_or(0.0);
-                if n.is_f64() { format!("{f:.2}") } else { n.to_string() }
+                if n.is_f64() {
+                    format!("{f:.2}")
+                } else {
+                    n.to_string()
+                }
             }
             Value::Null => "-".into(),
             v => v.to_string(),
@@ -1122,19 +1535,109 @@ fn table(r: &BTreeMap<&str, Value>) -> String {
     };
     let rows: Vec<(String, String, String)> = vec![
         ("machine".into(), g("machine.description"), String::new()),
-        ("tenants × modules".into(), format!("{} × 3", g("tenants")), String::new()),
-        ("floor: bare SSA, all objects written (best of sweep)".into(), format!("{} s", g("floor.best_written_s")), String::new()),
-        ("floor: bare SSA, all Deployments available".into(), format!("{} s", g("floor.best_available_s")), String::new()),
-        ("1. cold convergence (all Ready)".into(), format!("{} s", g("cold_convergence.seconds")), format!("{}× floor (target ≤ 1.15)", g("cold_convergence.ratio_to_floor_available"))),
-        ("   settling: HPAs get metrics after convergence".into(), format!("{} s", g("settling.seconds")), format!("{} status writes following the HPAs", g("settling.operator_writes"))),
-        ("2. quiet idle: operator writes".into(), format!("{} in {} s", g("quiet_idle.operator_writes"), g("quiet_idle.seconds")), format!("{} resync rounds (target 0 writes)", g("quiet_idle.forced_resync_rounds"))),
-        ("2. 409 / 429 responses to the operator".into(), format!("{} / {}", g("conflicts_and_throttling.operator_409"), g("conflicts_and_throttling.operator_429")), "target 0 / 0".into()),
-        ("3. steady RSS".into(), format!("{} MiB", g("memory.steady_rss_mib")), "target < 48 MiB at N = 1,000".into()),
-        ("3. peak RSS during relist (restart)".into(), format!("{} MiB", g("memory.peak_rss_restart_relist_mib")), format!("{}× steady (target < 1.5)", g("memory.peak_over_steady"))),
-        ("4. change latency p50 / p99".into(), format!("{} / {} ms", g("change_latency.p50_ms"), g("change_latency.p99_ms")), format!("{} changes at {}/s (target p99 < 250 ms)", g("change_latency.changes"), g("change_latency.rate_per_s"))),
-        ("5. restart: all confirmed".into(), format!("{} s", g("restart.seconds")), format!("{} writes (target < 10 s, 0 writes)", g("restart.operator_writes"))),
-        ("6. Helm per tenant: converge".into(), format!("{} s for {} tenants", g("helm_per_tenant.converge_s"), g("helm_per_tenant.tenants")), format!("{}× the operator (scaled to N)", g("helm_per_tenant.converge_ratio_to_operator"))),
-        ("6. Helm per tenant: one plan change".into(), format!("{} ms", g("helm_per_tenant.change_ms")), format!("{}× the operator's p50", g("helm_per_tenant.change_ratio_to_operator_p50"))),
+        (
+            "tenants × modules".into(),
+            format!("{} × 3", g("tenants")),
+            String::new(),
+        ),
+        (
+            "floor: bare SSA, all objects written (best of sweep)".into(),
+            format!("{} s", g("floor.best_written_s")),
+            String::new(),
+        ),
+        (
+            "floor: bare SSA, all Deployments available".into(),
+            format!("{} s", g("floor.best_available_s")),
+            String::new(),
+        ),
+        (
+            "1. cold convergence (all Ready)".into(),
+            format!("{} s", g("cold_convergence.seconds")),
+            format!(
+                "{}× floor (target ≤ 1.15)",
+                g("cold_convergence.ratio_to_floor_available")
+            ),
+        ),
+        (
+            "   settling: HPAs get metrics after convergence".into(),
+            format!("{} s", g("settling.seconds")),
+            format!(
+                "{} status writes following the HPAs",
+                g("settling.operator_writes")
+            ),
+        ),
+        (
+            "2. quiet idle: operator writes".into(),
+            format!(
+                "{} in {} s",
+                g("quiet_idle.operator_writes"),
+                g("quiet_idle.seconds")
+            ),
+            format!(
+                "{} resync rounds (target 0 writes)",
+                g("quiet_idle.forced_resync_rounds")
+            ),
+        ),
+        (
+            "2. 409 / 429 responses to the operator".into(),
+            format!(
+                "{} / {}",
+                g("conflicts_and_throttling.operator_409"),
+                g("conflicts_and_throttling.operator_429")
+            ),
+            "target 0 / 0".into(),
+        ),
+        (
+            "3. steady RSS".into(),
+            format!("{} MiB", g("memory.steady_rss_mib")),
+            "target < 48 MiB at N = 1,000".into(),
+        ),
+        (
+            "3. peak RSS during relist (restart)".into(),
+            format!("{} MiB", g("memory.peak_rss_restart_relist_mib")),
+            format!("{}× steady (target < 1.5)", g("memory.peak_over_steady")),
+        ),
+        (
+            "4. change latency p50 / p99".into(),
+            format!(
+                "{} / {} ms",
+                g("change_latency.p50_ms"),
+                g("change_latency.p99_ms")
+            ),
+            format!(
+                "{} changes at {}/s (target p99 < 250 ms)",
+                g("change_latency.changes"),
+                g("change_latency.rate_per_s")
+            ),
+        ),
+        (
+            "5. restart: all confirmed".into(),
+            format!("{} s", g("restart.seconds")),
+            format!(
+                "{} writes (target < 10 s, 0 writes)",
+                g("restart.operator_writes")
+            ),
+        ),
+        (
+            "6. Helm per tenant: converge".into(),
+            format!(
+                "{} s for {} tenants",
+                g("helm_per_tenant.converge_s"),
+                g("helm_per_tenant.tenants")
+            ),
+            format!(
+                "{}× the operator (scaled to N)",
+                g("helm_per_tenant.converge_ratio_to_operator")
+            ),
+        ),
+        (
+            "6. Helm per tenant: one plan change".into(),
+            format!("{} ms", g("helm_per_tenant.change_ms")),
+            format!(
+                "{}× the operator's p50",
+                g("helm_per_tenant.change_ratio_to_operator_p50")
+            ),
+        ),
     ];
     let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);

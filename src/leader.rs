@@ -69,9 +69,15 @@ pub async fn run(
     }
     info!(identity = %id, "leading: starting the controller");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(client, settings, metrics, readiness, async move {
-        let _ = stop_rx.await;
-    }));
+    let controller = tokio::spawn(controller::run(
+        client,
+        settings,
+        metrics,
+        readiness,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let lost = async {
         while *leading.borrow_and_update() {
             if leading.changed().await.is_err() {

@@ -3,9 +3,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tenant_capacity_operator::{
-    api, controller,
+    api, controller, leader,
     metrics::Metrics,
-    leader, preview,
+    preview,
     server::{self, Readiness},
     telemetry::{self, LogFormat},
 };
@@ -85,11 +85,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { namespace, name } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
-                let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-                let api: kube::Api<api::TenantSubscription> = kube::Api::namespaced(client, &namespace);
-                let sub = api.get(&name).await.with_context(|| format!("reading TenantSubscription {namespace}/{name}"))?;
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to Kubernetes")?;
+                let api: kube::Api<api::TenantSubscription> =
+                    kube::Api::namespaced(client, &namespace);
+                let sub = api
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("reading TenantSubscription {namespace}/{name}"))?;
                 print!("{}", preview::status_table(&sub));
                 Ok(())
             })
@@ -115,7 +123,9 @@ fn main() -> anyhow::Result<()> {
             leader_election_lease_seconds,
         } => {
             telemetry::init(log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
                 let metrics = Metrics::default();

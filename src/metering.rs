@@ -12,17 +12,33 @@ use crate::{
 };
 
 /// Add `dt` worth of each Deployment's current replicas to the counters.
-pub fn accumulate<'a>(deployments: impl IntoIterator<Item = &'a Deployment>, dt: Duration, metrics: &Metrics) {
+pub fn accumulate<'a>(
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    dt: Duration,
+    metrics: &Metrics,
+) {
     let secs = dt.as_secs_f64();
     for d in deployments {
         let labels = d.metadata.labels.as_ref();
         let get = |k: &str| labels.and_then(|l| l.get(k)).cloned();
-        let (Some(subscription), Some(module)) = (get(LABEL_SUBSCRIPTION), get(LABEL_MODULE)) else { continue };
+        let (Some(subscription), Some(module)) = (get(LABEL_SUBSCRIPTION), get(LABEL_MODULE))
+        else {
+            continue;
+        };
         // Only Deployments we own carry owner references to a subscription.
-        if d.metadata.owner_references.as_ref().is_none_or(|o| !o.iter().any(|r| r.kind == "TenantSubscription")) {
+        if d.metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| !o.iter().any(|r| r.kind == "TenantSubscription"))
+        {
             continue;
         }
-        let replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as f64;
+        let replicas = d
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as f64;
         let sessions = d
             .metadata
             .annotations
@@ -36,8 +52,14 @@ pub fn accumulate<'a>(deployments: impl IntoIterator<Item = &'a Deployment>, dt:
             tenant: get(LABEL_TENANT).unwrap_or_default(),
             module,
         };
-        metrics.replica_seconds.get_or_create(&key).inc_by(replicas * secs);
-        metrics.session_capacity_seconds.get_or_create(&key).inc_by(replicas * sessions * secs);
+        metrics
+            .replica_seconds
+            .get_or_create(&key)
+            .inc_by(replicas * secs);
+        metrics
+            .session_capacity_seconds
+            .get_or_create(&key)
+            .inc_by(replicas * sessions * secs);
     }
 }
 
@@ -78,9 +100,20 @@ mod tests {
         let m = Metrics::default();
         accumulate([&deployment(4, "40")], Duration::from_secs(15), &m);
         accumulate([&deployment(2, "40")], Duration::from_secs(30), &m);
-        let key = ModuleLabels { namespace: "t".into(), subscription: "acme".into(), tenant: "acme".into(), module: "video".into() };
-        assert_eq!(m.replica_seconds.get_or_create(&key).get(), 4.0 * 15.0 + 2.0 * 30.0);
-        assert_eq!(m.session_capacity_seconds.get_or_create(&key).get(), 40.0 * (4.0 * 15.0 + 2.0 * 30.0));
+        let key = ModuleLabels {
+            namespace: "t".into(),
+            subscription: "acme".into(),
+            tenant: "acme".into(),
+            module: "video".into(),
+        };
+        assert_eq!(
+            m.replica_seconds.get_or_create(&key).get(),
+            4.0 * 15.0 + 2.0 * 30.0
+        );
+        assert_eq!(
+            m.session_capacity_seconds.get_or_create(&key).get(),
+            40.0 * (4.0 * 15.0 + 2.0 * 30.0)
+        );
         let text = m.encode();
         assert!(text.contains("tenant_capacity_module_replica_seconds_total{namespace=\"t\",subscription=\"acme\",tenant=\"acme\",module=\"video\"} 120.0"), "{text}");
     }

@@ -53,12 +53,36 @@ impl Default for Metrics {
         let ceiling_sessions = Family::<ModuleLabels, Gauge>::default();
         let replica_seconds = Family::<ModuleLabels, Counter<f64, AtomicU64>>::default();
         let session_capacity_seconds = Family::<ModuleLabels, Counter<f64, AtomicU64>>::default();
-        registry.register("reconciliations", "Reconciliations started", reconciliations.clone());
-        registry.register("reconcile_failures", "Reconciliations that failed, by error", failures.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", duration.clone());
-        registry.register("api_writes", "Writes sent to the API server, by kind and verb", writes.clone());
-        registry.register("module_max_replicas", "Ceiling in replicas (HPA maxReplicas) per tenant module", max_replicas.clone());
-        registry.register("module_min_replicas", "Floor in replicas (HPA minReplicas) per tenant module", min_replicas.clone());
+        registry.register(
+            "reconciliations",
+            "Reconciliations started",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes sent to the API server, by kind and verb",
+            writes.clone(),
+        );
+        registry.register(
+            "module_max_replicas",
+            "Ceiling in replicas (HPA maxReplicas) per tenant module",
+            max_replicas.clone(),
+        );
+        registry.register(
+            "module_min_replicas",
+            "Floor in replicas (HPA minReplicas) per tenant module",
+            min_replicas.clone(),
+        );
         registry.register(
             "module_ceiling_sessions",
             "Concurrent sessions in force per tenant module (bought, scaled by seasons)",
@@ -91,12 +115,18 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn write(&self, kind: &str, verb: &str) {
-        self.writes.get_or_create(&WriteLabels { kind: kind.to_string(), verb: verb.to_string() }).inc();
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_string(),
+                verb: verb.to_string(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
         out
     }
 }

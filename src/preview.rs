@@ -21,9 +21,14 @@ pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
     files.sort();
     let mut out = capacity::Catalogue::default();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         for doc in documents(&text).with_context(|| format!("parsing {}", f.display()))? {
-            let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+            let kind = doc
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default()
+                .to_string();
             let context = || format!("a {kind} in {}", f.display());
             match kind.as_str() {
                 "ModuleProfile" => {
@@ -47,9 +52,12 @@ pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
 
 fn collect_yaml(path: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
     if path.is_dir() {
-        for entry in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
             let p = entry?.path();
-            if p.is_dir() || matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            if p.is_dir() || matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            {
                 collect_yaml(&p, out)?;
             }
         }
@@ -69,7 +77,8 @@ pub fn documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Read the subscriptions in a YAML file.
 pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let subs: Vec<TenantSubscription> = documents(&text)?
         .into_iter()
         .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("TenantSubscription"))
@@ -83,12 +92,20 @@ pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>
 }
 
 /// The multi-document YAML of every object the operator would apply at `at`.
-pub fn render_yaml(sub: &TenantSubscription, catalogue: &capacity::Catalogue, at: Timestamp) -> anyhow::Result<String> {
+pub fn render_yaml(
+    sub: &TenantSubscription,
+    catalogue: &capacity::Catalogue,
+    at: Timestamp,
+) -> anyhow::Result<String> {
     let name = sub.name_any();
     let plan = capacity::plan(&name, &sub.spec, catalogue, at).map_err(|errors| {
         anyhow::anyhow!(
             "subscription {name} cannot be applied:\n  {}",
-            errors.iter().map(|e| format!("{} ({})", e, e.reason())).collect::<Vec<_>>().join("\n  ")
+            errors
+                .iter()
+                .map(|e| format!("{} ({})", e, e.reason()))
+                .collect::<Vec<_>>()
+                .join("\n  ")
         )
     })?;
     let owner = Owner {
@@ -103,7 +120,9 @@ pub fn render_yaml(sub: &TenantSubscription, catalogue: &capacity::Catalogue, at
     let mut out = format!(
         "# {name}: active windows [{}], next transition {}\n",
         plan.active_windows.join(", "),
-        plan.next_transition.map(|t| capacity::window::format_instant(t, &plan.time_zone)).unwrap_or_else(|| "none".into())
+        plan.next_transition
+            .map(|t| capacity::window::format_instant(t, &plan.time_zone))
+            .unwrap_or_else(|| "none".into())
     );
     for child in render::all_children(&owner, &plan) {
         out.push_str("---\n");
@@ -116,14 +135,19 @@ pub fn render_yaml(sub: &TenantSubscription, catalogue: &capacity::Catalogue, at
 pub fn status_table(sub: &TenantSubscription) -> String {
     let st = sub.status.clone().unwrap_or_default();
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    let mut rows = vec![[
-        "MODULE", "STATE", "TIER", "FLOOR", "CEILING", "DESIRED", "REPLICAS", "READY", "SESSIONS", "NOTE",
-    ]
-    .map(String::from)];
+    let mut rows = vec![
+        [
+            "MODULE", "STATE", "TIER", "FLOOR", "CEILING", "DESIRED", "REPLICAS", "READY",
+            "SESSIONS", "NOTE",
+        ]
+        .map(String::from),
+    ];
     for m in &st.modules {
         rows.push([
             m.name.clone(),
-            m.state.map(|s| format!("{s:?}")).unwrap_or_else(|| "-".into()),
+            m.state
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "-".into()),
             m.tier.clone().unwrap_or_else(|| "-".into()),
             opt(m.min_replicas.map(Into::into)),
             opt(m.max_replicas.map(Into::into)),
@@ -134,22 +158,36 @@ pub fn status_table(sub: &TenantSubscription) -> String {
             m.message.clone().unwrap_or_default(),
         ]);
     }
-    let widths: Vec<usize> = (0..10).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..10)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
     let mut out = format!(
         "{}/{} (tenant {}){}\nReady: {} ({}) {}\nActive windows: {}\nNext transition: {}\n\n",
         sub.namespace().unwrap_or_default(),
         sub.name_any(),
         sub.spec.tenant_id,
-        sub.spec.plan.as_ref().map(|p| format!(", plan {p}")).unwrap_or_default(),
+        sub.spec
+            .plan
+            .as_ref()
+            .map(|p| format!(", plan {p}"))
+            .unwrap_or_default(),
         ready.map(|c| c.status.as_str()).unwrap_or("Unknown"),
         ready.map(|c| c.reason.as_str()).unwrap_or("-"),
         ready.map(|c| c.message.as_str()).unwrap_or(""),
-        if st.active_windows.is_empty() { "none".to_string() } else { st.active_windows.join(", ") },
+        if st.active_windows.is_empty() {
+            "none".to_string()
+        } else {
+            st.active_windows.join(", ")
+        },
         st.next_transition.as_deref().unwrap_or("none"),
     );
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -20,7 +20,10 @@ fn sub(name: &str, spec: &str) -> serde_json::Value {
 async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on() {
     let f = Fixture::new("bad").await;
     let v = f.video.clone();
-    let huge_list: String = (0..10_000).map(|i| format!("{{name: m{i}, concurrency: 1}}")).collect::<Vec<_>>().join(", ");
+    let huge_list: String = (0..10_000)
+        .map(|i| format!("{{name: m{i}, concurrency: 1}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     // Refused by the API server, naming the field.
     let refused: Vec<(String, &str)> = vec![
@@ -53,75 +56,165 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
     ];
     let mut misses = Vec::new();
     for (i, (spec, field)) in refused.iter().enumerate() {
-        let err = try_apply(&f.client, Some(&f.ns.name), &sub(&format!("r{i}"), spec)).await.expect_err(&spec[..spec.len().min(120)]);
+        let err = try_apply(&f.client, Some(&f.ns.name), &sub(&format!("r{i}"), spec))
+            .await
+            .expect_err(&spec[..spec.len().min(120)]);
         let text = err.to_string();
         if !text.contains(field) {
-            misses.push(format!("case {i}: error does not name {field}: {}", &text[..text.len().min(300)]));
+            misses.push(format!(
+                "case {i}: error does not name {field}: {}",
+                &text[..text.len().min(300)]
+            ));
         }
     }
     assert!(misses.is_empty(), "{misses:#?}");
     let bad_profiles = [
         ("{image: '', sessionsPerReplica: 10}", "spec.image"),
-        ("{image: x, sessionsPerReplica: 0}", "spec.sessionsPerReplica"),
-        ("{image: x, sessionsPerReplica: 10, minReplicas: 0}", "spec.minReplicas"),
-        ("{image: x, sessionsPerReplica: 10, port: 70000}", "spec.port"),
-        ("{image: x, sessionsPerReplica: 10, scaling: {cpuUtilization: 0}}", "spec.scaling.cpuUtilization"),
-        ("{image: x, sessionsPerReplica: 10, tiers: {'HD!': {}}}", "spec.tiers"),
+        (
+            "{image: x, sessionsPerReplica: 0}",
+            "spec.sessionsPerReplica",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, minReplicas: 0}",
+            "spec.minReplicas",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, port: 70000}",
+            "spec.port",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, scaling: {cpuUtilization: 0}}",
+            "spec.scaling.cpuUtilization",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, tiers: {'HD!': {}}}",
+            "spec.tiers",
+        ),
     ];
     for (i, (spec, field)) in bad_profiles.iter().enumerate() {
         let value: serde_json::Value = serde_saphyr::from_str(&format!(
             "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: ModuleProfile\nmetadata: {{name: bad-profile-{i}}}\nspec: {spec}"
         ))
         .unwrap();
-        let err = try_apply(&f.client, None, &value).await.expect_err(spec).to_string();
+        let err = try_apply(&f.client, None, &value)
+            .await
+            .expect_err(spec)
+            .to_string();
         assert!(err.contains(field), "profile {i}: {err}");
     }
     let bad_plan: serde_json::Value = serde_saphyr::from_str(
         "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: SubscriptionPlan\nmetadata: {name: bad-plan}\nspec: {modules: [{name: a, maxConcurrency: 10, maxPeakConcurrency: 5}]}",
     )
     .unwrap();
-    let err = try_apply(&f.client, None, &bad_plan).await.expect_err("peak below max").to_string();
+    let err = try_apply(&f.client, None, &bad_plan)
+        .await
+        .expect_err("peak below max")
+        .to_string();
     assert!(err.contains("maxPeakConcurrency"), "{err}");
     let bad_calendar: serde_json::Value = serde_saphyr::from_str(
         "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: CapacityCalendar\nmetadata: {name: bad-cal}\nspec: {windows: [{name: w, from: '02-30', to: '03-01'}]}",
     )
     .unwrap();
-    let err = try_apply(&f.client, None, &bad_calendar).await.expect_err("02-30").to_string();
+    let err = try_apply(&f.client, None, &bad_calendar)
+        .await
+        .expect_err("02-30")
+        .to_string();
     assert!(err.contains("spec.windows[0].from"), "{err}");
 
     // Accepted by the schema, refused by the operator with a reason.
     let reported: Vec<(String, &str)> = vec![
-        ("{tenantId: x, modules: [{name: no-such-profile, concurrency: 5}]}".into(), "ProfileNotFound"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5, tier: 8k}}]}}"), "TierNotFound"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{timeZone: Mars/Base}}}}"), "UnknownTimeZone"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{timeZone: '☃'}}}}"), "UnknownTimeZone"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{windows: [{{name: w, from: '2027-02-29', to: '2027-03-01'}}]}}}}"), "InvalidWindow"),
-        (format!("{{tenantId: x, plan: no-such-plan, modules: [{{name: {v}, concurrency: 5}}]}}"), "PlanNotFound"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{calendars: [no-such-calendar]}}}}"), "CalendarNotFound"),
-        (format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}]}}"), "NameTooLong"),
+        (
+            "{tenantId: x, modules: [{name: no-such-profile, concurrency: 5}]}".into(),
+            "ProfileNotFound",
+        ),
+        (
+            format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5, tier: 8k}}]}}"),
+            "TierNotFound",
+        ),
+        (
+            format!(
+                "{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{timeZone: Mars/Base}}}}"
+            ),
+            "UnknownTimeZone",
+        ),
+        (
+            format!(
+                "{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{timeZone: '☃'}}}}"
+            ),
+            "UnknownTimeZone",
+        ),
+        (
+            format!(
+                "{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{windows: [{{name: w, from: '2027-02-29', to: '2027-03-01'}}]}}}}"
+            ),
+            "InvalidWindow",
+        ),
+        (
+            format!(
+                "{{tenantId: x, plan: no-such-plan, modules: [{{name: {v}, concurrency: 5}}]}}"
+            ),
+            "PlanNotFound",
+        ),
+        (
+            format!(
+                "{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}], seasons: {{calendars: [no-such-calendar]}}}}"
+            ),
+            "CalendarNotFound",
+        ),
+        (
+            format!("{{tenantId: x, modules: [{{name: {v}, concurrency: 5}}]}}"),
+            "NameTooLong",
+        ),
     ];
     // The last one's own name is too long for its children's names.
-    let name_of = |i: usize| if i + 1 == reported.len() { format!("bad{i}-{}", "n".repeat(50)) } else { format!("bad{i}") };
+    let name_of = |i: usize| {
+        if i + 1 == reported.len() {
+            format!("bad{i}-{}", "n".repeat(50))
+        } else {
+            format!("bad{i}")
+        }
+    };
     for (i, (spec, _)) in reported.iter().enumerate() {
-        try_apply(&f.client, Some(&f.ns.name), &sub(&name_of(i), spec)).await.unwrap();
+        try_apply(&f.client, Some(&f.ns.name), &sub(&name_of(i), spec))
+            .await
+            .unwrap();
     }
     // A valid tenant applied after all of them converges, and keeps converging.
-    f.apply_sub("good", &format!("  tenantId: good\n  modules:\n    - {{name: {v}, concurrency: 400}}\n")).await;
-    f.wait_status("good", "good Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.apply_sub(
+        "good",
+        &format!("  tenantId: good\n  modules:\n    - {{name: {v}, concurrency: 400}}\n"),
+    )
+    .await;
+    f.wait_status("good", "good Ready", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     for (i, (_, reason)) in reported.iter().enumerate() {
         let name = name_of(i);
-        let s = f.wait_status(&name, reason, |s| is(s, "Ready", "False", reason) && is(s, "Stalled", "True", reason)).await;
+        let s = f
+            .wait_status(&name, reason, |s| {
+                is(s, "Ready", "False", reason) && is(s, "Stalled", "True", reason)
+            })
+            .await;
         assert!(!condition(&s, "Ready").unwrap().message.is_empty());
     }
-    f.apply_sub("good", &format!("  tenantId: good\n  modules:\n    - {{name: {v}, concurrency: 800}}\n")).await;
+    f.apply_sub(
+        "good",
+        &format!("  tenantId: good\n  modules:\n    - {{name: {v}, concurrency: 800}}\n"),
+    )
+    .await;
     wait_for("good tenant still converging", T, || async {
-        let h = get_opt::<HorizontalPodAutoscaler>(&f.client, &f.ns.name, &format!("good-{v}")).await?;
+        let h =
+            get_opt::<HorizontalPodAutoscaler>(&f.client, &f.ns.name, &format!("good-{v}")).await?;
         (h.spec.max_replicas == 20).then_some(())
     })
     .await;
     // Nothing was created for the invalid ones.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &f.ns.name);
-    assert_eq!(hpas.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        hpas.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
     let subs: Api<TenantSubscription> = Api::namespaced(f.client.clone(), &f.ns.name);
     let total = subs.list(&ListParams::default()).await.unwrap().items.len();
     println!(
@@ -130,6 +223,11 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
         reported.len(),
         total - reported.len()
     );
-    assert!(f.operator.metrics.encode().contains("tenant_capacity_reconciliations_total"));
+    assert!(
+        f.operator
+            .metrics
+            .encode()
+            .contains("tenant_capacity_reconciliations_total")
+    );
     f.finish().await;
 }

@@ -16,7 +16,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().expect("run the binary")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run the binary")
 }
 
 #[test]
@@ -33,26 +36,58 @@ fn render_previews_every_example_offline() {
     let mut seen = 0;
     for entry in std::fs::read_dir(format!("{ROOT}/examples/subscriptions")).unwrap() {
         let path = entry.unwrap().path();
-        let out = run(&["render", "-f", path.to_str().unwrap(), "--profiles", &profiles, "--at", "2026-07-15T12:00:00Z"]);
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "render",
+            "-f",
+            path.to_str().unwrap(),
+            "--profiles",
+            &profiles,
+            "--at",
+            "2026-07-15T12:00:00Z",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-        assert!(kinds.contains(&"Deployment") && kinds.contains(&"HorizontalPodAutoscaler"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"Deployment") && kinds.contains(&"HorizontalPodAutoscaler"),
+            "{kinds:?}"
+        );
         assert_eq!(kinds.iter().filter(|k| **k == "ResourceQuota").count(), 1);
         seen += 1;
     }
     assert_eq!(seen, 4);
     // The education tenant in its summer holiday: video 200% of 1000 at 40 per replica.
     let out = run(&[
-        "render", "-f", &format!("{ROOT}/examples/subscriptions/online-education.yaml"), "--profiles", &profiles,
-        "--at", "2026-07-15T04:00:00Z",
+        "render",
+        "-f",
+        &format!("{ROOT}/examples/subscriptions/online-education.yaml"),
+        "--profiles",
+        &profiles,
+        "--at",
+        "2026-07-15T04:00:00Z",
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("# edu: active windows [cn-school-holidays/summer-holiday], next transition 2026-07-15T18:00:00+08:00"), "{text}");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let hpa = docs.iter().find(|d| d["kind"] == "HorizontalPodAutoscaler" && d["metadata"]["name"] == "edu-video-call").unwrap();
-    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(25), Some(50)));
+    let hpa = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "HorizontalPodAutoscaler" && d["metadata"]["name"] == "edu-video-call"
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_i64(),
+            hpa["spec"]["maxReplicas"].as_i64()
+        ),
+        (Some(25), Some(50))
+    );
 }
 
 #[test]
@@ -64,11 +99,23 @@ fn render_names_what_is_wrong() {
         "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {name: x, namespace: y}\nspec: {tenantId: x, modules: [{name: hologram, concurrency: 5}, {name: video-call, concurrency: 5, tier: 8k}]}\n",
     )
     .unwrap();
-    let out = run(&["render", "-f", sub.to_str().unwrap(), "--profiles", &format!("{ROOT}/examples/profiles")]);
+    let out = run(&[
+        "render",
+        "-f",
+        sub.to_str().unwrap(),
+        "--profiles",
+        &format!("{ROOT}/examples/profiles"),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hologram: ModuleProfile \"hologram\" not found (ProfileNotFound)"), "{err}");
-    assert!(err.contains("video-call: tier \"8k\" not offered (available: hd, sd, uhd) (TierNotFound)"), "{err}");
+    assert!(
+        err.contains("hologram: ModuleProfile \"hologram\" not found (ProfileNotFound)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("video-call: tier \"8k\" not offered (available: hd, sd, uhd) (TierNotFound)"),
+        "{err}"
+    );
 }
 
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -90,7 +137,13 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     apply_yaml(&client, None, &profile_yaml(&module, "")).await;
 
     let mut child = Command::new(BIN)
-        .args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
+        ])
         .args(["--namespace", &ns.name, "--log-format", "json"])
         .stderr(Stdio::piped())
         .spawn()
@@ -115,7 +168,10 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     let health = log["fields"]["health"].as_str().unwrap().to_string();
 
     assert_eq!(http_get(&health, "/healthz").map(|r| r.0), Some(200));
-    wait_for("readyz 200", Duration::from_secs(30), || async { (http_get(&health, "/readyz")?.0 == 200).then_some(()) }).await;
+    wait_for("readyz 200", Duration::from_secs(30), || async {
+        (http_get(&health, "/readyz")?.0 == 200).then_some(())
+    })
+    .await;
 
     apply_yaml(
         &client,
@@ -125,11 +181,18 @@ async fn run_serves_health_and_metrics_and_reconciles() {
         ),
     )
     .await;
-    let want = format!("tenant_capacity_module_max_replicas{{namespace=\"{}\",subscription=\"c\",tenant=\"c\",module=\"{module}\"}} 3", ns.name);
-    let body = wait_for("per-module capacity metric", Duration::from_secs(30), || async {
-        let (code, body) = http_get(&metrics, "/metrics")?;
-        (code == 200 && body.contains(&want)).then_some(body)
-    })
+    let want = format!(
+        "tenant_capacity_module_max_replicas{{namespace=\"{}\",subscription=\"c\",tenant=\"c\",module=\"{module}\"}} 3",
+        ns.name
+    );
+    let body = wait_for(
+        "per-module capacity metric",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = http_get(&metrics, "/metrics")?;
+            (code == 200 && body.contains(&want)).then_some(body)
+        },
+    )
     .await;
     assert!(body.contains("tenant_capacity_reconciliations_total"));
     assert!(body.contains("tenant_capacity_reconcile_duration_seconds_bucket"));
@@ -142,14 +205,24 @@ async fn run_serves_health_and_metrics_and_reconciles() {
         (out.status.success() && text.contains("Ready: True (Available)")).then_some(text)
     })
     .await;
-    let header = table.lines().find(|l| l.starts_with("MODULE")).expect("table header");
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("MODULE"))
+        .expect("table header");
     for col in ["STATE", "FLOOR", "CEILING", "REPLICAS", "READY", "SESSIONS"] {
         assert!(header.contains(col), "{header}");
     }
-    let row = table.lines().find(|l| l.starts_with(&module)).expect("module row");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&module))
+        .expect("module row");
     let cells: Vec<&str> = row.split_whitespace().collect();
     // name, state, tier, floor, ceiling, desired, replicas, ready, sessions
-    assert_eq!((cells[1], cells[3], cells[4], cells[8]), ("Active", "1", "3", "100"), "{row}");
+    assert_eq!(
+        (cells[1], cells[3], cells[4], cells[8]),
+        ("Active", "1", "3", "100"),
+        "{row}"
+    );
     assert!(table.contains("Next transition: none"), "{table}");
 
     unsafe { libc_kill(child.id() as i32) };

@@ -30,32 +30,102 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
     let plan = unique("pro");
     let video = format!("p-{}", f.video);
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 2000)).await;
-    f.apply_sub("p", &format!("  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1500}}\n", f.video)).await;
-    f.wait_status("p", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.apply_sub(
+        "p",
+        &format!(
+            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1500}}\n",
+            f.video
+        ),
+    )
+    .await;
+    f.wait_status("p", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 38)));
     let rv = |o: Option<String>| o.unwrap();
-    let d0 = rv(f.get::<Deployment>(&video).await.unwrap().metadata.resource_version);
-    let h0 = rv(f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version);
-    let q0 = rv(f.get::<ResourceQuota>("p-capacity").await.unwrap().metadata.resource_version);
+    let d0 = rv(f
+        .get::<Deployment>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version);
+    let h0 = rv(f
+        .get::<HorizontalPodAutoscaler>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version);
+    let q0 = rv(f
+        .get::<ResourceQuota>("p-capacity")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version);
 
     // The plan shrinks under the subscription: refused, named, nothing touched.
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 1000)).await;
-    let s = f.wait_status("p", "ExceedsPlan", |s| is(s, "Ready", "False", "ExceedsPlan")).await;
+    let s = f
+        .wait_status("p", "ExceedsPlan", |s| {
+            is(s, "Ready", "False", "ExceedsPlan")
+        })
+        .await;
     let msg = condition(&s, "Ready").unwrap().message.clone();
-    assert!(msg.contains(&f.video) && msg.contains("maxConcurrency 1000"), "{msg}");
+    assert!(
+        msg.contains(&f.video) && msg.contains("maxConcurrency 1000"),
+        "{msg}"
+    );
     let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns.name);
     wait_for("ExceedsPlan event", T, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.iter().any(|e| e.reason.as_deref() == Some("ExceedsPlan")).then_some(())
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ExceedsPlan"))
+            .then_some(())
     })
     .await;
     // A change made while refused is not applied either.
-    f.apply_sub("p", &format!("  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n", f.video)).await;
-    let s = f.wait_status("p", "still ExceedsPlan", |s| is(s, "Ready", "False", "ExceedsPlan")).await;
-    assert!(condition(&s, "Ready").unwrap().message.contains("concurrency 1800"));
-    assert_eq!(rv(f.get::<Deployment>(&video).await.unwrap().metadata.resource_version), d0);
-    assert_eq!(rv(f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version), h0);
-    assert_eq!(rv(f.get::<ResourceQuota>("p-capacity").await.unwrap().metadata.resource_version), q0);
+    f.apply_sub(
+        "p",
+        &format!(
+            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n",
+            f.video
+        ),
+    )
+    .await;
+    let s = f
+        .wait_status("p", "still ExceedsPlan", |s| {
+            is(s, "Ready", "False", "ExceedsPlan")
+        })
+        .await;
+    assert!(
+        condition(&s, "Ready")
+            .unwrap()
+            .message
+            .contains("concurrency 1800")
+    );
+    assert_eq!(
+        rv(f.get::<Deployment>(&video)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version),
+        d0
+    );
+    assert_eq!(
+        rv(f.get::<HorizontalPodAutoscaler>(&video)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version),
+        h0
+    );
+    assert_eq!(
+        rv(f.get::<ResourceQuota>("p-capacity")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version),
+        q0
+    );
 
     // A module the plan does not sell.
     f.apply_sub(
@@ -63,13 +133,27 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
         &format!("  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 500}}\n    - {{name: {}, concurrency: 10}}\n", f.video, f.im),
     )
     .await;
-    let s = f.wait_status("p", "ModuleNotInPlan", |s| is(s, "Ready", "False", "ModuleNotInPlan")).await;
+    let s = f
+        .wait_status("p", "ModuleNotInPlan", |s| {
+            is(s, "Ready", "False", "ModuleNotInPlan")
+        })
+        .await;
     assert!(condition(&s, "Ready").unwrap().message.contains(&f.im));
 
     // The plan grows: the subscription is applied at once.
-    f.apply_sub("p", &format!("  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n", f.video)).await;
+    f.apply_sub(
+        "p",
+        &format!(
+            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n",
+            f.video
+        ),
+    )
+    .await;
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 3000)).await;
-    f.wait_status("p", "Ready on the bigger plan", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("p", "Ready on the bigger plan", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 45)));
     f.finish().await;
 }
@@ -91,23 +175,39 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
     )
     .await;
     f.wait_status("c", "always active and Ready", |s| {
-        is(s, "Ready", "True", "Available") && s.status.as_ref().unwrap().active_windows == vec![format!("{cal}/always")]
+        is(s, "Ready", "True", "Available")
+            && s.status.as_ref().unwrap().active_windows == vec![format!("{cal}/always")]
     })
     .await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
 
     // Editing the calendar re-plans the subscription right away.
     apply_yaml(&f.client, None, &calendar(150, "")).await;
-    wait_for("ceiling 150%", T, || async { (f.hpa_numbers(&video).await? == (1, 15)).then_some(()) }).await;
+    wait_for("ceiling 150%", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 15)).then_some(())
+    })
+    .await;
 
     // A window starting at the next full minute, for one minute.
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let mut start = now.round(jiff::ZonedRound::new().smallest(jiff::Unit::Minute).mode(jiff::RoundMode::Ceil)).unwrap();
+    let mut start = now
+        .round(
+            jiff::ZonedRound::new()
+                .smallest(jiff::Unit::Minute)
+                .mode(jiff::RoundMode::Ceil),
+        )
+        .unwrap();
     if start.duration_since(&now).as_secs() < 5 {
         start = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
     }
     let end = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    let hhmm = |z: &jiff::Zoned| if z.hour() == 0 && z.minute() == 0 { "24:00".to_string() } else { z.strftime("%H:%M").to_string() };
+    let hhmm = |z: &jiff::Zoned| {
+        if z.hour() == 0 && z.minute() == 0 {
+            "24:00".to_string()
+        } else {
+            z.strftime("%H:%M").to_string()
+        }
+    };
     let rush = format!(
         "    - {{name: rush, days: [{}], start: '{}', end: '{}', floorPercent: 40}}\n",
         &format!("{:?}", start.weekday())[..3],
@@ -115,24 +215,52 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
         hhmm(&end)
     );
     apply_yaml(&f.client, None, &calendar(150, &rush)).await;
-    let s = f.wait_status("c", "next transition known", |s| s.status.as_ref().unwrap().next_transition.is_some()).await;
+    let s = f
+        .wait_status("c", "next transition known", |s| {
+            s.status.as_ref().unwrap().next_transition.is_some()
+        })
+        .await;
     assert_eq!(
         s.status.unwrap().next_transition.as_deref(),
-        Some(start.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string().as_str())
+        Some(
+            start
+                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+                .to_string()
+                .as_str()
+        )
     );
-    wait_for("in the window: floor 40% of 15", Duration::from_secs(100), || async {
-        (f.hpa_numbers(&video).await? == (6, 15)).then_some(())
-    })
+    wait_for(
+        "in the window: floor 40% of 15",
+        Duration::from_secs(100),
+        || async { (f.hpa_numbers(&video).await? == (6, 15)).then_some(()) },
+    )
     .await;
     assert!(jiff::Timestamp::now() >= start.timestamp());
-    let s = f.wait_status("c", "rush listed", |s| s.status.as_ref().unwrap().active_windows.contains(&format!("{cal}/rush"))).await;
+    let s = f
+        .wait_status("c", "rush listed", |s| {
+            s.status
+                .as_ref()
+                .unwrap()
+                .active_windows
+                .contains(&format!("{cal}/rush"))
+        })
+        .await;
     drop(s);
-    wait_for("out of the window", Duration::from_secs(100), || async { (f.hpa_numbers(&video).await? == (1, 15)).then_some(()) }).await;
+    wait_for("out of the window", Duration::from_secs(100), || async {
+        (f.hpa_numbers(&video).await? == (1, 15)).then_some(())
+    })
+    .await;
     assert!(jiff::Timestamp::now() >= end.timestamp());
 
     // A calendar that disappears is named, and the children stay.
-    Api::<tenant_capacity_operator::api::CapacityCalendar>::all(f.client.clone()).delete(&cal, &DeleteParams::default()).await.unwrap();
-    f.wait_status("c", "CalendarNotFound", |s| is(s, "Ready", "False", "CalendarNotFound")).await;
+    Api::<tenant_capacity_operator::api::CapacityCalendar>::all(f.client.clone())
+        .delete(&cal, &DeleteParams::default())
+        .await
+        .unwrap();
+    f.wait_status("c", "CalendarNotFound", |s| {
+        is(s, "Ready", "False", "CalendarNotFound")
+    })
+    .await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 15)));
     f.finish().await;
 }
@@ -141,25 +269,54 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
 async fn pause_freezes_children_and_unpause_converges() {
     let f = Fixture::new("pause").await;
     let video = format!("z-{}", f.video);
-    let spec = |c: i64, paused: bool| format!("  tenantId: z\n  paused: {paused}\n  modules:\n    - {{name: {}, concurrency: {c}}}\n", f.video);
+    let spec = |c: i64, paused: bool| {
+        format!(
+            "  tenantId: z\n  paused: {paused}\n  modules:\n    - {{name: {}, concurrency: {c}}}\n",
+            f.video
+        )
+    };
     f.apply_sub("z", &spec(400, false)).await;
-    f.wait_status("z", "Ready before the pause", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("z", "Ready before the pause", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     f.apply_sub("z", &spec(800, true)).await;
-    let s = f.wait_status("z", "Paused", |s| is(s, "Ready", "False", "Paused")).await;
+    let s = f
+        .wait_status("z", "Paused", |s| is(s, "Ready", "False", "Paused"))
+        .await;
     assert!(condition(&s, "Ready").unwrap().message.contains("paused"));
-    assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)), "paused: the new concurrency must not be applied");
+    assert_eq!(
+        f.hpa_numbers(&video).await,
+        Some((1, 10)),
+        "paused: the new concurrency must not be applied"
+    );
     // Even a deleted child stays deleted while paused.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &f.ns.name);
     hpas.delete(&video, &DeleteParams::default()).await.unwrap();
-    wait_for("HPA gone", T, || async { f.get::<HorizontalPodAutoscaler>(&video).await.is_none().then_some(()) }).await;
+    wait_for("HPA gone", T, || async {
+        f.get::<HorizontalPodAutoscaler>(&video)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
     // Force a reconcile by touching the spec, and check nothing came back.
     f.apply_sub("z", &spec(900, true)).await;
-    f.wait_status("z", "Paused at generation", |s| is(s, "Ready", "False", "Paused")).await;
+    f.wait_status("z", "Paused at generation", |s| {
+        is(s, "Ready", "False", "Paused")
+    })
+    .await;
     assert!(f.get::<HorizontalPodAutoscaler>(&video).await.is_none());
 
     f.apply_sub("z", &spec(900, false)).await;
-    wait_for("converged after unpause", T, || async { (f.hpa_numbers(&video).await? == (1, 23)).then_some(()) }).await;
-    f.wait_status("z", "Ready after the unpause", |s| is(s, "Ready", "True", "Available")).await;
+    wait_for("converged after unpause", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 23)).then_some(())
+    })
+    .await;
+    f.wait_status("z", "Ready after the unpause", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     f.finish().await;
 }
 
@@ -173,7 +330,10 @@ async fn a_downgrade_kills_no_pod_before_the_drain_ends_and_data_follows_retenti
     apply_yaml(
         &f.client,
         None,
-        &profile_yaml(&f.video, "  port: 8443\n  terminationGracePeriodSeconds: 900\n  scaling: {cpuUtilization: 65}"),
+        &profile_yaml(
+            &f.video,
+            "  port: 8443\n  terminationGracePeriodSeconds: 900\n  scaling: {cpuUtilization: 65}",
+        ),
     )
     .await;
     let pvc = |name: &str, module: &str| {
@@ -190,73 +350,146 @@ async fn a_downgrade_kills_no_pod_before_the_drain_ends_and_data_follows_retenti
         )
     };
     f.apply_sub("k", &spec(true, true, "Retain")).await;
-    f.wait_status("k", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("k", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), &ns);
     let module_pods = |m: String| {
         let pods = pods.clone();
         async move {
-            pods.list(&ListParams::default().labels(&format!("capacity.tenancy.dev/module={m}"))).await.unwrap().items
+            pods.list(&ListParams::default().labels(&format!("capacity.tenancy.dev/module={m}")))
+                .await
+                .unwrap()
+                .items
         }
     };
     let before = module_pods(f.video.clone()).await;
     assert!(!before.is_empty());
     for p in &before {
-        assert_eq!(p.spec.as_ref().unwrap().termination_grace_period_seconds, Some(900), "pods get the profile's grace");
+        assert_eq!(
+            p.spec.as_ref().unwrap().termination_grace_period_seconds,
+            Some(900),
+            "pods get the profile's grace"
+        );
     }
 
     // Switching video off: it drains for 8 seconds, every pod untouched meanwhile.
     f.apply_sub("k", &spec(false, true, "Retain")).await;
     let s = f
         .wait_status("k", "Draining", |s| {
-            s.status.as_ref().unwrap().modules.iter().any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
+            s.status
+                .as_ref()
+                .unwrap()
+                .modules
+                .iter()
+                .any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
         })
         .await;
-    let deadline: jiff::Timestamp = s.status.unwrap().modules.iter().find(|m| m.name == f.video).unwrap().drain_deadline.clone().unwrap().parse().unwrap();
+    let deadline: jiff::Timestamp = s
+        .status
+        .unwrap()
+        .modules
+        .iter()
+        .find(|m| m.name == f.video)
+        .unwrap()
+        .drain_deadline
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut checks = 0;
     while jiff::Timestamp::now() < deadline - jiff::SignedDuration::from_millis(500) {
         let now_pods = module_pods(f.video.clone()).await;
         for p in &before {
             let same = now_pods.iter().find(|q| q.metadata.uid == p.metadata.uid);
-            let same = same.unwrap_or_else(|| panic!("pod {} removed before the drain ended", p.name_any()));
-            assert!(same.metadata.deletion_timestamp.is_none(), "pod {} terminating before the drain ended", p.name_any());
+            let same = same
+                .unwrap_or_else(|| panic!("pod {} removed before the drain ended", p.name_any()));
+            assert!(
+                same.metadata.deletion_timestamp.is_none(),
+                "pod {} terminating before the drain ended",
+                p.name_any()
+            );
         }
         checks += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(checks >= 5, "the drain was observed only {checks} times");
-    wait_for("video removed after the drain", T, || async { f.get::<Deployment>(&video).await.is_none().then_some(()) }).await;
+    wait_for("video removed after the drain", T, || async {
+        f.get::<Deployment>(&video).await.is_none().then_some(())
+    })
+    .await;
     assert!(jiff::Timestamp::now() >= deadline);
     // Retain: the module's data survives its removal.
-    assert!(get_opt::<PersistentVolumeClaim>(&f.client, &ns, "video-recordings").await.is_some());
+    assert!(
+        get_opt::<PersistentVolumeClaim>(&f.client, &ns, "video-recordings")
+            .await
+            .is_some()
+    );
 
     // Delete: the module's data goes with it, and only that module's.
     f.apply_sub("k", &spec(false, false, "Delete")).await;
-    wait_for("messaging removed", T, || async { f.get::<Deployment>(&im).await.is_none().then_some(()) }).await;
-    wait_for("messaging data deleted", T, || async {
-        get_opt::<PersistentVolumeClaim>(&f.client, &ns, "im-history").await.is_none().then_some(())
+    wait_for("messaging removed", T, || async {
+        f.get::<Deployment>(&im).await.is_none().then_some(())
     })
     .await;
-    assert!(get_opt::<PersistentVolumeClaim>(&f.client, &ns, "video-recordings").await.is_some());
+    wait_for("messaging data deleted", T, || async {
+        get_opt::<PersistentVolumeClaim>(&f.client, &ns, "im-history")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        get_opt::<PersistentVolumeClaim>(&f.client, &ns, "video-recordings")
+            .await
+            .is_some()
+    );
     f.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioned_capacity_is_metered_per_tenant_and_module() {
     let f = Fixture::new("meter").await;
-    f.apply_sub("m", &format!("  tenantId: m\n  modules:\n    - {{name: {}, concurrency: 100}}\n", f.im)).await;
-    f.wait_status("m", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.apply_sub(
+        "m",
+        &format!(
+            "  tenantId: m\n  modules:\n    - {{name: {}, concurrency: 100}}\n",
+            f.im
+        ),
+    )
+    .await;
+    f.wait_status("m", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
     let read = |name: &str| {
-        let prefix = format!("tenant_capacity_module_{name}_total{{namespace=\"{}\",subscription=\"m\",tenant=\"m\",module=\"{}\"}} ", f.ns.name, f.im);
-        f.operator.metrics.encode().lines().find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse::<f64>().unwrap()))
+        let prefix = format!(
+            "tenant_capacity_module_{name}_total{{namespace=\"{}\",subscription=\"m\",tenant=\"m\",module=\"{}\"}} ",
+            f.ns.name, f.im
+        );
+        f.operator
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse::<f64>().unwrap()))
     };
     // Two replicas (the profile's floor) metered every second.
     let (replica_s, session_s) = wait_for("metering", Duration::from_secs(20), || async {
-        eprintln!("{}", f.operator.metrics.encode().lines().filter(|l| l.contains("seconds_total")).collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "{}",
+            f.operator
+                .metrics
+                .encode()
+                .lines()
+                .filter(|l| l.contains("seconds_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         let r = read("replica_seconds")?;
         (r >= 4.0).then(|| (r, read("session_capacity_seconds").unwrap()))
     })
     .await;
     // 40 sessions per replica: session-seconds are exactly 40 × replica-seconds.
-    assert!((session_s - 40.0 * replica_s).abs() < 1e-6 * session_s.max(1.0), "{session_s} vs {replica_s}");
+    assert!(
+        (session_s - 40.0 * replica_s).abs() < 1e-6 * session_s.max(1.0),
+        "{session_s} vs {replica_s}"
+    );
     f.finish().await;
 }

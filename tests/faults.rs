@@ -14,7 +14,9 @@ use std::{
 };
 
 use common::*;
-use k8s_openapi::api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota};
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota,
+};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use tenant_capacity_operator::api::TenantSubscription;
 
@@ -32,15 +34,18 @@ impl Operator {
     /// Watching one namespace, or all of them with `None`.
     fn start(ns: Option<&str>) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
-            .args(["--log-format", "json"]);
+        cmd.args([
+            "run",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"]);
         if let Some(ns) = ns {
             cmd.args(["--namespace", ns]);
         }
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -65,8 +70,15 @@ impl Drop for Operator {
 }
 
 fn cluster(args: &[&str]) {
-    let out = Command::new(format!("{ROOT}/hack/cluster.sh")).args(args).output().unwrap();
-    assert!(out.status.success(), "hack/cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(format!("{ROOT}/hack/cluster.sh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hack/cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Components stopped for a test; started again when dropped, even when the test fails.
@@ -96,13 +108,18 @@ fn sub_yaml(name: &str, video: &str, im: &str, c: i64) -> String {
 }
 
 async fn ready_count(subs: &Api<TenantSubscription>) -> usize {
-    let Ok(list) = subs.list(&ListParams::default()).await else { return 0 };
+    let Ok(list) = subs.list(&ListParams::default()).await else {
+        return 0;
+    };
     list.items
         .iter()
         .filter(|s| {
             s.status.as_ref().is_some_and(|st| {
                 st.observed_generation == s.metadata.generation
-                    && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
             })
         })
         .count()
@@ -110,9 +127,21 @@ async fn ready_count(subs: &Api<TenantSubscription>) -> usize {
 
 /// Every subscription has exactly its children, each owned by it.
 async fn assert_children_exact(client: &Client, ns: &str, n: usize) {
-    let deployments: Vec<Deployment> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
-    let hpas: Vec<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
-    let quotas: Vec<ResourceQuota> = Api::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items;
+    let deployments: Vec<Deployment> = Api::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let hpas: Vec<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let quotas: Vec<ResourceQuota> = Api::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(deployments.len(), 2 * n, "Deployments");
     assert_eq!(hpas.len(), 2 * n, "HPAs");
     assert_eq!(quotas.len(), n, "ResourceQuotas");
@@ -136,10 +165,18 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
     let mut namespaces = Vec::new();
     for i in 0..N {
         let ns = TestNamespace::new(&client, "kill").await;
-        apply_yaml(&client, Some(&ns.name), &sub_yaml(&format!("k{i}"), &video, &im, 100 + i as i64)).await;
+        apply_yaml(
+            &client,
+            Some(&ns.name),
+            &sub_yaml(&format!("k{i}"), &video, &im, 100 + i as i64),
+        )
+        .await;
         namespaces.push(ns);
     }
-    let subs: Vec<Api<TenantSubscription>> = namespaces.iter().map(|ns| Api::namespaced(client.clone(), &ns.name)).collect();
+    let subs: Vec<Api<TenantSubscription>> = namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), &ns.name))
+        .collect();
     let ready = || async {
         let mut n = 0;
         for api in &subs {
@@ -164,7 +201,12 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
         drop(op);
     }
     let _op = Operator::start(None);
-    wait_for("all Ready after restarts", Duration::from_secs(120), || async { (ready().await == N).then_some(()) }).await;
+    wait_for(
+        "all Ready after restarts",
+        Duration::from_secs(120),
+        || async { (ready().await == N).then_some(()) },
+    )
+    .await;
     println!("SIGKILLs injected mid-reconcile: {kills}; {N} subscriptions converged");
     for ns in namespaces {
         assert_children_exact(&client, &ns.name, 1).await;
@@ -184,18 +226,31 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     apply_yaml(&client, Some(&ns.name), &sub_yaml("o", &video, &im, 400)).await;
     let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
     let mut op = Operator::start(Some(&ns.name));
-    wait_for("Ready", T, || async { (ready_count(&subs).await == 1).then_some(()) }).await;
+    wait_for("Ready", T, || async {
+        (ready_count(&subs).await == 1).then_some(())
+    })
+    .await;
 
     let mut outages = 0;
-    for components in [&["kube-apiserver"][..], &["etcd"][..], &["kube-apiserver", "etcd"][..]] {
+    for components in [
+        &["kube-apiserver"][..],
+        &["etcd"][..],
+        &["kube-apiserver", "etcd"][..],
+    ] {
         let before = op.lines.lock().unwrap().len();
         let outage = Outage::begin(components);
         // Without the API server, the operator's watches fail: it says so and keeps running.
         // (With only etcd down the API server still serves its cache: nothing to report.)
         if components.contains(&"kube-apiserver") {
             let noticed = Instant::now();
-            while op.lines.lock().unwrap()[before..].iter().all(|l| !l.contains("WARN") && !l.contains("ERROR")) {
-                assert!(noticed.elapsed() < Duration::from_secs(60), "the operator did not report the outage");
+            while op.lines.lock().unwrap()[before..]
+                .iter()
+                .all(|l| !l.contains("WARN") && !l.contains("ERROR"))
+            {
+                assert!(
+                    noticed.elapsed() < Duration::from_secs(60),
+                    "the operator did not report the outage"
+                );
                 assert!(op.alive(), "the operator exited during the outage");
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -207,25 +262,48 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
         let c = 400 + 400 * outages;
         let hpa = format!("o-{video}");
         wait_for("apply after the outage", T, || async {
-            try_apply(&client, Some(&ns.name), &serde_saphyr::from_str(&sub_yaml("o", &video, &im, c)).unwrap()).await.ok()
+            try_apply(
+                &client,
+                Some(&ns.name),
+                &serde_saphyr::from_str(&sub_yaml("o", &video, &im, c)).unwrap(),
+            )
+            .await
+            .ok()
         })
         .await;
         let back = Instant::now();
-        wait_for("converged after the outage", Duration::from_secs(60), || async {
-            let h = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await?;
-            (h.spec.max_replicas as i64 == c / 40).then_some(())
-        })
+        wait_for(
+            "converged after the outage",
+            Duration::from_secs(60),
+            || async {
+                let h = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await?;
+                (h.spec.max_replicas as i64 == c / 40).then_some(())
+            },
+        )
         .await;
         let took = back.elapsed();
         println!("{components:?} outage: converged {took:?} after the API was back");
         // Watch backoff is capped at 5 s: recovery takes seconds, not minutes.
-        assert!(took < Duration::from_secs(30), "took {took:?} to converge after the outage");
+        assert!(
+            took < Duration::from_secs(30),
+            "took {took:?} to converge after the outage"
+        );
         assert!(op.alive(), "the operator had to restart");
     }
-    let warnings: Vec<String> =
-        op.lines.lock().unwrap().iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(3).cloned().collect();
+    let warnings: Vec<String> = op
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(3)
+        .cloned()
+        .collect();
     println!("outages survived: {outages}; first warnings: {warnings:#?}");
-    wait_for("Ready at the end", T, || async { (ready_count(&subs).await == 1).then_some(()) }).await;
+    wait_for("Ready at the end", T, || async {
+        (ready_count(&subs).await == 1).then_some(())
+    })
+    .await;
     assert_children_exact(&client, &ns.name, 1).await;
     ns.delete().await;
 }

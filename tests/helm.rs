@@ -29,12 +29,16 @@ use std::{
 
 use serde_json::{Value, json};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tenant-capacity-operator");
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/tenant-capacity-operator"
+);
 const CHART_NAME: &str = "tenant-capacity-operator";
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
 const TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
-const KWOK_TOLERATION: &str = "{key: kwok.x-k8s.io/node, operator: Equal, value: fake, effect: NoSchedule}";
+const KWOK_TOLERATION: &str =
+    "{key: kwok.x-k8s.io/node, operator: Equal, value: fake, effect: NoSchedule}";
 
 // --- tools ------------------------------------------------------------------
 
@@ -42,7 +46,10 @@ fn require_helm() {
     let out = Command::new("helm").arg("version").arg("--short").output();
     match out {
         Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("`helm version` failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => panic!(
+            "`helm version` failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
         Err(e) => panic!(
             "helm is not on PATH ({e}): run `eval \"$(hack/cluster.sh env)\"` first (hack/test.sh does), \
              which puts the pinned helm and kubectl on PATH"
@@ -64,18 +71,31 @@ fn require_cluster() {
     }
     require_helm();
     let out = run("kubectl", &["version", "--request-timeout=10s"], None);
-    assert!(out.status.success(), "kubectl cannot reach the cluster: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl cannot reach the cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(cmd);
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} ({e}); put it on PATH with `eval \"$(hack/cluster.sh env)\"`"));
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {cmd} ({e}); put it on PATH with `eval \"$(hack/cluster.sh env)\"`")
+    });
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     child.wait_with_output().expect("wait for command")
 }
@@ -110,26 +130,42 @@ fn kubectl_get(args: &[&str]) -> Option<Value> {
     all.extend_from_slice(args);
     all.extend_from_slice(&["-o", "json", "--ignore-not-found"]);
     let text = ok("kubectl", &all);
-    if text.trim().is_empty() { None } else { Some(serde_json::from_str(&text).expect("kubectl JSON")) }
+    if text.trim().is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&text).expect("kubectl JSON"))
+    }
 }
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
     format!("{prefix}-{}-{t}{n}", std::process::id() % 10_000)
 }
 
 /// Poll `check` every POLL until it returns Some, failing after `timeout`
 /// with `what` and whatever `context` says then.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(POLL);
     }
@@ -180,14 +216,21 @@ fn template(release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
-    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
 fn must<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     find(docs, kind, name).unwrap_or_else(|| {
         let have: Vec<String> = docs
             .iter()
-            .map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?")))
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap_or("?"),
+                    d["metadata"]["name"].as_str().unwrap_or("?")
+                )
+            })
             .collect();
         panic!("no {kind}/{name} rendered; have {have:?}")
     })
@@ -199,7 +242,11 @@ fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
     for r in rules.as_array().expect("rules") {
         let s = |k: &str| {
             r[k].as_array()
-                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>())
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
         };
         for g in s("apiGroups") {
@@ -233,10 +280,26 @@ fn expected_manager_grants() -> BTreeSet<(String, String, String)> {
         (g, &["tenantsubscriptions"], &["get", "list", "watch"]),
         (g, &["tenantsubscriptions/status"], &["patch"]),
         (g, &["tenantsubscriptions/finalizers"], &["update"]),
-        ("apps", &["deployments"], &["get", "list", "watch", "create", "patch", "delete"]),
-        ("autoscaling", &["horizontalpodautoscalers"], &["get", "list", "watch", "create", "patch", "delete"]),
-        ("", &["services"], &["get", "list", "watch", "create", "patch", "delete"]),
-        ("", &["resourcequotas"], &["get", "list", "watch", "create", "patch"]),
+        (
+            "apps",
+            &["deployments"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "autoscaling",
+            &["horizontalpodautoscalers"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "",
+            &["services"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "",
+            &["resourcequotas"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
         ("", &["persistentvolumeclaims"], &["list", "delete"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
     ])
@@ -261,8 +324,8 @@ fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
 fn chart_crds_are_the_repository_crds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repo = std::fs::read(root.join("crds/crds.yaml")).expect("crds/crds.yaml");
-    let chart =
-        std::fs::read(Path::new(CHART).join("crds/crds.yaml")).expect("charts/tenant-capacity-operator/crds/crds.yaml");
+    let chart = std::fs::read(Path::new(CHART).join("crds/crds.yaml"))
+        .expect("charts/tenant-capacity-operator/crds/crds.yaml");
     assert!(
         repo == chart,
         "charts/tenant-capacity-operator/crds/crds.yaml differs from crds/crds.yaml; \
@@ -270,18 +333,48 @@ fn chart_crds_are_the_repository_crds() {
     );
     let text = String::from_utf8(chart).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("CRD YAML");
-    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["spec"]["names"]["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, BTreeSet::from(["CapacityCalendar", "ModuleProfile", "SubscriptionPlan", "TenantSubscription"]));
-    assert!(docs.iter().all(|d| d["spec"]["group"] == "capacity.tenancy.dev"));
+    let kinds: BTreeSet<&str> = docs
+        .iter()
+        .map(|d| d["spec"]["names"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "CapacityCalendar",
+            "ModuleProfile",
+            "SubscriptionPlan",
+            "TenantSubscription"
+        ])
+    );
+    assert!(
+        docs.iter()
+            .all(|d| d["spec"]["group"] == "capacity.tenancy.dev")
+    );
 }
 
 #[test]
 fn argocd_health_check_gives_the_right_verdicts() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/test-argocd-health.sh");
-    let out = Command::new("bash").arg(script).output().expect("run hack/test-argocd-health.sh");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "hack/test-argocd-health.sh failed ({}):\n{text}", out.status);
-    for verdict in ["-> Healthy", "-> Progressing", "-> Degraded", "-> Suspended"] {
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run hack/test-argocd-health.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "hack/test-argocd-health.sh failed ({}):\n{text}",
+        out.status
+    );
+    for verdict in [
+        "-> Healthy",
+        "-> Progressing",
+        "-> Degraded",
+        "-> Suspended",
+    ] {
         assert!(text.contains(verdict), "no case ended {verdict}:\n{text}");
     }
 }
@@ -292,7 +385,10 @@ fn helm_lint_passes_with_default_and_custom_values() {
     ok("helm", &["lint", "--strict", CHART]);
     let dir = tempfile::tempdir().unwrap();
     let values = write(dir.path(), "values.yaml", &custom_values("video-call"));
-    ok("helm", &["lint", "--strict", CHART, "-f", values.to_str().unwrap()]);
+    ok(
+        "helm",
+        &["lint", "--strict", CHART, "-f", values.to_str().unwrap()],
+    );
 }
 
 #[test]
@@ -301,25 +397,71 @@ fn values_schema_refuses_wrong_types_and_unknown_keys() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &str)] = &[
         ("string replicaCount", "replicaCount: two\n", "replicaCount"),
-        ("string boolean", "serviceMonitor: {enabled: \"yes\"}\n", "enabled"),
-        ("list for a map", "podAnnotations: [a, b]\n", "podAnnotations"),
-        ("number for a namespace", "watchNamespace: 7\n", "watchNamespace"),
+        (
+            "string boolean",
+            "serviceMonitor: {enabled: \"yes\"}\n",
+            "enabled",
+        ),
+        (
+            "list for a map",
+            "podAnnotations: [a, b]\n",
+            "podAnnotations",
+        ),
+        (
+            "number for a namespace",
+            "watchNamespace: 7\n",
+            "watchNamespace",
+        ),
         ("misspelt top-level key", "replicas: 2\n", "replicas"),
-        ("misspelt nested key", "leaderElection: {enable: false}\n", "enable"),
+        (
+            "misspelt nested key",
+            "leaderElection: {enable: false}\n",
+            "enable",
+        ),
         ("unknown log format", "logFormat: xml\n", "logFormat"),
-        ("profile spec not a map", "moduleProfiles: {video: 3}\n", "moduleProfiles"),
+        (
+            "profile spec not a map",
+            "moduleProfiles: {video: 3}\n",
+            "moduleProfiles",
+        ),
     ];
     for (i, (what, yaml, mentions)) in cases.iter().enumerate() {
         let f = write(dir.path(), &format!("bad{i}.yaml"), yaml);
-        let out = run("helm", &["template", "bad", CHART, "-f", f.to_str().unwrap()], None);
+        let out = run(
+            "helm",
+            &["template", "bad", CHART, "-f", f.to_str().unwrap()],
+            None,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: helm template accepted {yaml:?}");
-        assert!(err.contains("schema"), "{what}: not refused by the schema: {err}");
-        assert!(err.contains(mentions), "{what}: error does not name {mentions:?}: {err}");
+        assert!(
+            !out.status.success(),
+            "{what}: helm template accepted {yaml:?}"
+        );
+        assert!(
+            err.contains("schema"),
+            "{what}: not refused by the schema: {err}"
+        );
+        assert!(
+            err.contains(mentions),
+            "{what}: error does not name {mentions:?}: {err}"
+        );
     }
     // --set with a wrong type too.
-    let out = run("helm", &["template", "bad", CHART, "--set", "leaderElection.enabled=maybe"], None);
-    assert!(!out.status.success(), "--set leaderElection.enabled=maybe was accepted");
+    let out = run(
+        "helm",
+        &[
+            "template",
+            "bad",
+            CHART,
+            "--set",
+            "leaderElection.enabled=maybe",
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "--set leaderElection.enabled=maybe was accepted"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
 }
 
@@ -331,9 +473,16 @@ fn default_render_is_least_privilege_and_hardened() {
     for d in &docs {
         let text = serde_json::to_string(d).unwrap();
         if matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) {
-            assert!(!text.contains("\"*\""), "a wildcard in {}: {text}", d["metadata"]["name"]);
+            assert!(
+                !text.contains("\"*\""),
+                "a wildcard in {}: {text}",
+                d["metadata"]["name"]
+            );
         }
-        assert_ne!(d["kind"], "CustomResourceDefinition", "CRDs belong in crds/, not templates/");
+        assert_ne!(
+            d["kind"], "CustomResourceDefinition",
+            "CRDs belong in crds/, not templates/"
+        );
     }
 
     // Exactly the documented grants, each bound as intended.
@@ -350,38 +499,87 @@ fn default_render_is_least_privilege_and_hardened() {
     );
     let leases = must(&docs, "Role", &format!("{full}-leader-election"));
     assert_eq!(leases["metadata"]["namespace"], "ops");
-    assert_eq!(grants(&leases["rules"]), triples(&[("coordination.k8s.io", &["leases"], &["get", "create", "patch"])]));
+    assert_eq!(
+        grants(&leases["rules"]),
+        triples(&[(
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "create", "patch"]
+        )])
+    );
     for (kind, name, role_kind) in [
-        ("ClusterRoleBinding", format!("{full}-manager"), "ClusterRole"),
-        ("ClusterRoleBinding", format!("{full}-catalogue"), "ClusterRole"),
+        (
+            "ClusterRoleBinding",
+            format!("{full}-manager"),
+            "ClusterRole",
+        ),
+        (
+            "ClusterRoleBinding",
+            format!("{full}-catalogue"),
+            "ClusterRole",
+        ),
         ("RoleBinding", format!("{full}-leader-election"), "Role"),
     ] {
         let b = must(&docs, kind, &name);
         assert_eq!(b["roleRef"]["kind"], role_kind);
         assert_eq!(b["roleRef"]["name"], name.as_str());
-        assert_eq!(b["subjects"], json!([{"kind": "ServiceAccount", "name": full, "namespace": "ops"}]));
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": full, "namespace": "ops"}])
+        );
     }
     must(&docs, "ServiceAccount", full);
 
     // Aggregation into the built-in roles.
     let edit = must(&docs, "ClusterRole", &format!("{full}-edit"));
     let labels = &edit["metadata"]["labels"];
-    assert_eq!(labels["rbac.authorization.k8s.io/aggregate-to-admin"], "true");
-    assert_eq!(labels["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
     assert_eq!(
         grants(&edit["rules"]),
         triples(&[(
             "capacity.tenancy.dev",
             &["tenantsubscriptions"],
-            &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+            &[
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection"
+            ]
         )])
     );
     let view = must(&docs, "ClusterRole", &format!("{full}-view"));
-    assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true");
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
     let view_grants = grants(&view["rules"]);
-    assert!(view_grants.iter().all(|(_, _, v)| ["get", "list", "watch"].contains(&v.as_str())), "{view_grants:?}");
-    for r in ["tenantsubscriptions", "moduleprofiles", "subscriptionplans", "capacitycalendars"] {
-        assert!(view_grants.contains(&("capacity.tenancy.dev".into(), r.into(), "list".into())), "view lacks {r}");
+    assert!(
+        view_grants
+            .iter()
+            .all(|(_, _, v)| ["get", "list", "watch"].contains(&v.as_str())),
+        "{view_grants:?}"
+    );
+    for r in [
+        "tenantsubscriptions",
+        "moduleprofiles",
+        "subscriptionplans",
+        "capacitycalendars",
+    ] {
+        assert!(
+            view_grants.contains(&("capacity.tenancy.dev".into(), r.into(), "list".into())),
+            "view lacks {r}"
+        );
     }
 
     // The Deployment.
@@ -389,19 +587,34 @@ fn default_render_is_least_privilege_and_hardened() {
     assert_eq!(d["spec"]["replicas"], 1);
     let pod = &d["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], "ghcr.io/example/tenant-capacity-operator:0.1.0", "tag defaults to appVersion");
+    assert_eq!(
+        c["image"], "ghcr.io/example/tenant-capacity-operator:0.1.0",
+        "tag defaults to appVersion"
+    );
     let args = args_of(d);
     assert_eq!(args[0], "run");
-    assert!(has_pair(&args, "--metrics-bind-address", ":8080"), "{args:?}");
-    assert!(has_pair(&args, "--health-probe-bind-address", ":8081"), "{args:?}");
+    assert!(
+        has_pair(&args, "--metrics-bind-address", ":8080"),
+        "{args:?}"
+    );
+    assert!(
+        has_pair(&args, "--health-probe-bind-address", ":8081"),
+        "{args:?}"
+    );
     assert!(args.contains(&"--leader-elect".to_string()), "{args:?}");
-    assert!(has_pair(&args, "--leader-election-namespace", "$(POD_NAMESPACE)"), "{args:?}");
+    assert!(
+        has_pair(&args, "--leader-election-namespace", "$(POD_NAMESPACE)"),
+        "{args:?}"
+    );
     assert!(has_pair(&args, "--log-format", "json"), "{args:?}");
-    assert!(!args.contains(&"--namespace".to_string()), "watches all namespaces by default: {args:?}");
+    assert!(
+        !args.contains(&"--namespace".to_string()),
+        "watches all namespaces by default: {args:?}"
+    );
     let env = c["env"].as_array().unwrap();
     assert!(
-        env.iter()
-            .any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
         "POD_NAMESPACE from the downward API: {env:?}"
     );
     let sc = &c["securityContext"];
@@ -411,14 +624,27 @@ fn default_render_is_least_privilege_and_hardened() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(c["resources"]["requests"], json!({"cpu": "50m", "memory": "64Mi"}));
-    assert_eq!(c["resources"]["limits"], json!({"cpu": "500m", "memory": "256Mi"}));
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "50m", "memory": "64Mi"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "500m", "memory": "256Mi"})
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let ports = c["ports"].as_array().unwrap();
-    let health = ports.iter().find(|p| p["name"] == c["livenessProbe"]["httpGet"]["port"]).expect("probe port named");
+    let health = ports
+        .iter()
+        .find(|p| p["name"] == c["livenessProbe"]["httpGet"]["port"])
+        .expect("probe port named");
     assert_eq!(health["containerPort"], 8081);
-    assert!(ports.iter().any(|p| p["name"] == "http-metrics" && p["containerPort"] == 8080));
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "http-metrics" && p["containerPort"] == 8080)
+    );
     assert_eq!(pod["serviceAccountName"], full);
 
     // Metrics Service; no ServiceMonitor and no catalogue by default.
@@ -427,9 +653,20 @@ fn default_render_is_least_privilege_and_hardened() {
         svc["spec"]["ports"],
         json!([{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}])
     );
-    assert_eq!(svc["spec"]["selector"], d["spec"]["selector"]["matchLabels"]);
-    for kind in ["ServiceMonitor", "ModuleProfile", "SubscriptionPlan", "CapacityCalendar"] {
-        assert!(docs.iter().all(|x| x["kind"] != kind), "{kind} rendered by default");
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    for kind in [
+        "ServiceMonitor",
+        "ModuleProfile",
+        "SubscriptionPlan",
+        "CapacityCalendar",
+    ] {
+        assert!(
+            docs.iter().all(|x| x["kind"] != kind),
+            "{kind} rendered by default"
+        );
     }
 }
 
@@ -444,12 +681,21 @@ fn custom_values_render_as_asked() {
     let d = must(&docs, "Deployment", full);
     assert_eq!(d["spec"]["replicas"], 2);
     let args = args_of(d);
-    assert!(!args.iter().any(|a| a.starts_with("--leader-elect")), "leader election off: {args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--leader-elect")),
+        "leader election off: {args:?}"
+    );
     assert!(has_pair(&args, "--namespace", "tenant-a"), "{args:?}");
     let pod = &d["spec"]["template"];
-    assert_eq!(pod["metadata"]["annotations"]["example.com/team"], "platform");
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/team"],
+        "platform"
+    );
     assert_eq!(pod["spec"]["tolerations"][0]["key"], "kwok.x-k8s.io/node");
-    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.com/platform/tco:1.2.3");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "registry.example.com/platform/tco:1.2.3"
+    );
     assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
 
     // watchNamespace: the namespaced grants only in that namespace, the
@@ -471,17 +717,35 @@ fn custom_values_render_as_asked() {
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
     let svc = must(&docs, "Service", &format!("{full}-metrics"));
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&svc["metadata"]["labels"][k], v, "ServiceMonitor selects the metrics Service by {k}");
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "ServiceMonitor selects the metrics Service by {k}"
+        );
     }
 
     let p = must(&docs, "ModuleProfile", "video-call");
     assert_eq!(p["apiVersion"], "capacity.tenancy.dev/v1alpha1");
     assert_eq!(p["spec"]["sessionsPerReplica"], 40);
     assert_eq!(p["spec"]["resources"]["requests"]["memory"], "1Gi");
-    assert_eq!(must(&docs, "SubscriptionPlan", "pro")["spec"]["modules"][0]["maxConcurrency"], 2000);
-    assert_eq!(must(&docs, "CapacityCalendar", "evenings")["spec"]["timeZone"], "Europe/Berlin");
+    assert_eq!(
+        must(&docs, "SubscriptionPlan", "pro")["spec"]["modules"][0]["maxConcurrency"],
+        2000
+    );
+    assert_eq!(
+        must(&docs, "CapacityCalendar", "evenings")["spec"]["timeZone"],
+        "Europe/Berlin"
+    );
     assert!(p["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
-    let kept = template("rel", "ops", &["-f", values.to_str().unwrap(), "--set", "keepCatalogueOnUninstall=true"]);
+    let kept = template(
+        "rel",
+        "ops",
+        &[
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            "keepCatalogueOnUninstall=true",
+        ],
+    );
     assert_eq!(
         must(&kept, "ModuleProfile", "video-call")["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
@@ -509,12 +773,39 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = run(
             "helm",
-            &["uninstall", &self.release, "-n", &self.release_ns, "--ignore-not-found", "--wait=false"],
+            &[
+                "uninstall",
+                &self.release,
+                "-n",
+                &self.release_ns,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
             None,
         );
-        let _ = run("kubectl", &["delete", "moduleprofile", &self.profile, "--ignore-not-found", "--wait=false"], None);
+        let _ = run(
+            "kubectl",
+            &[
+                "delete",
+                "moduleprofile",
+                &self.profile,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            None,
+        );
         for ns in &self.namespaces {
-            let _ = run("kubectl", &["delete", "namespace", ns, "--ignore-not-found", "--wait=false"], None);
+            let _ = run(
+                "kubectl",
+                &[
+                    "delete",
+                    "namespace",
+                    ns,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                None,
+            );
         }
     }
 }
@@ -558,7 +849,10 @@ impl OperatorProcess {
     fn context(&self) -> String {
         let log = self.log();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        format!("operator log (last 30 lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        format!(
+            "operator log (last 30 lines):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -571,7 +865,12 @@ impl OperatorProcess {
             "the operator to exit after SIGTERM",
             Duration::from_secs(30),
             || child.try_wait().unwrap(),
-            || format!("operator log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()),
+            || {
+                format!(
+                    "operator log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
         )
     }
 }
@@ -586,7 +885,10 @@ impl Drop for OperatorProcess {
 }
 
 fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 /// The subscription once it is Ready=True for its current generation.
@@ -598,11 +900,15 @@ fn wait_ready(ns: &str, name: &str, op: &OperatorProcess) -> Value {
             // A refusal will not go away by waiting: fail at once, naming it.
             let log = op.log();
             if let Some(line) = log.lines().find(|l| l.to_lowercase().contains("forbidden")) {
-                panic!("the operator was refused an API call (the chart's RBAC is not enough):\n{line}");
+                panic!(
+                    "the operator was refused an API call (the chart's RBAC is not enough):\n{line}"
+                );
             }
             let s = kubectl_get(&["tenantsubscription", name, "-n", ns])?;
             let ready = condition(&s, "Ready")?;
-            (ready["status"] == "True" && s["status"]["observedGeneration"] == s["metadata"]["generation"]).then_some(s)
+            (ready["status"] == "True"
+                && s["status"]["observedGeneration"] == s["metadata"]["generation"])
+                .then_some(s)
         },
         || {
             let s = kubectl_get(&["tenantsubscription", name, "-n", ns])
@@ -622,15 +928,25 @@ fn can_i(sa: &str, args: &[&str]) -> bool {
     match (out.status.success(), answer.as_str()) {
         (true, "yes") => true,
         (false, "no") => false,
-        _ => panic!("kubectl auth can-i {args:?}: unexpected {answer:?} / {}", String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "kubectl auth can-i {args:?}: unexpected {answer:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
 /// A kubeconfig that authenticates with `token`, for the admin kubeconfig's
 /// API server and CA.
 fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let server =
-        kubectl(&["config", "view", "--raw", "--minify", "--flatten", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let server = kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
     let ca = kubectl(&[
         "config",
         "view",
@@ -640,7 +956,10 @@ fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
         "-o",
         "jsonpath={.clusters[0].cluster.certificate-authority-data}",
     ]);
-    assert!(server.starts_with("https://") && !ca.is_empty(), "admin kubeconfig lacks server/CA: {server:?}");
+    assert!(
+        server.starts_with("https://") && !ca.is_empty(),
+        "admin kubeconfig lacks server/CA: {server:?}"
+    );
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -649,7 +968,11 @@ fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
         "contexts": [{"name": "operator", "context": {"cluster": "cluster", "user": "operator"}}],
         "current-context": "operator",
     });
-    write(dir, "operator.kubeconfig", &serde_json::to_string_pretty(&config).unwrap())
+    write(
+        dir,
+        "operator.kubeconfig",
+        &serde_json::to_string_pretty(&config).unwrap(),
+    )
 }
 
 /// HTTP status of the API calls the ServiceAccount must be refused, made with
@@ -702,7 +1025,10 @@ fn install_run_as_its_service_account_upgrade_and_uninstall() {
         "pod-security.kubernetes.io/warn=restricted",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // --- install: the pods tolerate the fake nodes; the catalogue has one profile.
     let values = write(
@@ -721,13 +1047,31 @@ moduleProfiles:
         ),
     );
     let values = values.to_str().unwrap();
-    let installed =
-        ok("helm", &["install", &release, CHART, "-n", &release_ns, "-f", values, "--wait", "--timeout", "3m"]);
+    let installed = ok(
+        "helm",
+        &[
+            "install",
+            &release,
+            CHART,
+            "-n",
+            &release_ns,
+            "-f",
+            values,
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
     assert!(installed.contains("STATUS: deployed"), "{installed}");
     assert!(installed.contains("NOTES:"), "{installed}");
     assert!(!installed.contains("PodSecurity"), "{installed}");
 
-    for crd in ["moduleprofiles", "tenantsubscriptions", "subscriptionplans", "capacitycalendars"] {
+    for crd in [
+        "moduleprofiles",
+        "tenantsubscriptions",
+        "subscriptionplans",
+        "capacitycalendars",
+    ] {
         let c = kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")])
             .unwrap_or_else(|| panic!("CRD {crd} missing"));
         let established = c["status"]["conditions"]
@@ -737,19 +1081,40 @@ moduleProfiles:
             .any(|x| x["type"] == "Established" && x["status"] == "True");
         assert!(established, "CRD {crd} not established");
     }
-    let d = kubectl_get(&["deployment", &full, "-n", &release_ns]).expect("the operator Deployment");
-    assert_eq!(d["status"]["readyReplicas"], 1, "helm --wait waited for a ready replica");
+    let d =
+        kubectl_get(&["deployment", &full, "-n", &release_ns]).expect("the operator Deployment");
+    assert_eq!(
+        d["status"]["readyReplicas"], 1,
+        "helm --wait waited for a ready replica"
+    );
     assert!(kubectl_get(&["serviceaccount", &full, "-n", &release_ns]).is_some());
     let p = kubectl_get(&["moduleprofile", &profile]).expect("the ModuleProfile from values");
-    assert_eq!(p["metadata"]["labels"]["app.kubernetes.io/instance"], release.as_str());
+    assert_eq!(
+        p["metadata"]["labels"]["app.kubernetes.io/instance"],
+        release.as_str()
+    );
 
     // --- run the operator as the chart's ServiceAccount, with leader election.
-    let token = kubectl(&["create", "token", &full, "-n", &release_ns, "--duration", "1h"]);
+    let token = kubectl(&[
+        "create",
+        "token",
+        &full,
+        "-n",
+        &release_ns,
+        "--duration",
+        "1h",
+    ]);
     let kubeconfig = token_kubeconfig(dir.path(), token.trim());
     let op = OperatorProcess::start(
         &kubeconfig,
         dir.path().join("operator-1.log"),
-        &["--namespace", &tenant_ns, "--leader-elect", "--leader-election-namespace", &release_ns],
+        &[
+            "--namespace",
+            &tenant_ns,
+            "--leader-elect",
+            "--leader-election-namespace",
+            &release_ns,
+        ],
     );
     ok_in(
         "kubectl",
@@ -762,12 +1127,18 @@ moduleProfiles:
     let sub = wait_ready(&tenant_ns, "acme", &op);
     let uid = sub["metadata"]["uid"].as_str().unwrap();
     let child = format!("acme-{profile}");
-    for (kind, name) in
-        [("deployment", child.as_str()), ("hpa", &child), ("service", &child), ("resourcequota", "acme-capacity")]
-    {
+    for (kind, name) in [
+        ("deployment", child.as_str()),
+        ("hpa", &child),
+        ("service", &child),
+        ("resourcequota", "acme-capacity"),
+    ] {
         let o = kubectl_get(&[kind, name, "-n", &tenant_ns])
             .unwrap_or_else(|| panic!("{kind}/{name} missing\n{}", op.context()));
-        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], uid, "{kind}/{name} owned by the subscription");
+        assert_eq!(
+            o["metadata"]["ownerReferences"][0]["uid"], uid,
+            "{kind}/{name} owned by the subscription"
+        );
     }
     let hpa = kubectl_get(&["hpa", &child, "-n", &tenant_ns]).unwrap();
     assert_eq!(hpa["spec"]["maxReplicas"], 3, "⌈100 / 40⌉");
@@ -780,16 +1151,27 @@ moduleProfiles:
             list["items"]
                 .as_array()?
                 .iter()
-                .any(|e| e["regarding"]["name"] == "acme" && e["reportingController"] == "tenant-capacity-operator")
+                .any(|e| {
+                    e["regarding"]["name"] == "acme"
+                        && e["reportingController"] == "tenant-capacity-operator"
+                })
                 .then_some(())
         },
         || op.context(),
     );
-    let lease =
-        kubectl_get(&["lease", "tenant-capacity-operator", "-n", &release_ns]).expect("the leader-election Lease");
-    assert!(lease["spec"]["holderIdentity"].as_str().is_some_and(|h| !h.is_empty()), "{lease}");
+    let lease = kubectl_get(&["lease", "tenant-capacity-operator", "-n", &release_ns])
+        .expect("the leader-election Lease");
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{lease}"
+    );
     let log = op.log();
-    assert!(!log.to_lowercase().contains("forbidden"), "the operator was refused something:\n{log}");
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
     let status = op.stop();
     assert!(status.success(), "operator exit status {status}");
     // A clean stop releases the Lease (a patch the Role allows).
@@ -798,7 +1180,10 @@ moduleProfiles:
         Duration::from_secs(30),
         || {
             let l = kubectl_get(&["lease", "tenant-capacity-operator", "-n", &release_ns])?;
-            l["spec"]["holderIdentity"].as_str().is_none_or(str::is_empty).then_some(())
+            l["spec"]["holderIdentity"]
+                .as_str()
+                .is_none_or(str::is_empty)
+                .then_some(())
         },
         String::new,
     );
@@ -808,31 +1193,85 @@ moduleProfiles:
         can_i(&sa, &["patch", "deployments.apps", "-n", &tenant_ns]),
         "control: the operator may patch Deployments"
     );
-    assert!(can_i(&sa, &["list", "tenantsubscriptions.capacity.tenancy.dev", "--all-namespaces"]));
     assert!(can_i(
         &sa,
-        &["update", "tenantsubscriptions.capacity.tenancy.dev", "--subresource", "finalizers", "-n", &tenant_ns]
+        &[
+            "list",
+            "tenantsubscriptions.capacity.tenancy.dev",
+            "--all-namespaces"
+        ]
+    ));
+    assert!(can_i(
+        &sa,
+        &[
+            "update",
+            "tenantsubscriptions.capacity.tenancy.dev",
+            "--subresource",
+            "finalizers",
+            "-n",
+            &tenant_ns
+        ]
     ));
     for ns in [&tenant_ns, &release_ns] {
-        assert!(!can_i(&sa, &["get", "secrets", "-n", ns]), "the ServiceAccount may read Secrets in {ns}");
+        assert!(
+            !can_i(&sa, &["get", "secrets", "-n", ns]),
+            "the ServiceAccount may read Secrets in {ns}"
+        );
         assert!(!can_i(&sa, &["list", "secrets", "-n", ns]));
     }
-    assert!(!can_i(&sa, &["delete", "namespaces"]), "the ServiceAccount may delete namespaces");
     assert!(
-        !can_i(&sa, &["update", "tenantsubscriptions.capacity.tenancy.dev", "-n", &tenant_ns]),
+        !can_i(&sa, &["delete", "namespaces"]),
+        "the ServiceAccount may delete namespaces"
+    );
+    assert!(
+        !can_i(
+            &sa,
+            &[
+                "update",
+                "tenantsubscriptions.capacity.tenancy.dev",
+                "-n",
+                &tenant_ns
+            ]
+        ),
         "spec is the users', not the operator's"
     );
-    assert!(!can_i(&sa, &["create", "moduleprofiles.capacity.tenancy.dev"]));
-    assert!(!can_i(&sa, &["delete", "leases.coordination.k8s.io", "-n", &release_ns]));
+    assert!(!can_i(
+        &sa,
+        &["create", "moduleprofiles.capacity.tenancy.dev"]
+    ));
+    assert!(!can_i(
+        &sa,
+        &["delete", "leases.coordination.k8s.io", "-n", &release_ns]
+    ));
     rt.block_on(async {
         let c = token_client(&kubeconfig).await;
         let subs: Api<TenantSubscription> = Api::namespaced(c.clone(), &tenant_ns);
-        assert_eq!(status_of(subs.list(&ListParams::default()).await), 200, "the token works");
+        assert_eq!(
+            status_of(subs.list(&ListParams::default()).await),
+            200,
+            "the token works"
+        );
         let secrets: Api<Secret> = Api::namespaced(c.clone(), &tenant_ns);
-        assert_eq!(status_of(secrets.get("anything").await), 403, "GET a Secret");
-        assert_eq!(status_of(secrets.list(&ListParams::default()).await), 403, "LIST Secrets");
+        assert_eq!(
+            status_of(secrets.get("anything").await),
+            403,
+            "GET a Secret"
+        );
+        assert_eq!(
+            status_of(secrets.list(&ListParams::default()).await),
+            403,
+            "LIST Secrets"
+        );
         let namespaces: Api<Namespace> = Api::all(c.clone());
-        assert_eq!(status_of(namespaces.delete(&tenant_ns, &DeleteParams::default()).await), 403, "DELETE a namespace");
+        assert_eq!(
+            status_of(
+                namespaces
+                    .delete(&tenant_ns, &DeleteParams::default())
+                    .await
+            ),
+            403,
+            "DELETE a namespace"
+        );
     });
     let ns = kubectl_get(&["namespace", &tenant_ns]).expect("the tenant namespace survives");
     assert_eq!(ns["status"]["phase"], "Active");
@@ -867,16 +1306,33 @@ moduleProfiles:
         || {
             let d = kubectl_get(&["deployment", &full, "-n", &release_ns])?;
             let st = &d["status"];
-            (st["readyReplicas"] == 2 && st["updatedReplicas"] == 2 && st["replicas"] == 2).then_some(d)
+            (st["readyReplicas"] == 2 && st["updatedReplicas"] == 2 && st["replicas"] == 2)
+                .then_some(d)
         },
         String::new,
     );
     assert_eq!(after["spec"]["replicas"], 2);
-    assert_eq!(after["spec"]["template"]["metadata"]["annotations"]["example.com/rollout"], "second");
-    assert_ne!(after["metadata"]["generation"], before["metadata"]["generation"]);
+    assert_eq!(
+        after["spec"]["template"]["metadata"]["annotations"]["example.com/rollout"],
+        "second"
+    );
+    assert_ne!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
     assert!(has_pair(&args_of(&after), "--namespace", &tenant_ns));
-    let history = ok("helm", &["history", &release, "-n", &release_ns, "-o", "json"]);
-    assert_eq!(serde_json::from_str::<Value>(&history).unwrap().as_array().unwrap().len(), 2);
+    let history = ok(
+        "helm",
+        &["history", &release, "-n", &release_ns, "-o", "json"],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&history)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(
         kubectl_get(&["clusterrolebinding", &format!("{full}-manager")]).is_none(),
         "cluster-wide binding replaced"
@@ -889,7 +1345,15 @@ moduleProfiles:
         || {
             (can_i(&sa, &["patch", "deployments.apps", "-n", &tenant_ns])
                 && !can_i(&sa, &["patch", "deployments.apps", "-n", &release_ns])
-                && !can_i(&sa, &["list", "tenantsubscriptions.capacity.tenancy.dev", "-n", "default"])
+                && !can_i(
+                    &sa,
+                    &[
+                        "list",
+                        "tenantsubscriptions.capacity.tenancy.dev",
+                        "-n",
+                        "default",
+                    ],
+                )
                 && can_i(&sa, &["list", "moduleprofiles.capacity.tenancy.dev"]))
             .then_some(())
         },
@@ -899,7 +1363,13 @@ moduleProfiles:
     let op = OperatorProcess::start(
         &kubeconfig,
         dir.path().join("operator-2.log"),
-        &["--namespace", &tenant_ns, "--leader-elect", "--leader-election-namespace", &release_ns],
+        &[
+            "--namespace",
+            &tenant_ns,
+            "--leader-elect",
+            "--leader-election-namespace",
+            &release_ns,
+        ],
     );
     kubectl(&[
         "patch",
@@ -916,29 +1386,71 @@ moduleProfiles:
     wait_for(
         "the HPA to follow the new concurrency",
         TIMEOUT,
-        || (kubectl_get(&["hpa", &child, "-n", &tenant_ns])?["spec"]["maxReplicas"] == 5).then_some(()),
+        || {
+            (kubectl_get(&["hpa", &child, "-n", &tenant_ns])?["spec"]["maxReplicas"] == 5)
+                .then_some(())
+        },
         || op.context(),
     );
     let log = op.log();
-    assert!(!log.to_lowercase().contains("forbidden"), "the operator was refused something:\n{log}");
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
     assert!(op.stop().success());
 
     // --- uninstall: the release goes, the CRDs (and the subscriptions) stay.
-    ok("helm", &["uninstall", &release, "-n", &release_ns, "--wait", "--timeout", "2m"]);
-    assert!(kubectl_get(&["deployment", &full, "-n", &release_ns]).is_none(), "Deployment removed");
-    assert!(kubectl_get(&["serviceaccount", &full, "-n", &release_ns]).is_none(), "ServiceAccount removed");
+    ok(
+        "helm",
+        &[
+            "uninstall",
+            &release,
+            "-n",
+            &release_ns,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
+    assert!(
+        kubectl_get(&["deployment", &full, "-n", &release_ns]).is_none(),
+        "Deployment removed"
+    );
+    assert!(
+        kubectl_get(&["serviceaccount", &full, "-n", &release_ns]).is_none(),
+        "ServiceAccount removed"
+    );
     assert!(
         kubectl_get(&["service", &format!("{full}-metrics"), "-n", &release_ns]).is_none(),
         "metrics Service removed"
     );
     for role in ["manager", "catalogue", "edit", "view"] {
-        assert!(kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(), "ClusterRole {role} removed");
+        assert!(
+            kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(),
+            "ClusterRole {role} removed"
+        );
     }
     assert!(kubectl_get(&["clusterrolebinding", &format!("{full}-catalogue")]).is_none());
     assert!(kubectl_get(&["rolebinding", &format!("{full}-manager"), "-n", &tenant_ns]).is_none());
-    assert!(kubectl_get(&["role", &format!("{full}-leader-election"), "-n", &release_ns]).is_none());
-    assert!(kubectl_get(&["moduleprofile", &profile]).is_none(), "the catalogue from values goes with the release");
-    for crd in ["moduleprofiles", "tenantsubscriptions", "subscriptionplans", "capacitycalendars"] {
+    assert!(
+        kubectl_get(&[
+            "role",
+            &format!("{full}-leader-election"),
+            "-n",
+            &release_ns
+        ])
+        .is_none()
+    );
+    assert!(
+        kubectl_get(&["moduleprofile", &profile]).is_none(),
+        "the catalogue from values goes with the release"
+    );
+    for crd in [
+        "moduleprofiles",
+        "tenantsubscriptions",
+        "subscriptionplans",
+        "capacitycalendars",
+    ] {
         assert!(
             kubectl_get(&["crd", &format!("{crd}.capacity.tenancy.dev")]).is_some(),
             "CRD {crd} survives uninstall"
@@ -959,7 +1471,10 @@ moduleProfiles:
             if code == 401 {
                 break;
             }
-            assert!(start.elapsed() < TIMEOUT, "the token of a deleted ServiceAccount still answers {code}");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "the token of a deleted ServiceAccount still answers {code}"
+            );
             tokio::time::sleep(POLL).await;
         }
     });

@@ -29,9 +29,26 @@ struct Proc {
 impl Proc {
     fn start(ns: &str, name: &str) -> Self {
         let mut child = Command::new(BIN)
-            .args(["run", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
-            .args(["--namespace", ns, "--log-format", "json", "--leader-elect", "--leader-election-namespace", ns])
-            .args(["--leader-election-lease-seconds", &LEASE_SECONDS.to_string()])
+            .args([
+                "run",
+                "--metrics-bind-address",
+                "127.0.0.1:0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--namespace",
+                ns,
+                "--log-format",
+                "json",
+                "--leader-elect",
+                "--leader-election-namespace",
+                ns,
+            ])
+            .args([
+                "--leader-election-lease-seconds",
+                &LEASE_SECONDS.to_string(),
+            ])
             .env("POD_NAME", name)
             .stderr(Stdio::piped())
             .spawn()
@@ -43,8 +60,15 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        let mut p = Self { child, lines, seen: vec![], metrics: String::new() };
-        let line = p.wait_line("serving metrics and health probes", Duration::from_secs(30)).expect("startup line");
+        let mut p = Self {
+            child,
+            lines,
+            seen: vec![],
+            metrics: String::new(),
+        };
+        let line = p
+            .wait_line("serving metrics and health probes", Duration::from_secs(30))
+            .expect("startup line");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         p.metrics = v["fields"]["metrics"].as_str().unwrap().to_string();
         p
@@ -78,11 +102,15 @@ impl Proc {
 
     fn leading(&mut self) -> bool {
         self.drain();
-        self.seen.iter().any(|l| l.contains("leading: starting the controller"))
+        self.seen
+            .iter()
+            .any(|l| l.contains("leading: starting the controller"))
     }
 
     fn writes(&self) -> u64 {
-        let Ok(mut s) = TcpStream::connect(&self.metrics) else { return u64::MAX };
+        let Ok(mut s) = TcpStream::connect(&self.metrics) else {
+            return u64::MAX;
+        };
         write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
@@ -127,25 +155,45 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
         async move { r }
     })
     .await;
-    let (leader, standby) = if first == 'a' { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (leader, standby) = if first == 'a' {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     let hpa = format!("l-{module}");
-    wait_for("HPA from the leader", T, || async { get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await }).await;
+    wait_for("HPA from the leader", T, || async {
+        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await
+    })
+    .await;
     assert!(leader.writes() > 0);
     assert_eq!(standby.writes(), 0, "the standby wrote");
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let lease = leases.get("tenant-capacity-operator").await.unwrap();
     let holder = lease.spec.unwrap().holder_identity.unwrap();
-    assert!(holder.starts_with(if first == 'a' { "replica-a" } else { "replica-b" }), "{holder}");
+    assert!(
+        holder.starts_with(if first == 'a' {
+            "replica-a"
+        } else {
+            "replica-b"
+        }),
+        "{holder}"
+    );
 
     // SIGKILL the leader: no release, the lease must expire.
     let killed = Instant::now();
     leader.child.kill().unwrap();
     leader.child.wait().unwrap();
-    let line = standby.wait_line("leading: starting the controller", Duration::from_secs(LEASE_SECONDS * 4));
+    let line = standby.wait_line(
+        "leading: starting the controller",
+        Duration::from_secs(LEASE_SECONDS * 4),
+    );
     let took = killed.elapsed();
     assert!(line.is_some(), "the standby did not take over");
     println!("takeover after {took:?} (lease {LEASE_SECONDS}s)");
-    assert!(took <= Duration::from_secs(LEASE_SECONDS * 2 + 2), "takeover took {took:?}");
+    assert!(
+        took <= Duration::from_secs(LEASE_SECONDS * 2 + 2),
+        "takeover took {took:?}"
+    );
 
     // The new leader reconciles changes.
     apply_yaml(&client, Some(&ns.name), &sub(400)).await;

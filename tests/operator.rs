@@ -40,7 +40,12 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     )
     .await
     .expect_err("duplicate module names are refused");
-    assert!(dup_err.to_string().contains("spec.modules: duplicate entries"), "{dup_err}");
+    assert!(
+        dup_err
+            .to_string()
+            .contains("spec.modules: duplicate entries"),
+        "{dup_err}"
+    );
 
     let sub = f
         .apply_sub("acme", &format!("  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 1000}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im))
@@ -49,23 +54,36 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     let im = format!("acme-{}", f.im);
 
     let s = f
-        .wait_status("acme", "acme Ready", |s| is(s, "Ready", "True", "Available"))
+        .wait_status("acme", "acme Ready", |s| {
+            is(s, "Ready", "True", "Available")
+        })
         .await;
     let st = s.status.unwrap();
     assert_eq!(st.observed_generation, sub.metadata.generation);
     for c in ["Ready", "Reconciling", "Stalled", "CapacityLimited"] {
-        assert!(st.conditions.iter().any(|x| x.type_ == c), "condition {c} missing");
+        assert!(
+            st.conditions.iter().any(|x| x.type_ == c),
+            "condition {c} missing"
+        );
     }
     let vm = st.modules.iter().find(|m| m.name == f.video).unwrap();
     assert_eq!(vm.state, Some(ModuleState::Active));
     // ⌈1000 / 40⌉ = 25 replicas; floor = profile minimum 1.
-    assert_eq!((vm.min_replicas, vm.max_replicas, vm.concurrency), (Some(1), Some(25), Some(1000)));
+    assert_eq!(
+        (vm.min_replicas, vm.max_replicas, vm.concurrency),
+        (Some(1), Some(25), Some(1000))
+    );
     assert!(vm.ready_replicas.unwrap_or(0) >= 1);
 
     // HPA: numbers and CPU target from the profile.
     let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
     assert_eq!((h.spec.min_replicas, h.spec.max_replicas), (Some(1), 25));
-    let target = h.spec.metrics.as_ref().unwrap()[0].resource.as_ref().unwrap().target.average_utilization;
+    let target = h.spec.metrics.as_ref().unwrap()[0]
+        .resource
+        .as_ref()
+        .unwrap()
+        .target
+        .average_utilization;
     assert_eq!(target, Some(65));
     assert_eq!(h.spec.scale_target_ref.name, video);
     // messaging: ⌈100/40⌉ = 3, floor is the profile's minReplicas 2.
@@ -79,14 +97,29 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     // Labels and owner references on every child; the quota has no module label.
     let d: Deployment = f.get(&video).await.unwrap();
     let labels = d.labels();
-    assert_eq!(labels["app.kubernetes.io/managed-by"], "tenant-capacity-operator");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "tenant-capacity-operator"
+    );
     assert_eq!(labels["capacity.tenancy.dev/subscription"], "acme");
     assert_eq!(labels["capacity.tenancy.dev/module"], f.video);
-    assert_eq!(d.owner_references()[0].uid, sub.metadata.uid.clone().unwrap());
+    assert_eq!(
+        d.owner_references()[0].uid,
+        sub.metadata.uid.clone().unwrap()
+    );
     // The operator never owns spec.replicas: the HPA does the scaling.
-    let ours = d.metadata.managed_fields.iter().flatten().find(|m| m.manager.as_deref() == Some("tenant-capacity-operator")).unwrap();
+    let ours = d
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| m.manager.as_deref() == Some("tenant-capacity-operator"))
+        .unwrap();
     let owned = serde_json::to_string(&ours.fields_v1).unwrap();
-    assert!(!owned.contains("f:replicas"), "operator owns spec.replicas: {owned}");
+    assert!(
+        !owned.contains("f:replicas"),
+        "operator owns spec.replicas: {owned}"
+    );
 
     // Quota: (25 + 7 surge) + (3 + 1 surge) pods, at 100m/64Mi requests and 200m/128Mi limits each.
     let q: ResourceQuota = f.get("acme-capacity").await.unwrap();
@@ -106,10 +139,15 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     // Printer columns.
     let table = kubectl(&["get", "tsub", "-n", &f.ns.name]);
     let header = table.lines().next().unwrap();
-    for col in ["NAME", "TENANT", "PLAN", "READY", "REASON", "WINDOWS", "AGE"] {
+    for col in [
+        "NAME", "TENANT", "PLAN", "READY", "REASON", "WINDOWS", "AGE",
+    ] {
         assert!(header.contains(col), "column {col} missing in {header}");
     }
-    assert!(table.contains("acme") && table.contains("Available"), "{table}");
+    assert!(
+        table.contains("acme") && table.contains("Available"),
+        "{table}"
+    );
     f.finish().await;
 }
 
@@ -117,20 +155,66 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
 async fn plan_changes_update_in_place_and_new_modules_appear() {
     let f = Fixture::new("change").await;
     let video = format!("t-{}", f.video);
-    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    f.wait_status("t", "first plan applied", |s| s.status.as_ref().is_some_and(|st| !st.modules.is_empty())).await;
-    wait_for("HPA 1..10", T, || async { (f.hpa_numbers(&video).await? == (1, 10)).then_some(()) }).await;
-    let hpa_uid = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.uid;
+    f.apply_sub(
+        "t",
+        &format!(
+            "  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 400}}\n",
+            f.video
+        ),
+    )
+    .await;
+    f.wait_status("t", "first plan applied", |s| {
+        s.status.as_ref().is_some_and(|st| !st.modules.is_empty())
+    })
+    .await;
+    wait_for("HPA 1..10", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 10)).then_some(())
+    })
+    .await;
+    let hpa_uid = f
+        .get::<HorizontalPodAutoscaler>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .uid;
     assert_eq!(f.quota_hard("t", "pods").await.as_deref(), Some("13"));
 
     // Upgrade: more concurrency.
-    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800}}\n", f.video)).await;
-    wait_for("HPA max 20", T, || async { (f.hpa_numbers(&video).await? == (1, 20)).then_some(()) }).await;
-    wait_for("quota 25 pods", T, || async { (f.quota_hard("t", "pods").await? == "25").then_some(()) }).await;
+    f.apply_sub(
+        "t",
+        &format!(
+            "  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800}}\n",
+            f.video
+        ),
+    )
+    .await;
+    wait_for("HPA max 20", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 20)).then_some(())
+    })
+    .await;
+    wait_for("quota 25 pods", T, || async {
+        (f.quota_hard("t", "pods").await? == "25").then_some(())
+    })
+    .await;
     // Tier switch: uhd serves 15 per replica → ⌈800/15⌉ = 54.
-    f.apply_sub("t", &format!("  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800, tier: uhd}}\n", f.video)).await;
-    wait_for("HPA max 54", T, || async { (f.hpa_numbers(&video).await? == (1, 54)).then_some(()) }).await;
-    let same = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.uid;
+    f.apply_sub(
+        "t",
+        &format!(
+            "  tenantId: t\n  modules:\n    - {{name: {}, concurrency: 800, tier: uhd}}\n",
+            f.video
+        ),
+    )
+    .await;
+    wait_for("HPA max 54", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 54)).then_some(())
+    })
+    .await;
+    let same = f
+        .get::<HorizontalPodAutoscaler>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .uid;
     assert_eq!(same, hpa_uid, "the HPA is updated in place, not replaced");
 
     // A new module gets its objects; the quota grows to cover it.
@@ -146,7 +230,10 @@ async fn plan_changes_update_in_place_and_new_modules_appear() {
     })
     .await;
     // 54 + 14 surge + 3 + 1 surge
-    wait_for("quota 72 pods", T, || async { (f.quota_hard("t", "pods").await? == "72").then_some(()) }).await;
+    wait_for("quota 72 pods", T, || async {
+        (f.quota_hard("t", "pods").await? == "72").then_some(())
+    })
+    .await;
     f.finish().await;
 }
 
@@ -162,16 +249,30 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
         )
     };
     f.apply_sub("d", &both(true)).await;
-    f.wait_status("d", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("d", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
     assert_eq!(f.quota_hard("d", "pods").await.as_deref(), Some("17")); // 10+3 and 3+1
 
     f.apply_sub("d", &both(false)).await;
     let s = f
         .wait_status("d", "video Draining", |s| {
-            s.status.as_ref().unwrap().modules.iter().any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
+            s.status
+                .as_ref()
+                .unwrap()
+                .modules
+                .iter()
+                .any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
         })
         .await;
-    let m = s.status.as_ref().unwrap().modules.iter().find(|m| m.name == f.video).unwrap().clone();
+    let m = s
+        .status
+        .as_ref()
+        .unwrap()
+        .modules
+        .iter()
+        .find(|m| m.name == f.video)
+        .unwrap()
+        .clone();
     assert!(m.drain_deadline.is_some());
     assert!(is(&s, "Reconciling", "True", "Draining"));
     // While draining: still serving, quota kept.
@@ -187,17 +288,31 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
         gone.then_some(())
     })
     .await;
-    assert!(drained_at.elapsed() >= Duration::from_secs(3), "removed before the drain ended");
+    assert!(
+        drained_at.elapsed() >= Duration::from_secs(3),
+        "removed before the drain ended"
+    );
     // Only its objects: messaging stays; the quota shrinks to messaging alone.
     assert!(f.get::<Deployment>(&im).await.is_some());
-    wait_for("quota 4 pods", T, || async { (f.quota_hard("d", "pods").await? == "4").then_some(()) }).await;
-    let s = f.wait_status("d", "Ready again", |s| is(s, "Ready", "True", "Available")).await;
+    wait_for("quota 4 pods", T, || async {
+        (f.quota_hard("d", "pods").await? == "4").then_some(())
+    })
+    .await;
+    let s = f
+        .wait_status("d", "Ready again", |s| is(s, "Ready", "True", "Available"))
+        .await;
     assert!(s.status.unwrap().modules.iter().all(|m| m.name != f.video));
 
     // Removing a module from the list drains it the same way.
     f.apply_sub("d", &format!("  tenantId: d\n  downgrade: {{drainSeconds: 2}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    wait_for("video back", T, || async { f.get::<Deployment>(&video).await }).await;
-    wait_for("messaging removed", T, || async { f.get::<Deployment>(&im).await.is_none().then_some(()) }).await;
+    wait_for("video back", T, || async {
+        f.get::<Deployment>(&video).await
+    })
+    .await;
+    wait_for("messaging removed", T, || async {
+        f.get::<Deployment>(&im).await.is_none().then_some(())
+    })
+    .await;
     f.finish().await;
 }
 
@@ -205,7 +320,14 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
 async fn deleting_the_subscription_collects_every_child() {
     let f = Fixture::new("gc").await;
     let video = format!("g-{}", f.video);
-    f.apply_sub("g", &format!("  tenantId: g\n  modules:\n    - {{name: {}, concurrency: 100}}\n", f.video)).await;
+    f.apply_sub(
+        "g",
+        &format!(
+            "  tenantId: g\n  modules:\n    - {{name: {}, concurrency: 100}}\n",
+            f.video
+        ),
+    )
+    .await;
     wait_for("children", T, || async {
         f.get::<Deployment>(&video).await?;
         f.get::<HorizontalPodAutoscaler>(&video).await?;
@@ -213,7 +335,10 @@ async fn deleting_the_subscription_collects_every_child() {
         f.get::<ResourceQuota>("g-capacity").await
     })
     .await;
-    f.subs().delete("g", &DeleteParams::default()).await.unwrap();
+    f.subs()
+        .delete("g", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("garbage collection", Duration::from_secs(90), || async {
         let gone = f.get::<Deployment>(&video).await.is_none()
             && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
@@ -267,7 +392,8 @@ spec:
     )
     .await;
     f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
 
     // Deleted by hand: recreated.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &ns);
@@ -286,12 +412,19 @@ spec:
     })))
     .await
     .unwrap();
-    wait_for("maxReplicas restored", T, || async { (f.hpa_numbers(&video).await?.1 == 10).then_some(()) }).await;
+    wait_for("maxReplicas restored", T, || async {
+        (f.hpa_numbers(&video).await?.1 == 10).then_some(())
+    })
+    .await;
 
     // A field nobody set for us (a label added by someone else) stays.
     let deploys: Api<Deployment> = Api::namespaced(f.client.clone(), &ns);
     deploys
-        .patch(&video, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"team": "video"}}})))
+        .patch(
+            &video,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"team": "video"}}})),
+        )
         .await
         .unwrap();
 
@@ -302,11 +435,18 @@ spec:
         &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
     )
     .await;
-    let s = f.wait_status("h", "ObjectConflict", |s| is(s, "Ready", "False", "ObjectConflict")).await;
+    let s = f
+        .wait_status("h", "ObjectConflict", |s| {
+            is(s, "Ready", "False", "ObjectConflict")
+        })
+        .await;
     let msg = &condition(&s, "Ready").unwrap().message;
     assert!(msg.contains(&format!("h-{}", f.im)), "{msg}");
     let svc: HorizontalPodAutoscaler = f.get(&format!("h-{}", f.im)).await.unwrap();
-    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version, "stranger's HPA was changed");
+    assert_eq!(
+        svc.metadata.resource_version, stranger_svc.metadata.resource_version,
+        "stranger's HPA was changed"
+    );
     assert!(svc.owner_references().is_empty());
     // Applied whole or not at all: the colliding module got no Deployment either.
     assert!(f.get::<Deployment>(&format!("h-{}", f.im)).await.is_none());
@@ -315,10 +455,21 @@ spec:
 
     // Drop the module again: the stranger HPA and ConfigMap survive.
     f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available")).await;
-    let svc: HorizontalPodAutoscaler = f.get(&format!("h-{}", f.im)).await.expect("stranger HPA survives");
-    assert_eq!(svc.metadata.resource_version, stranger_svc.metadata.resource_version);
-    assert!(f.get::<k8s_openapi::api::core::v1::ConfigMap>("h-stranger").await.is_some());
+    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
+    let svc: HorizontalPodAutoscaler = f
+        .get(&format!("h-{}", f.im))
+        .await
+        .expect("stranger HPA survives");
+    assert_eq!(
+        svc.metadata.resource_version,
+        stranger_svc.metadata.resource_version
+    );
+    assert!(
+        f.get::<k8s_openapi::api::core::v1::ConfigMap>("h-stranger")
+            .await
+            .is_some()
+    );
     f.finish().await;
 }
 
@@ -328,33 +479,74 @@ async fn the_schema_refuses_bad_input_naming_the_field() {
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "schema").await;
     let cases: &[(&str, &str)] = &[
-        ("{tenantId: x, modules: [{name: video, concurrency: 0}]}", "spec.modules[0].concurrency"),
-        ("{tenantId: x, modules: [{name: video, concurrency: -5}]}", "spec.modules[0].concurrency"),
-        ("{tenantId: x, modules: [{name: video, concurrency: 10, tier: 'HD!'}]}", "spec.modules[0].tier"),
-        ("{tenantId: x, modules: [{name: a, concurrency: 1}, {name: a, concurrency: 2}]}", "spec.modules: duplicate entries for key [name=\"a\"]"),
-        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, start: '25:00', end: '02:00'}]}}", "spec.seasons.windows[0].start"),
-        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '02-30', to: '03-01'}]}}", "spec.seasons.windows[0].from"),
-        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, days: [Mon], floorPercent: 101}]}}", "spec.seasons.windows[0].floorPercent"),
-        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '07-01'}]}}", "spec.seasons.windows[0].from"),
-        ("{tenantId: x, modules: [], seasons: {windows: [{name: w, floorPercent: 10}]}}", "spec.seasons.windows[0]"),
+        (
+            "{tenantId: x, modules: [{name: video, concurrency: 0}]}",
+            "spec.modules[0].concurrency",
+        ),
+        (
+            "{tenantId: x, modules: [{name: video, concurrency: -5}]}",
+            "spec.modules[0].concurrency",
+        ),
+        (
+            "{tenantId: x, modules: [{name: video, concurrency: 10, tier: 'HD!'}]}",
+            "spec.modules[0].tier",
+        ),
+        (
+            "{tenantId: x, modules: [{name: a, concurrency: 1}, {name: a, concurrency: 2}]}",
+            "spec.modules: duplicate entries for key [name=\"a\"]",
+        ),
+        (
+            "{tenantId: x, modules: [], seasons: {windows: [{name: w, start: '25:00', end: '02:00'}]}}",
+            "spec.seasons.windows[0].start",
+        ),
+        (
+            "{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '02-30', to: '03-01'}]}}",
+            "spec.seasons.windows[0].from",
+        ),
+        (
+            "{tenantId: x, modules: [], seasons: {windows: [{name: w, days: [Mon], floorPercent: 101}]}}",
+            "spec.seasons.windows[0].floorPercent",
+        ),
+        (
+            "{tenantId: x, modules: [], seasons: {windows: [{name: w, from: '07-01'}]}}",
+            "spec.seasons.windows[0].from",
+        ),
+        (
+            "{tenantId: x, modules: [], seasons: {windows: [{name: w, floorPercent: 10}]}}",
+            "spec.seasons.windows[0]",
+        ),
         ("{tenantId: 'Not A Label', modules: []}", "spec.tenantId"),
-        ("{tenantId: x, modules: [], downgrade: {drainSeconds: -1}}", "spec.downgrade.drainSeconds"),
+        (
+            "{tenantId: x, modules: [], downgrade: {drainSeconds: -1}}",
+            "spec.downgrade.drainSeconds",
+        ),
     ];
     for (spec, field) in cases {
         let value: serde_json::Value = serde_saphyr::from_str(&format!(
             "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: bad}}\nspec: {spec}"
         ))
         .unwrap();
-        let err = try_apply(&client, Some(&ns.name), &value).await.expect_err(spec);
+        let err = try_apply(&client, Some(&ns.name), &value)
+            .await
+            .expect_err(spec);
         let text = err.to_string();
-        assert!(text.contains(field), "{spec}: error does not name {field}: {text}");
+        assert!(
+            text.contains(field),
+            "{spec}: error does not name {field}: {text}"
+        );
     }
     let profile: serde_json::Value = serde_saphyr::from_str(
         "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: ModuleProfile\nmetadata: {name: bad-profile}\nspec: {image: x, sessionsPerReplica: 0, tiers: {'Bad Tier': {}}}",
     )
     .unwrap();
-    let err = try_apply(&client, None, &profile).await.expect_err("bad profile").to_string();
-    assert!(err.contains("spec.sessionsPerReplica") && err.contains("spec.tiers"), "{err}");
+    let err = try_apply(&client, None, &profile)
+        .await
+        .expect_err("bad profile")
+        .to_string();
+    assert!(
+        err.contains("spec.sessionsPerReplica") && err.contains("spec.tiers"),
+        "{err}"
+    );
     ns.delete().await;
 }
 
@@ -362,22 +554,69 @@ async fn the_schema_refuses_bad_input_naming_the_field() {
 async fn semantic_errors_leave_running_children_untouched() {
     let f = Fixture::new("semantic").await;
     let video = format!("s-{}", f.video);
-    let good = format!("  tenantId: s\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video);
+    let good = format!(
+        "  tenantId: s\n  modules:\n    - {{name: {}, concurrency: 400}}\n",
+        f.video
+    );
     f.apply_sub("s", &good).await;
-    f.wait_status("s", "Ready", |s| is(s, "Ready", "True", "Available")).await;
-    let before_d = f.get::<Deployment>(&video).await.unwrap().metadata.resource_version;
-    let before_h = f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version;
-    let before_q = f.get::<ResourceQuota>("s-capacity").await.unwrap().metadata.resource_version;
+    f.wait_status("s", "Ready", |s| is(s, "Ready", "True", "Available"))
+        .await;
+    let before_d = f
+        .get::<Deployment>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let before_h = f
+        .get::<HorizontalPodAutoscaler>(&video)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let before_q = f
+        .get::<ResourceQuota>("s-capacity")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
 
     let cases = [
-        (format!("    - {{name: {}, concurrency: 4000}}\n    - {{name: no-such-module, concurrency: 5}}\n", f.video), "ProfileNotFound", "no-such-module"),
-        (format!("    - {{name: {}, concurrency: 4000, tier: hd}}\n", f.video), "TierNotFound", "tier \"hd\""),
-        (format!("    - {{name: {}, concurrency: 4000}}\n  seasons: {{timeZone: Mars/Olympus_Mons}}\n", f.video), "UnknownTimeZone", "Mars/Olympus_Mons"),
-        (format!("    - {{name: {}, concurrency: 4000}}\n  seasons: {{windows: [{{name: leap, from: '2027-02-29', to: '2027-03-02'}}]}}\n", f.video), "InvalidWindow", "2027-02-29"),
+        (
+            format!(
+                "    - {{name: {}, concurrency: 4000}}\n    - {{name: no-such-module, concurrency: 5}}\n",
+                f.video
+            ),
+            "ProfileNotFound",
+            "no-such-module",
+        ),
+        (
+            format!("    - {{name: {}, concurrency: 4000, tier: hd}}\n", f.video),
+            "TierNotFound",
+            "tier \"hd\"",
+        ),
+        (
+            format!(
+                "    - {{name: {}, concurrency: 4000}}\n  seasons: {{timeZone: Mars/Olympus_Mons}}\n",
+                f.video
+            ),
+            "UnknownTimeZone",
+            "Mars/Olympus_Mons",
+        ),
+        (
+            format!(
+                "    - {{name: {}, concurrency: 4000}}\n  seasons: {{windows: [{{name: leap, from: '2027-02-29', to: '2027-03-02'}}]}}\n",
+                f.video
+            ),
+            "InvalidWindow",
+            "2027-02-29",
+        ),
     ];
     for (modules, reason, needle) in &cases {
-        f.apply_sub("s", &format!("  tenantId: s\n  modules:\n{modules}")).await;
-        let s = f.wait_status("s", reason, |s| is(s, "Ready", "False", reason)).await;
+        f.apply_sub("s", &format!("  tenantId: s\n  modules:\n{modules}"))
+            .await;
+        let s = f
+            .wait_status("s", reason, |s| is(s, "Ready", "False", reason))
+            .await;
         let msg = condition(&s, "Ready").unwrap().message.clone();
         assert!(msg.contains(needle), "{reason}: {msg}");
         assert!(is(&s, "Stalled", "True", reason));
@@ -385,22 +624,62 @@ async fn semantic_errors_leave_running_children_untouched() {
         let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns.name);
         wait_for("event", T, || async {
             let list = events.list(&ListParams::default()).await.ok()?;
-            list.items.iter().any(|e| e.reason.as_deref() == Some(reason) && e.note.as_deref().is_some_and(|n| n.contains(needle))).then_some(())
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(needle))
+                })
+                .then_some(())
         })
         .await;
         // Nothing that runs was touched.
-        assert_eq!(f.get::<Deployment>(&video).await.unwrap().metadata.resource_version, before_d);
-        assert_eq!(f.get::<HorizontalPodAutoscaler>(&video).await.unwrap().metadata.resource_version, before_h);
-        assert_eq!(f.get::<ResourceQuota>("s-capacity").await.unwrap().metadata.resource_version, before_q);
+        assert_eq!(
+            f.get::<Deployment>(&video)
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            before_d
+        );
+        assert_eq!(
+            f.get::<HorizontalPodAutoscaler>(&video)
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            before_h
+        );
+        assert_eq!(
+            f.get::<ResourceQuota>("s-capacity")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            before_q
+        );
     }
 
     // Another tenant next to the broken one converges as usual.
-    f.apply_sub("other", &format!("  tenantId: other\n  modules:\n    - {{name: {}, concurrency: 40}}\n", f.im)).await;
-    f.wait_status("other", "other Ready", |s| is(s, "Ready", "True", "Available")).await;
+    f.apply_sub(
+        "other",
+        &format!(
+            "  tenantId: other\n  modules:\n    - {{name: {}, concurrency: 40}}\n",
+            f.im
+        ),
+    )
+    .await;
+    f.wait_status("other", "other Ready", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
 
     // Fixing the input converges again.
     f.apply_sub("s", &good).await;
-    f.wait_status("s", "Ready after fix", |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_status("s", "Ready after fix", |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     f.finish().await;
 }
 
@@ -410,8 +689,18 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     let video = format!("w-{}", f.video);
     // A window starting at the next full minute (UTC) and lasting one minute.
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let start = now.round(jiff::ZonedRound::new().smallest(jiff::Unit::Minute).mode(jiff::RoundMode::Ceil)).unwrap();
-    let start = if start.duration_since(&now).as_secs() < 5 { start.checked_add(jiff::Span::new().minutes(1)).unwrap() } else { start };
+    let start = now
+        .round(
+            jiff::ZonedRound::new()
+                .smallest(jiff::Unit::Minute)
+                .mode(jiff::RoundMode::Ceil),
+        )
+        .unwrap();
+    let start = if start.duration_since(&now).as_secs() < 5 {
+        start.checked_add(jiff::Span::new().minutes(1)).unwrap()
+    } else {
+        start
+    };
     let end = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
     let day = |z: &jiff::Zoned| format!("{:?}", z.weekday())[..3].to_string();
     let spec = format!(
@@ -419,19 +708,45 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
         f.video,
         day(&start),
         start.strftime("%H:%M"),
-        if end.hour() == 0 && end.minute() == 0 { "24:00".to_string() } else { end.strftime("%H:%M").to_string() },
+        if end.hour() == 0 && end.minute() == 0 {
+            "24:00".to_string()
+        } else {
+            end.strftime("%H:%M").to_string()
+        },
     );
     f.apply_sub("w", &spec).await;
-    let s = f.wait_status("w", "planned", |s| s.status.as_ref().is_some_and(|st| !st.modules.is_empty())).await;
+    let s = f
+        .wait_status("w", "planned", |s| {
+            s.status.as_ref().is_some_and(|st| !st.modules.is_empty())
+        })
+        .await;
     let st = s.status.unwrap();
     assert!(st.active_windows.is_empty());
-    assert_eq!(st.next_transition.as_deref(), Some(start.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string().as_str()));
+    assert_eq!(
+        st.next_transition.as_deref(),
+        Some(
+            start
+                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+                .to_string()
+                .as_str()
+        )
+    );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
 
     // In the window: ceiling 200% (20 replicas), floor 50% (10), pods warm before load.
-    wait_for("window on", Duration::from_secs(100), || async { (f.hpa_numbers(&video).await? == (10, 20)).then_some(()) }).await;
-    assert!(jiff::Timestamp::now() >= start.timestamp(), "window applied before it started");
-    let s = f.wait_status("w", "rush active", |s| s.status.as_ref().unwrap().active_windows == vec!["rush".to_string()]).await;
+    wait_for("window on", Duration::from_secs(100), || async {
+        (f.hpa_numbers(&video).await? == (10, 20)).then_some(())
+    })
+    .await;
+    assert!(
+        jiff::Timestamp::now() >= start.timestamp(),
+        "window applied before it started"
+    );
+    let s = f
+        .wait_status("w", "rush active", |s| {
+            s.status.as_ref().unwrap().active_windows == vec!["rush".to_string()]
+        })
+        .await;
     assert_eq!(f.quota_hard("w", "pods").await.as_deref(), Some("25"));
     drop(s);
     wait_for("10 pods running", Duration::from_secs(60), || async {
@@ -441,7 +756,13 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     .await;
 
     // After it: back to the plain plan.
-    wait_for("window off", Duration::from_secs(100), || async { (f.hpa_numbers(&video).await? == (1, 10)).then_some(()) }).await;
-    assert!(jiff::Timestamp::now() >= end.timestamp(), "window ended early");
+    wait_for("window off", Duration::from_secs(100), || async {
+        (f.hpa_numbers(&video).await? == (1, 10)).then_some(())
+    })
+    .await;
+    assert!(
+        jiff::Timestamp::now() >= end.timestamp(),
+        "window ended early"
+    );
     f.finish().await;
 }

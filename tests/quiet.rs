@@ -9,19 +9,34 @@ use common::*;
 use kube::{Api, Client};
 use tenant_capacity_operator::api::TenantSubscription;
 
-const OUR_RESOURCES: &[&str] = &["deployments", "horizontalpodautoscalers", "services", "resourcequotas", "tenantsubscriptions"];
+const OUR_RESOURCES: &[&str] = &[
+    "deployments",
+    "horizontalpodautoscalers",
+    "services",
+    "resourcequotas",
+    "tenantsubscriptions",
+];
 
 /// (writes, conflicts or throttles) on the resources the operator writes, from
 /// kube-apiserver's own request counters. Status subresources of built-in
 /// kinds are left out: the controller manager writes those.
 async fn server_counts(client: &Client) -> (u64, u64) {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(req).await.expect("read kube-apiserver /metrics");
+    let text = client
+        .request_text(req)
+        .await
+        .expect("read kube-apiserver /metrics");
     let (mut writes, mut bad) = (0u64, 0u64);
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
         let label = |k: &str| {
             let pat = format!("{k}=\"");
-            line.find(&pat).map(|i| &line[i + pat.len()..]).and_then(|r| r.split('"').next()).unwrap_or("")
+            line.find(&pat)
+                .map(|i| &line[i + pat.len()..])
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
         };
         let resource = label("resource");
         if !OUR_RESOURCES.contains(&resource) {
@@ -32,7 +47,10 @@ async fn server_counts(client: &Client) -> (u64, u64) {
             continue;
         }
         let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        if matches!(label("verb"), "APPLY" | "PATCH" | "POST" | "PUT" | "UPDATE" | "DELETE" | "DELETECOLLECTION") {
+        if matches!(
+            label("verb"),
+            "APPLY" | "PATCH" | "POST" | "PUT" | "UPDATE" | "DELETE" | "DELETECOLLECTION"
+        ) {
             writes += n as u64;
         }
         if matches!(label("code"), "409" | "429") {
@@ -79,7 +97,10 @@ spec:
         apply_yaml(&client, Some(&ns.name), &yaml).await;
         namespaces.push(ns);
     }
-    let subs: Vec<Api<TenantSubscription>> = namespaces.iter().map(|ns| Api::namespaced(client.clone(), &ns.name)).collect();
+    let subs: Vec<Api<TenantSubscription>> = namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), &ns.name))
+        .collect();
     wait_for("all Ready", Duration::from_secs(120), || async {
         let mut ready = 0;
         for api in &subs {
@@ -90,7 +111,10 @@ spec:
                 .filter(|s| {
                     s.status.as_ref().is_some_and(|st| {
                         st.observed_generation == s.metadata.generation
-                            && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            && st
+                                .conditions
+                                .iter()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
                     })
                 })
                 .count();
@@ -104,24 +128,53 @@ spec:
     // Let pod readiness settle: converged means a full round of resyncs without a write.
     let rounds = |n: u64| n * N as u64;
     let settled = wait_for("a quiet round", Duration::from_secs(90), || async {
-        let (w0, own0, r0) = (server_counts(&client).await.0, own_writes(), reconciliations());
-        wait_for("a resync round", Duration::from_secs(30), || async { (reconciliations() >= r0 + rounds(1)).then_some(()) }).await;
+        let (w0, own0, r0) = (
+            server_counts(&client).await.0,
+            own_writes(),
+            reconciliations(),
+        );
+        wait_for("a resync round", Duration::from_secs(30), || async {
+            (reconciliations() >= r0 + rounds(1)).then_some(())
+        })
+        .await;
         (server_counts(&client).await.0 == w0 && own_writes() == own0).then_some(())
     })
     .await;
     let _: () = settled;
 
     // Measure: several forced resyncs of every subscription.
-    let (w0, own0, r0) = (server_counts(&client).await.0, own_writes(), reconciliations());
-    wait_for("three resync rounds", Duration::from_secs(60), || async { (reconciliations() >= r0 + rounds(3)).then_some(()) })
-        .await;
+    let (w0, own0, r0) = (
+        server_counts(&client).await.0,
+        own_writes(),
+        reconciliations(),
+    );
+    wait_for("three resync rounds", Duration::from_secs(60), || async {
+        (reconciliations() >= r0 + rounds(3)).then_some(())
+    })
+    .await;
     let (w1, bad_after) = server_counts(&client).await;
     let reconciles = reconciliations() - r0;
-    println!("quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)", w1 - w0, own_writes() - own0);
+    println!(
+        "quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)",
+        w1 - w0,
+        own_writes() - own0
+    );
     assert!(reconciles >= rounds(3));
-    assert_eq!(w1 - w0, 0, "the API server saw writes to our resources while converged");
-    assert_eq!(own_writes() - own0, 0, "the operator made writes while converged");
-    assert_eq!(bad_after - bad_before, 0, "409 or 429 responses on our resources");
+    assert_eq!(
+        w1 - w0,
+        0,
+        "the API server saw writes to our resources while converged"
+    );
+    assert_eq!(
+        own_writes() - own0,
+        0,
+        "the operator made writes while converged"
+    );
+    assert_eq!(
+        bad_after - bad_before,
+        0,
+        "409 or 429 responses on our resources"
+    );
     for o in operators {
         o.stop().await;
     }

@@ -50,17 +50,24 @@ struct Load {
 impl Load {
     fn start(client: &Client, ns: &str, sub: &str, module: &str, cpu: &str) -> Self {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let selector = format!("capacity.tenancy.dev/subscription={sub},capacity.tenancy.dev/module={module}");
+        let selector =
+            format!("capacity.tenancy.dev/subscription={sub},capacity.tenancy.dev/module={module}");
         let cpu = Arc::new(Mutex::new(cpu.to_string()));
         let want = cpu.clone();
         let task = tokio::spawn(async move {
             loop {
                 let value = want.lock().unwrap().clone();
                 if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
-                    for p in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                    for p in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    {
                         if p.annotations().get(USAGE_CPU) != Some(&value) {
                             let body = serde_json::json!({"metadata": {"annotations": {USAGE_CPU: value}}});
-                            let _ = pods.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&body)).await;
+                            let _ = pods
+                                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+                                .await;
                         }
                     }
                 }
@@ -116,8 +123,12 @@ impl Sampler {
                     let mut p = p.lock().unwrap();
                     p.samples += 1;
                     if let Some(d) = &d {
-                        p.max_spec_replicas = p.max_spec_replicas.max(d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0));
-                        p.max_replicas = p.max_replicas.max(d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0));
+                        p.max_spec_replicas = p
+                            .max_spec_replicas
+                            .max(d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0));
+                        p.max_replicas = p
+                            .max_replicas
+                            .max(d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0));
                     }
                     if let Some(st) = q.and_then(|q| q.status)
                         && let (Some(used), Some(hard)) = (pods_of(&st.used), pods_of(&st.hard))
@@ -139,7 +150,8 @@ impl Sampler {
     }
 }
 
-type Quantities = std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
+type Quantities =
+    std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>;
 
 fn pods_of(m: &Option<Quantities>) -> Option<i64> {
     m.as_ref()?.get("pods")?.0.parse().ok()
@@ -162,7 +174,11 @@ async fn deployment(f: &Fixture, name: &str) -> Option<Deployment> {
 fn counts(d: &Deployment) -> (i32, i32, i32) {
     let spec = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     let st = d.status.as_ref();
-    (spec, st.and_then(|s| s.replicas).unwrap_or(0), st.and_then(|s| s.ready_replicas).unwrap_or(0))
+    (
+        spec,
+        st.and_then(|s| s.replicas).unwrap_or(0),
+        st.and_then(|s| s.ready_replicas).unwrap_or(0),
+    )
 }
 
 async fn ready_replicas(f: &Fixture, name: &str) -> Option<i32> {
@@ -174,13 +190,27 @@ fn hpa_desired(h: &HorizontalPodAutoscaler) -> Option<i32> {
 }
 
 fn hpa_cpu(h: &HorizontalPodAutoscaler) -> Option<i32> {
-    h.status.as_ref()?.current_metrics.iter().flatten().find_map(|m| {
-        m.resource.as_ref().filter(|r| r.name == "cpu").and_then(|r| r.current.average_utilization)
-    })
+    h.status
+        .as_ref()?
+        .current_metrics
+        .iter()
+        .flatten()
+        .find_map(|m| {
+            m.resource
+                .as_ref()
+                .filter(|r| r.name == "cpu")
+                .and_then(|r| r.current.average_utilization)
+        })
 }
 
 fn hpa_condition(h: &HorizontalPodAutoscaler, type_: &str) -> Option<(String, String)> {
-    let c = h.status.as_ref()?.conditions.iter().flatten().find(|c| c.type_ == type_)?;
+    let c = h
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
@@ -198,7 +228,10 @@ fn limited_wants(s: &TenantSubscription, module: &str, ceiling: i32) -> Option<i
     let prefix = format!("{module}: HPA wants ");
     let suffix = format!(" replicas, ceiling is {ceiling}");
     let part = c.message.split("; ").find(|p| p.starts_with(&prefix))?;
-    part.strip_prefix(&prefix)?.strip_suffix(&suffix)?.parse().ok()
+    part.strip_prefix(&prefix)?
+        .strip_suffix(&suffix)?
+        .parse()
+        .ok()
 }
 
 /// Wait until the current generation's status satisfies `check` (own timeout).
@@ -225,38 +258,62 @@ where
     let start = Instant::now();
     while start.elapsed() < period {
         if let Err(e) = check().await {
-            panic!("{what} stopped holding after {:.1}s: {e}", start.elapsed().as_secs_f64());
+            panic!(
+                "{what} stopped holding after {:.1}s: {e}",
+                start.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 fn video_spec(f: &Fixture, concurrency: i64) -> String {
-    format!("  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: {concurrency}}}\n", f.video)
+    format!(
+        "  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: {concurrency}}}\n",
+        f.video
+    )
 }
 
 /// Put the module's pods under `cpu` and wait until the HPA has scaled the
 /// Deployment to `ceiling` ready replicas and the subscription says it is
 /// capacity-limited. Returns how long the scale-out took and the replicas
 /// the status says the HPA wants.
-async fn load_to_ceiling(f: &Fixture, scenario: &str, sub: &str, module: &str, ceiling: i32, load: &Load, cpu: &str) -> (Duration, i32) {
+async fn load_to_ceiling(
+    f: &Fixture,
+    scenario: &str,
+    sub: &str,
+    module: &str,
+    ceiling: i32,
+    load: &Load,
+    cpu: &str,
+) -> (Duration, i32) {
     let name = format!("{sub}-{module}");
     let t0 = Instant::now();
     load.set(cpu);
-    wait_for(&format!("{name}: {ceiling} ready replicas under load"), SCALE, || async {
-        (ready_replicas(f, &name).await? == ceiling).then_some(())
-    })
+    wait_for(
+        &format!("{name}: {ceiling} ready replicas under load"),
+        SCALE,
+        || async { (ready_replicas(f, &name).await? == ceiling).then_some(()) },
+    )
     .await;
     let scaled = t0.elapsed();
-    let s = status_until(f, sub, &format!("{sub}: CapacityLimited for {module}"), SCALE, |s| {
-        limited_wants(s, module, ceiling).is_some_and(|n| n > ceiling)
-    })
+    let s = status_until(
+        f,
+        sub,
+        &format!("{sub}: CapacityLimited for {module}"),
+        SCALE,
+        |s| limited_wants(s, module, ceiling).is_some_and(|n| n > ceiling),
+    )
     .await;
     let wants = limited_wants(&s, module, ceiling).unwrap();
     log(
         scenario,
-        format!("{name}: load {cpu}/pod: 1 → {ceiling} replicas in {:.1}s; CapacityLimited after {:.1}s: {:?}",
-            scaled.as_secs_f64(), t0.elapsed().as_secs_f64(), condition(&s, "CapacityLimited").unwrap().message),
+        format!(
+            "{name}: load {cpu}/pod: 1 → {ceiling} replicas in {:.1}s; CapacityLimited after {:.1}s: {:?}",
+            scaled.as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
+            condition(&s, "CapacityLimited").unwrap().message
+        ),
     );
     (scaled, wants)
 }
@@ -284,45 +341,83 @@ async fn load_scales_out_to_the_ceiling_bought_and_no_further() {
     load_to_ceiling(&f, "load", sub, &f.video, 4, &load, "200m").await;
     // The first message may come from a metric still ramping up; once every
     // pod reports 200 %, it settles on about ⌈4 × 200 / 65⌉ = 13.
-    let s = status_until(&f, sub, "HPA wants about 13", SCALE, |s| limited_wants(s, &f.video, 4).is_some_and(|n| (12..=14).contains(&n))).await;
+    let s = status_until(&f, sub, "HPA wants about 13", SCALE, |s| {
+        limited_wants(s, &f.video, 4).is_some_and(|n| (12..=14).contains(&n))
+    })
+    .await;
     let wants = limited_wants(&s, &f.video, 4).unwrap();
 
     // The HPA itself says why it stopped: maxReplicas.
     let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
-    assert_eq!(hpa_condition(&h, "ScalingLimited"), Some(("True".into(), "TooManyReplicas".into())));
+    assert_eq!(
+        hpa_condition(&h, "ScalingLimited"),
+        Some(("True".into(), "TooManyReplicas".into()))
+    );
     let cpu = hpa_cpu(&h).unwrap_or(0);
     assert!(cpu >= 150, "the HPA sees the load: {cpu}%");
     let s = f.subs().get(sub).await.unwrap();
     let m = module(&s, &f.video).unwrap();
-    assert_eq!((m.max_replicas, m.desired_replicas, m.replicas), (Some(4), Some(4), Some(4)));
-    assert_eq!(m.message.as_deref(), Some(format!("{}: HPA wants {wants} replicas, ceiling is 4", f.video).as_str()));
+    assert_eq!(
+        (m.max_replicas, m.desired_replicas, m.replicas),
+        (Some(4), Some(4), Some(4))
+    );
+    assert_eq!(
+        m.message.as_deref(),
+        Some(format!("{}: HPA wants {wants} replicas, ceiling is 4", f.video).as_str())
+    );
 
     // No further: three more HPA syncs under the same load change nothing.
-    holds_for("4 replicas at the ceiling", Duration::from_secs(15), || async {
-        let d = deployment(&f, &video).await.ok_or("no Deployment")?;
-        let h: HorizontalPodAutoscaler = f.get(&video).await.ok_or("no HPA")?;
-        let (spec, have, _) = counts(&d);
-        if spec != 4 || have != 4 || hpa_desired(&h) != Some(4) {
-            return Err(format!("spec {spec}, replicas {have}, HPA desired {:?}", hpa_desired(&h)));
-        }
-        Ok(())
-    })
+    holds_for(
+        "4 replicas at the ceiling",
+        Duration::from_secs(15),
+        || async {
+            let d = deployment(&f, &video).await.ok_or("no Deployment")?;
+            let h: HorizontalPodAutoscaler = f.get(&video).await.ok_or("no HPA")?;
+            let (spec, have, _) = counts(&d);
+            if spec != 4 || have != 4 || hpa_desired(&h) != Some(4) {
+                return Err(format!(
+                    "spec {spec}, replicas {have}, HPA desired {:?}",
+                    hpa_desired(&h)
+                ));
+            }
+            Ok(())
+        },
+    )
     .await;
     let p = sampler.peaks();
     log("load", format!("peaks over {} samples: {p:?}", p.samples));
-    assert_eq!((p.max_spec_replicas, p.max_replicas), (4, 4), "never above the ceiling");
-    assert!(p.max_used_pods <= 5 && p.over_quota.is_empty(), "quota exceeded: {p:?}");
+    assert_eq!(
+        (p.max_spec_replicas, p.max_replicas),
+        (4, 4),
+        "never above the ceiling"
+    );
+    assert!(
+        p.max_used_pods <= 5 && p.over_quota.is_empty(),
+        "quota exceeded: {p:?}"
+    );
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("5"));
 
     // Load falls to what 4 replicas carry (⌈4 × 30 / 65⌉ = 2): no longer limited.
     let t0 = Instant::now();
     load.set("30m");
-    let s = status_until(&f, sub, "CapacityLimited=False after the load fell", SCALE, |s| {
-        is(s, "CapacityLimited", "False", "WithinCeiling")
-    })
+    let s = status_until(
+        &f,
+        sub,
+        "CapacityLimited=False after the load fell",
+        SCALE,
+        |s| is(s, "CapacityLimited", "False", "WithinCeiling"),
+    )
     .await;
     let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
-    log("load", format!("load 30m/pod: CapacityLimited=False after {:.1}s (HPA CPU {:?}%, desired {:?})", t0.elapsed().as_secs_f64(), hpa_cpu(&h), hpa_desired(&h)));
+    log(
+        "load",
+        format!(
+            "load 30m/pod: CapacityLimited=False after {:.1}s (HPA CPU {:?}%, desired {:?})",
+            t0.elapsed().as_secs_f64(),
+            hpa_cpu(&h),
+            hpa_desired(&h)
+        ),
+    );
     assert_eq!(module(&s, &f.video).unwrap().message, None);
     drop(load);
     f.finish().await;
@@ -347,8 +442,14 @@ async fn an_upgrade_lifts_the_ceiling_and_the_hpa_scales_further_within_seconds(
     // Upgrade: 240 concurrent sessions → ⌈240 / 40⌉ = 6 replicas, quota 6 + 2 = 8.
     let applied = Instant::now();
     f.apply_sub(sub, &video_spec(&f, 240)).await;
-    let hpa_at = wait_for("HPA max 6", T, || async { (f.hpa_numbers(&video).await? == (1, 6)).then_some(applied.elapsed()) }).await;
-    let quota_at = wait_for("quota 8 pods", T, || async { (f.quota_hard(sub, "pods").await? == "8").then_some(applied.elapsed()) }).await;
+    let hpa_at = wait_for("HPA max 6", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 6)).then_some(applied.elapsed())
+    })
+    .await;
+    let quota_at = wait_for("quota 8 pods", T, || async {
+        (f.quota_hard(sub, "pods").await? == "8").then_some(applied.elapsed())
+    })
+    .await;
     // The HPA's decision (spec.replicas), then the pods themselves (Ready).
     let scaled = wait_for("HPA scaled beyond the old ceiling", T, || async {
         (deployment(&f, &video).await.map(|d| counts(&d).0)? > 4).then_some(applied.elapsed())
@@ -369,15 +470,28 @@ async fn an_upgrade_lifts_the_ceiling_and_the_hpa_scales_further_within_seconds(
         ),
     );
     // The HPA syncs every 5 s and may be inside its 15 s scale-up period: allow two periods.
-    assert!(beyond < Duration::from_secs(30), "scaled beyond the old ceiling only after {beyond:?}");
+    assert!(
+        beyond < Duration::from_secs(30),
+        "scaled beyond the old ceiling only after {beyond:?}"
+    );
 
     // And on to the new ceiling, still limited: ⌈6 × 200 / 65⌉ = 19 wanted.
-    wait_for("6 ready replicas", SCALE, || async { (ready_replicas(&f, &video).await? == 6).then_some(()) }).await;
+    wait_for("6 ready replicas", SCALE, || async {
+        (ready_replicas(&f, &video).await? == 6).then_some(())
+    })
+    .await;
     let s = status_until(&f, sub, "CapacityLimited at the new ceiling", SCALE, |s| {
         limited_wants(s, &f.video, 6).is_some_and(|n| n > 6)
     })
     .await;
-    log("upgrade", format!("at the new ceiling after {:.1}s: {}", applied.elapsed().as_secs_f64(), condition(&s, "CapacityLimited").unwrap().message));
+    log(
+        "upgrade",
+        format!(
+            "at the new ceiling after {:.1}s: {}",
+            applied.elapsed().as_secs_f64(),
+            condition(&s, "CapacityLimited").unwrap().message
+        ),
+    );
     let m = module(&s, &f.video).unwrap();
     assert_eq!((m.max_replicas, m.concurrency), (Some(6), Some(240)));
     let p = sampler.peaks();
@@ -391,9 +505,17 @@ async fn an_upgrade_lifts_the_ceiling_and_the_hpa_scales_further_within_seconds(
     // replicas follow once the rolled pods report. Count the HPA's scale
     // (spec.replicas), not the surge pods of the rollout.
     let applied = Instant::now();
-    f.apply_sub(sub, &format!("  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: 240, tier: uhd}}\n", f.video)).await;
+    f.apply_sub(
+        sub,
+        &format!(
+            "  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: 240, tier: uhd}}\n",
+            f.video
+        ),
+    )
+    .await;
     let lifted = wait_for("HPA max 16, quota 20", T, || async {
-        (f.hpa_numbers(&video).await? == (1, 16) && f.quota_hard(sub, "pods").await? == "20").then_some(applied.elapsed())
+        (f.hpa_numbers(&video).await? == (1, 16) && f.quota_hard(sub, "pods").await? == "20")
+            .then_some(applied.elapsed())
     })
     .await;
     let scaled = wait_for("HPA scaled beyond 6", T, || async {
@@ -431,14 +553,24 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
     let video = format!("{sub}-{}", f.video);
     // A two-minute window starting at the next full minute (UTC), at least 10 s away.
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let mut start = now.round(jiff::ZonedRound::new().smallest(jiff::Unit::Minute).mode(jiff::RoundMode::Ceil)).unwrap();
+    let mut start = now
+        .round(
+            jiff::ZonedRound::new()
+                .smallest(jiff::Unit::Minute)
+                .mode(jiff::RoundMode::Ceil),
+        )
+        .unwrap();
     if start.duration_since(&now).as_secs() < 10 {
         start = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
     }
     let end = start.checked_add(jiff::Span::new().minutes(2)).unwrap();
     let hhmm = |z: &jiff::Zoned| z.strftime("%H:%M").to_string();
     // An end at midnight is written 24:00 when the window starts the day before.
-    let end_hhmm = if end.date() != start.date() && end.hour() == 0 && end.minute() == 0 { "24:00".to_string() } else { hhmm(&end) };
+    let end_hhmm = if end.date() != start.date() && end.hour() == 0 && end.minute() == 0 {
+        "24:00".to_string()
+    } else {
+        hhmm(&end)
+    };
     // ceiling 200 sessions → 5 replicas (quota 7); in the window 150 % → 300
     // sessions → 8 replicas (quota 10) and a floor of 50 % → 4 replicas.
     let spec = format!(
@@ -449,33 +581,82 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
         end_hhmm,
     );
     f.apply_sub(sub, &spec).await;
-    let s = status_until(&f, sub, "Ready before the window", T, |s| is(s, "Ready", "True", "Available")).await;
+    let s = status_until(&f, sub, "Ready before the window", T, |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     let st = s.status.as_ref().unwrap();
     assert!(st.active_windows.is_empty());
-    assert_eq!(st.next_transition.as_deref(), Some(start.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string().as_str()));
+    assert_eq!(
+        st.next_transition.as_deref(),
+        Some(
+            start
+                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
+                .to_string()
+                .as_str()
+        )
+    );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 5)));
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("7"));
-    wait_for("1 replica before the window", T, || async { (deployment(&f, &video).await.map(|d| counts(&d))? == (1, 1, 1)).then_some(()) }).await;
-    log("season", format!("window {} → {} UTC; waiting {:.0}s for it", hhmm(&start), end_hhmm, start.duration_since(&jiff::Zoned::now()).as_secs_f64()));
+    wait_for("1 replica before the window", T, || async {
+        (deployment(&f, &video).await.map(|d| counts(&d))? == (1, 1, 1)).then_some(())
+    })
+    .await;
+    log(
+        "season",
+        format!(
+            "window {} → {} UTC; waiting {:.0}s for it",
+            hhmm(&start),
+            end_hhmm,
+            start.duration_since(&jiff::Zoned::now()).as_secs_f64()
+        ),
+    );
     let load = Load::start(&f.client, &f.ns.name, sub, &f.video, "1m");
 
     // The window starts: floor and ceiling rise on time, pods are Ready while idle.
-    let to_start = Duration::from_secs(start.duration_since(&jiff::Zoned::now()).as_secs().max(0) as u64);
-    wait_for("floor 4, ceiling 8", to_start + T, || async { (f.hpa_numbers(&video).await? == (4, 8)).then_some(()) }).await;
+    let to_start =
+        Duration::from_secs(start.duration_since(&jiff::Zoned::now()).as_secs().max(0) as u64);
+    wait_for("floor 4, ceiling 8", to_start + T, || async {
+        (f.hpa_numbers(&video).await? == (4, 8)).then_some(())
+    })
+    .await;
     let late = jiff::Timestamp::now().duration_since(start.timestamp());
-    assert!(late >= jiff::SignedDuration::ZERO, "window applied {late:?} before it started");
+    assert!(
+        late >= jiff::SignedDuration::ZERO,
+        "window applied {late:?} before it started"
+    );
     let warm = wait_for("4 Ready replicas from the floor", T, || async {
-        (ready_replicas(&f, &video).await? >= 4).then(|| jiff::Timestamp::now().duration_since(start.timestamp()))
+        (ready_replicas(&f, &video).await? >= 4)
+            .then(|| jiff::Timestamp::now().duration_since(start.timestamp()))
     })
     .await;
     // Right after raising replicas to a new floor the HPA reports no metrics; wait for them.
-    let idle = wait_for("the HPA reports CPU", T, || async { hpa_cpu(&f.get::<HorizontalPodAutoscaler>(&video).await?) }).await;
-    log("season", format!("floor applied {:.2}s after the start, 4 pods Ready {:.2}s after it, HPA CPU {idle}%", late.as_secs_f64(), warm.as_secs_f64()));
-    assert!(idle < 20, "the pods came from the floor, not from load: CPU {idle}%");
+    let idle = wait_for("the HPA reports CPU", T, || async {
+        hpa_cpu(&f.get::<HorizontalPodAutoscaler>(&video).await?)
+    })
+    .await;
+    log(
+        "season",
+        format!(
+            "floor applied {:.2}s after the start, 4 pods Ready {:.2}s after it, HPA CPU {idle}%",
+            late.as_secs_f64(),
+            warm.as_secs_f64()
+        ),
+    );
+    assert!(
+        idle < 20,
+        "the pods came from the floor, not from load: CPU {idle}%"
+    );
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("10"));
-    let s = status_until(&f, sub, "window listed", T, |s| s.status.as_ref().unwrap().active_windows == vec!["evening".to_string()]).await;
+    let s = status_until(&f, sub, "window listed", T, |s| {
+        s.status.as_ref().unwrap().active_windows == vec!["evening".to_string()]
+    })
+    .await;
     let m = module(&s, &f.video).unwrap();
-    assert_eq!((m.min_replicas, m.max_replicas, m.concurrency), (Some(4), Some(8), Some(300)));
+    assert_eq!(
+        (m.min_replicas, m.max_replicas, m.concurrency),
+        (Some(4), Some(8), Some(300))
+    );
 
     // Load arrives (50 % of the request, under the 65 % target): the warm floor
     // carries it, no scale-out is needed.
@@ -485,18 +666,38 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
         (hpa_cpu(&h)? >= 40).then_some(h)
     })
     .await;
-    log("season", format!("load 50m/pod seen at {}% CPU: HPA desired {:?}", hpa_cpu(&seen).unwrap(), hpa_desired(&seen)));
+    log(
+        "season",
+        format!(
+            "load 50m/pod seen at {}% CPU: HPA desired {:?}",
+            hpa_cpu(&seen).unwrap(),
+            hpa_desired(&seen)
+        ),
+    );
     assert_eq!(hpa_desired(&seen), Some(4));
     assert_eq!(deployment(&f, &video).await.map(|d| counts(&d).1), Some(4));
     load.set("1m");
 
     // The window ends: floor and ceiling fall back on time; the quota follows.
-    let to_end = Duration::from_secs(end.duration_since(&jiff::Zoned::now()).as_secs().max(0) as u64);
-    wait_for("floor 1, ceiling 5", to_end + T, || async { (f.hpa_numbers(&video).await? == (1, 5)).then_some(()) }).await;
+    let to_end =
+        Duration::from_secs(end.duration_since(&jiff::Zoned::now()).as_secs().max(0) as u64);
+    wait_for("floor 1, ceiling 5", to_end + T, || async {
+        (f.hpa_numbers(&video).await? == (1, 5)).then_some(())
+    })
+    .await;
     let ended = Instant::now();
-    assert!(jiff::Timestamp::now() >= end.timestamp(), "window ended early");
-    wait_for("quota 7 pods", T, || async { (f.quota_hard(sub, "pods").await? == "7").then_some(()) }).await;
-    let s = status_until(&f, sub, "no window", T, |s| s.status.as_ref().unwrap().active_windows.is_empty()).await;
+    assert!(
+        jiff::Timestamp::now() >= end.timestamp(),
+        "window ended early"
+    );
+    wait_for("quota 7 pods", T, || async {
+        (f.quota_hard(sub, "pods").await? == "7").then_some(())
+    })
+    .await;
+    let s = status_until(&f, sub, "no window", T, |s| {
+        s.status.as_ref().unwrap().active_windows.is_empty()
+    })
+    .await;
     assert_eq!(module(&s, &f.video).unwrap().min_replicas, Some(1));
 
     // Nothing but the HPA's own scale-down stabilisation (300 s by default; the
@@ -504,17 +705,33 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
     // or has already started to scale in.
     let h = wait_for("HPA scaling in or stabilising", T, || async {
         let h: HorizontalPodAutoscaler = f.get(&video).await?;
-        let stabilising = hpa_condition(&h, "AbleToScale").is_some_and(|(_, r)| r == "ScaleDownStabilized");
+        let stabilising =
+            hpa_condition(&h, "AbleToScale").is_some_and(|(_, r)| r == "ScaleDownStabilized");
         (stabilising || hpa_desired(&h)? < 4).then_some(h)
     })
     .await;
-    log("season", format!("after the window: HPA desired {:?}, AbleToScale {:?}", hpa_desired(&h), hpa_condition(&h, "AbleToScale")));
+    log(
+        "season",
+        format!(
+            "after the window: HPA desired {:?}, AbleToScale {:?}",
+            hpa_desired(&h),
+            hpa_condition(&h, "AbleToScale")
+        ),
+    );
     // The real scale-in, once the stabilisation window has passed.
-    wait_for("scaled in to 1 replica", Duration::from_secs(420), || async {
-        (deployment(&f, &video).await.map(|d| counts(&d))? == (1, 1, 1)).then_some(())
-    })
+    wait_for(
+        "scaled in to 1 replica",
+        Duration::from_secs(420),
+        || async { (deployment(&f, &video).await.map(|d| counts(&d))? == (1, 1, 1)).then_some(()) },
+    )
     .await;
-    log("season", format!("scaled in to 1 replica {:.1}s after the window ended", ended.elapsed().as_secs_f64()));
+    log(
+        "season",
+        format!(
+            "scaled in to 1 replica {:.1}s after the window ended",
+            ended.elapsed().as_secs_f64()
+        ),
+    );
     drop(load);
     f.finish().await;
 }
@@ -541,7 +758,12 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     let uid = |o: Option<String>| o.expect("uid");
     let im_uids = (
         uid(f.get::<Deployment>(&im).await.unwrap().metadata.uid),
-        uid(f.get::<HorizontalPodAutoscaler>(&im).await.unwrap().metadata.uid),
+        uid(f
+            .get::<HorizontalPodAutoscaler>(&im)
+            .await
+            .unwrap()
+            .metadata
+            .uid),
     );
     let video_uid = uid(f.get::<Deployment>(&video).await.unwrap().metadata.uid);
 
@@ -552,15 +774,36 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     // Off: Draining, still serving every replica, quota kept.
     let off = Instant::now();
     f.apply_sub(sub, &spec(false)).await;
-    let s = status_until(&f, sub, "video Draining", T, |s| module(s, &f.video).is_some_and(|m| m.state == Some(ModuleState::Draining))).await;
-    assert!(is(&s, "Reconciling", "True", "Draining"), "{:?}", condition(&s, "Reconciling"));
+    let s = status_until(&f, sub, "video Draining", T, |s| {
+        module(s, &f.video).is_some_and(|m| m.state == Some(ModuleState::Draining))
+    })
+    .await;
+    assert!(
+        is(&s, "Reconciling", "True", "Draining"),
+        "{:?}",
+        condition(&s, "Reconciling")
+    );
     assert!(module(&s, &f.video).unwrap().drain_deadline.is_some());
-    let d = deployment(&f, &video).await.expect("still there while draining");
+    let d = deployment(&f, &video)
+        .await
+        .expect("still there while draining");
     assert_eq!(counts(&d).2, 4, "draining keeps every serving replica");
-    assert!(d.annotations().contains_key("capacity.tenancy.dev/draining-since"));
-    assert!(f.get::<HorizontalPodAutoscaler>(&video).await.is_some() && f.get::<Service>(&video).await.is_some());
+    assert!(
+        d.annotations()
+            .contains_key("capacity.tenancy.dev/draining-since")
+    );
+    assert!(
+        f.get::<HorizontalPodAutoscaler>(&video).await.is_some()
+            && f.get::<Service>(&video).await.is_some()
+    );
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("9"));
-    log("onoff", format!("switched off: Draining after {:.2}s, 4 replicas still Ready, quota 9 pods", off.elapsed().as_secs_f64()));
+    log(
+        "onoff",
+        format!(
+            "switched off: Draining after {:.2}s, 4 replicas still Ready, quota 9 pods",
+            off.elapsed().as_secs_f64()
+        ),
+    );
 
     // After the drain: exactly its objects go, messaging is untouched.
     wait_for("video objects removed", T, || async {
@@ -571,24 +814,49 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     })
     .await;
     let removed = off.elapsed();
-    assert!(removed >= Duration::from_secs(7), "removed after {removed:?}, before the 8 s drain ended");
-    wait_for("quota 4 pods", T, || async { (f.quota_hard(sub, "pods").await? == "4").then_some(()) }).await;
-    log("onoff", format!("removed {:.2}s after switching off (drainSeconds 8); quota 4 pods", removed.as_secs_f64()));
+    assert!(
+        removed >= Duration::from_secs(7),
+        "removed after {removed:?}, before the 8 s drain ended"
+    );
+    wait_for("quota 4 pods", T, || async {
+        (f.quota_hard(sub, "pods").await? == "4").then_some(())
+    })
+    .await;
+    log(
+        "onoff",
+        format!(
+            "removed {:.2}s after switching off (drainSeconds 8); quota 4 pods",
+            removed.as_secs_f64()
+        ),
+    );
     assert_eq!(
         (
             uid(f.get::<Deployment>(&im).await.unwrap().metadata.uid),
-            uid(f.get::<HorizontalPodAutoscaler>(&im).await.unwrap().metadata.uid)
+            uid(f
+                .get::<HorizontalPodAutoscaler>(&im)
+                .await
+                .unwrap()
+                .metadata
+                .uid)
         ),
         im_uids
     );
     assert_eq!(f.hpa_numbers(&im).await, Some((2, 3)));
-    let s = status_until(&f, sub, "Ready without video", T, |s| is(s, "Ready", "True", "Available")).await;
+    let s = status_until(&f, sub, "Ready without video", T, |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     assert!(module(&s, &f.video).is_none());
     assert_eq!(module(&s, &f.im).unwrap().state, Some(ModuleState::Active));
     wait_for("video pods gone", T, || async {
         let pods: Api<Pod> = Api::namespaced(f.client.clone(), &f.ns.name);
         let sel = format!("capacity.tenancy.dev/module={}", f.video);
-        pods.list(&ListParams::default().labels(&sel)).await.ok()?.items.is_empty().then_some(())
+        pods.list(&ListParams::default().labels(&sel))
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
     })
     .await;
 
@@ -596,16 +864,41 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     load.set("1m");
     let on = Instant::now();
     f.apply_sub(sub, &spec(true)).await;
-    wait_for("quota 9 pods again", T, || async { (f.quota_hard(sub, "pods").await? == "9").then_some(()) }).await;
-    wait_for("video re-created and Ready", T, || async { (ready_replicas(&f, &video).await? >= 1).then_some(()) }).await;
-    log("onoff", format!("switched on: Ready {:.2}s after the apply", on.elapsed().as_secs_f64()));
+    wait_for("quota 9 pods again", T, || async {
+        (f.quota_hard(sub, "pods").await? == "9").then_some(())
+    })
+    .await;
+    wait_for("video re-created and Ready", T, || async {
+        (ready_replicas(&f, &video).await? >= 1).then_some(())
+    })
+    .await;
+    log(
+        "onoff",
+        format!(
+            "switched on: Ready {:.2}s after the apply",
+            on.elapsed().as_secs_f64()
+        ),
+    );
     let d: Deployment = f.get(&video).await.unwrap();
-    assert_ne!(d.metadata.uid.as_deref(), Some(video_uid.as_str()), "a new Deployment");
-    assert!(!d.annotations().contains_key("capacity.tenancy.dev/draining-since"));
+    assert_ne!(
+        d.metadata.uid.as_deref(),
+        Some(video_uid.as_str()),
+        "a new Deployment"
+    );
+    assert!(
+        !d.annotations()
+            .contains_key("capacity.tenancy.dev/draining-since")
+    );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 4)));
     assert!(f.get::<Service>(&video).await.is_some());
-    let s = status_until(&f, sub, "Ready with video", T, |s| is(s, "Ready", "True", "Available")).await;
-    assert_eq!(module(&s, &f.video).unwrap().state, Some(ModuleState::Active));
+    let s = status_until(&f, sub, "Ready with video", T, |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
+    assert_eq!(
+        module(&s, &f.video).unwrap().state,
+        Some(ModuleState::Active)
+    );
     drop(load);
     f.finish().await;
 }
@@ -631,13 +924,45 @@ async fn a_tenant_at_its_ceiling_never_takes_capacity_from_another() {
     let a = Fixture::new("sc-busy").await;
     let b = Fixture::new("sc-calm").await;
     let (va, vb) = (format!("a-{}", a.video), format!("b-{}", b.video));
-    a.apply_sub("a", &format!("  tenantId: busy\n  modules:\n    - {{name: {}, concurrency: 160}}\n", a.video)).await;
-    b.apply_sub("b", &format!("  tenantId: calm\n  modules:\n    - {{name: {}, concurrency: 120}}\n", b.video)).await;
-    status_until(&a, "a", "a Ready", T, |s| is(s, "Ready", "True", "Available")).await;
-    status_until(&b, "b", "b Ready", T, |s| is(s, "Ready", "True", "Available")).await;
+    a.apply_sub(
+        "a",
+        &format!(
+            "  tenantId: busy\n  modules:\n    - {{name: {}, concurrency: 160}}\n",
+            a.video
+        ),
+    )
+    .await;
+    b.apply_sub(
+        "b",
+        &format!(
+            "  tenantId: calm\n  modules:\n    - {{name: {}, concurrency: 120}}\n",
+            b.video
+        ),
+    )
+    .await;
+    status_until(&a, "a", "a Ready", T, |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
+    status_until(&b, "b", "b Ready", T, |s| {
+        is(s, "Ready", "True", "Available")
+    })
+    .await;
     // a: 4 replicas, 5 pods; b: ⌈120 / 40⌉ = 3 replicas, 4 pods.
-    assert_eq!((a.hpa_numbers(&va).await, a.quota_hard("a", "pods").await.as_deref()), (Some((1, 4)), Some("5")));
-    assert_eq!((b.hpa_numbers(&vb).await, b.quota_hard("b", "pods").await.as_deref()), (Some((1, 3)), Some("4")));
+    assert_eq!(
+        (
+            a.hpa_numbers(&va).await,
+            a.quota_hard("a", "pods").await.as_deref()
+        ),
+        (Some((1, 4)), Some("5"))
+    );
+    assert_eq!(
+        (
+            b.hpa_numbers(&vb).await,
+            b.quota_hard("b", "pods").await.as_deref()
+        ),
+        (Some((1, 3)), Some("4"))
+    );
     let quota_b = b.get::<ResourceQuota>("b-capacity").await.unwrap().spec;
     let sampler_a = Sampler::start(&a.client, &a.ns.name, &va, "a-capacity");
     let sampler_b = Sampler::start(&b.client, &b.ns.name, &vb, "b-capacity");
@@ -654,40 +979,96 @@ async fn a_tenant_at_its_ceiling_never_takes_capacity_from_another() {
     // as the HPA's can slip past it (kubernetes/kubernetes#123434). So wait
     // until the quota has accounted for a's 4 pods before going around.
     let pods_a: Api<Pod> = Api::namespaced(a.client.clone(), &a.ns.name);
-    let running = |pods: &[Pod]| pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count() as i64;
+    let running = |pods: &[Pod]| {
+        pods.iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count() as i64
+    };
     wait_for("a's quota accounts for its 4 pods", T, || async {
         let n = running(&pods_a.list(&ListParams::default()).await.ok()?.items);
         let used = pods_of(&a.get::<ResourceQuota>("a-capacity").await?.status?.used)?;
         (n == 4 && used == 4).then_some(())
     })
     .await;
-    pods_a.create(&PostParams::default(), &intruder("extra-1")).await.expect("the surge slot is free");
-    let refused = pods_a.create(&PostParams::default(), &intruder("extra-2")).await.expect_err("over the quota");
+    pods_a
+        .create(&PostParams::default(), &intruder("extra-1"))
+        .await
+        .expect("the surge slot is free");
+    let refused = pods_a
+        .create(&PostParams::default(), &intruder("extra-2"))
+        .await
+        .expect_err("over the quota");
     let msg = refused.to_string();
-    assert!(msg.contains("exceeded quota") && msg.contains("a-capacity"), "{msg}");
-    log("tenants", format!("a's 6th pod refused: {}", msg.lines().next().unwrap_or_default().chars().take(300).collect::<String>()));
-    assert_eq!(running(&pods_a.list(&ListParams::default()).await.unwrap().items), 5, "a has its 4 replicas and 1 extra pod, no more");
+    assert!(
+        msg.contains("exceeded quota") && msg.contains("a-capacity"),
+        "{msg}"
+    );
+    log(
+        "tenants",
+        format!(
+            "a's 6th pod refused: {}",
+            msg.lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ),
+    );
+    assert_eq!(
+        running(&pods_a.list(&ListParams::default()).await.unwrap().items),
+        5,
+        "a has its 4 replicas and 1 extra pod, no more"
+    );
     let _ = pods_a.delete("extra-1", &DeleteParams::default()).await;
 
     // b all this time: one replica, same ceiling, same quota.
     let h: HorizontalPodAutoscaler = b.get(&vb).await.unwrap();
-    assert_eq!((h.spec.min_replicas, h.spec.max_replicas, hpa_desired(&h)), (Some(1), 3, Some(1)));
-    assert_eq!(b.get::<ResourceQuota>("b-capacity").await.unwrap().spec, quota_b);
+    assert_eq!(
+        (h.spec.min_replicas, h.spec.max_replicas, hpa_desired(&h)),
+        (Some(1), 3, Some(1))
+    );
+    assert_eq!(
+        b.get::<ResourceQuota>("b-capacity").await.unwrap().spec,
+        quota_b
+    );
     let pb = sampler_b.peaks();
-    assert_eq!((pb.max_spec_replicas, pb.max_replicas), (1, 1), "b moved while a was busy: {pb:?}");
+    assert_eq!(
+        (pb.max_spec_replicas, pb.max_replicas),
+        (1, 1),
+        "b moved while a was busy: {pb:?}"
+    );
     let s = b.subs().get("b").await.unwrap();
     assert!(is(&s, "CapacityLimited", "False", "WithinCeiling"));
 
     // b's own load rises: b scales to its own ceiling while a stays capped at 4.
     let (scaled, _) = load_to_ceiling(&b, "tenants", "b", &b.video, 3, &load_b, "200m").await;
-    log("tenants", format!("b scaled to its ceiling of 3 in {:.1}s while a held 4", scaled.as_secs_f64()));
+    log(
+        "tenants",
+        format!(
+            "b scaled to its ceiling of 3 in {:.1}s while a held 4",
+            scaled.as_secs_f64()
+        ),
+    );
     assert_eq!(ready_replicas(&a, &va).await, Some(4));
-    assert_eq!(b.get::<ResourceQuota>("b-capacity").await.unwrap().spec, quota_b);
+    assert_eq!(
+        b.get::<ResourceQuota>("b-capacity").await.unwrap().spec,
+        quota_b
+    );
     assert_eq!(a.quota_hard("a", "pods").await.as_deref(), Some("5"));
     let (pa, pb) = (sampler_a.peaks(), sampler_b.peaks());
     log("tenants", format!("peaks a: {pa:?}\npeaks b: {pb:?}"));
-    assert!(pa.max_replicas <= 4 && pa.max_spec_replicas <= 4 && pa.max_used_pods <= 5 && pa.over_quota.is_empty(), "{pa:?}");
-    assert!(pb.max_replicas <= 3 && pb.max_used_pods <= 4 && pb.over_quota.is_empty(), "{pb:?}");
+    assert!(
+        pa.max_replicas <= 4
+            && pa.max_spec_replicas <= 4
+            && pa.max_used_pods <= 5
+            && pa.over_quota.is_empty(),
+        "{pa:?}"
+    );
+    assert!(
+        pb.max_replicas <= 3 && pb.max_used_pods <= 4 && pb.over_quota.is_empty(),
+        "{pb:?}"
+    );
     drop((load_a, load_b));
     a.finish().await;
     b.finish().await;

@@ -15,7 +15,11 @@ use super::season::Window;
     category = "tenancy",
     doc = "Named seasonal windows shared by many subscriptions.",
     printcolumn(name = "TimeZone", type_ = "string", json_path = ".spec.timeZone"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CapacityCalendarSpec {

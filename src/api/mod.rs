@@ -6,13 +6,13 @@ mod season;
 mod subscription_plan;
 mod tenant_subscription;
 
-pub use module_profile::{ModuleProfile, ModuleProfileSpec, Scaling, TierSpec};
 pub use capacity_calendar::{CapacityCalendar, CapacityCalendarSpec};
+pub use module_profile::{ModuleProfile, ModuleProfileSpec, Scaling, TierSpec};
 pub use season::{Seasons, Weekday, Window};
 pub use subscription_plan::{PlanModule, SubscriptionPlan, SubscriptionPlanSpec};
 pub use tenant_subscription::{
-    DataRetention, Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionSpec,
-    TenantSubscriptionStatus,
+    DataRetention, Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription,
+    TenantSubscriptionSpec, TenantSubscriptionStatus,
 };
 
 use kube::CustomResourceExt;
@@ -20,8 +20,15 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "capacity.tenancy.dev";
 
 /// Every CRD this operator serves, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![ModuleProfile::crd(), TenantSubscription::crd(), SubscriptionPlan::crd(), CapacityCalendar::crd()]
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![
+        ModuleProfile::crd(),
+        TenantSubscription::crd(),
+        SubscriptionPlan::crd(),
+        CapacityCalendar::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream (what `crds/` holds).

@@ -16,10 +16,18 @@ use serde::{Deserialize, Serialize};
     category = "tenancy",
     doc = "A catalogue entry: one module of the product, the image that serves it and the sessions one replica carries.",
     printcolumn(name = "Display", type_ = "string", json_path = ".spec.displayName"),
-    printcolumn(name = "Sessions/Replica", type_ = "integer", json_path = ".spec.sessionsPerReplica"),
+    printcolumn(
+        name = "Sessions/Replica",
+        type_ = "integer",
+        json_path = ".spec.sessionsPerReplica"
+    ),
     printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minReplicas"),
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleProfileSpec {
@@ -96,7 +104,10 @@ pub struct Scaling {
 
 impl Default for Scaling {
     fn default() -> Self {
-        Self { cpu_utilization: default_cpu_utilization(), memory_utilization: None }
+        Self {
+            cpu_utilization: default_cpu_utilization(),
+            memory_utilization: None,
+        }
     }
 }
 

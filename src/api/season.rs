@@ -38,19 +38,28 @@ pub struct Seasons {
 )]
 pub struct Window {
     /// Name, shown in status.activeWindows.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// First day, inclusive: MM-DD (every year) or YYYY-MM-DD (once).
     /// A yearly range whose to is before from runs over the new year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 5, max = 10), regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
+    #[schemars(
+        length(min = 5, max = 10),
+        regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(02-3[01]|0[469]-31|11-31)$')").message("not a calendar date"))]
     pub from: Option<String>,
 
     /// Last day, inclusive, in the same form as from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 5, max = 10), regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
+    #[schemars(
+        length(min = 5, max = 10),
+        regex(pattern = r"^([0-9]{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+    )]
     #[x_kube(validation = kube::core::Rule::new("!self.matches('(02-3[01]|0[469]-31|11-31)$')").message("not a calendar date"))]
     pub to: Option<String>,
 
@@ -62,12 +71,18 @@ pub struct Window {
 
     /// Start of the daily time range, HH:MM local time, inclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 5, max = 5), regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
+    #[schemars(
+        length(min = 5, max = 5),
+        regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
+    )]
     pub start: Option<String>,
 
     /// End of the daily time range, HH:MM local time, exclusive; before start means it runs past midnight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 5, max = 5), regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"))]
+    #[schemars(
+        length(min = 5, max = 5),
+        regex(pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
+    )]
     pub end: Option<String>,
 
     /// Ceiling during the window, in percent of the concurrency bought (100 when unset).
@@ -87,7 +102,19 @@ pub struct Window {
 }
 
 /// Day of the week.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 pub enum Weekday {
     Mon,
     Tue,

@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
     category = "tenancy",
     doc = "A tiered plan: the modules, tiers and concurrency a subscription on it may buy.",
     printcolumn(name = "Display", type_ = "string", json_path = ".spec.displayName"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionPlanSpec {
@@ -34,7 +38,10 @@ pub struct SubscriptionPlanSpec {
 #[x_kube(validation = kube::core::Rule::new("!has(self.maxPeakConcurrency) || self.maxPeakConcurrency >= self.maxConcurrency").message("maxPeakConcurrency must be at least maxConcurrency").field_path(".maxPeakConcurrency"))]
 pub struct PlanModule {
     /// ModuleProfile name.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// The most concurrency a subscription may buy for this module.

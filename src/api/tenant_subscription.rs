@@ -19,17 +19,46 @@ use super::season::Seasons;
     doc = "One tenant's capacity subscription: enabled modules, concurrency, tiers and seasonal windows.",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
     printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Windows", type_ = "string", json_path = ".status.activeWindows"),
-    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextTransition", priority = "1"),
-    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Windows",
+        type_ = "string",
+        json_path = ".status.activeWindows"
+    ),
+    printcolumn(
+        name = "Next",
+        type_ = "string",
+        json_path = ".status.nextTransition",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Paused",
+        type_ = "boolean",
+        json_path = ".spec.paused",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSubscriptionSpec {
     /// Stable identifier of the tenant, used in labels and metrics.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub tenant_id: String,
 
     /// Name of the SubscriptionPlan this subscription is sold under (optional).
@@ -60,7 +89,10 @@ pub struct TenantSubscriptionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ModuleRequest {
     /// Name of a ModuleProfile.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Most concurrent sessions bought (the ceiling outside seasonal windows).
@@ -69,7 +101,10 @@ pub struct ModuleRequest {
 
     /// Quality tier, one of the profile's tiers; the profile's defaults when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub tier: Option<String>,
 
     /// false switches the module off: it drains for downgrade.drainSeconds, then its objects are removed.
@@ -98,12 +133,17 @@ pub struct Downgrade {
 
 impl Default for Downgrade {
     fn default() -> Self {
-        Self { drain_seconds: default_drain_seconds(), data_retention: DataRetention::Retain }
+        Self {
+            drain_seconds: default_drain_seconds(),
+            data_retention: DataRetention::Retain,
+        }
     }
 }
 
 /// Fate of a removed module's PersistentVolumeClaims.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum DataRetention {
     #[default]
     Retain,

@@ -11,7 +11,9 @@ use std::fmt;
 use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
-use crate::api::{CapacityCalendarSpec, ModuleProfileSpec, Scaling, SubscriptionPlanSpec, TenantSubscriptionSpec};
+use crate::api::{
+    CapacityCalendarSpec, ModuleProfileSpec, Scaling, SubscriptionPlanSpec, TenantSubscriptionSpec,
+};
 pub use quantity::Quantity;
 pub use window::{CompiledWindow, WindowError};
 
@@ -23,16 +25,42 @@ pub const MAX_CHILD_NAME: usize = 63;
 /// Why a subscription cannot be applied. Each names the module or field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidSpec {
-    ProfileNotFound { module: String },
-    TierNotFound { module: String, tier: String, available: Vec<String> },
+    ProfileNotFound {
+        module: String,
+    },
+    TierNotFound {
+        module: String,
+        tier: String,
+        available: Vec<String>,
+    },
     Window(WindowError),
-    CapacityOverflow { module: String },
-    BadQuantity { module: String, field: String, value: String },
-    NameTooLong { module: String, name: String },
-    PlanNotFound { plan: String },
-    ModuleNotInPlan { module: String, plan: String },
-    ExceedsPlan { module: String, plan: String, limit: String },
-    CalendarNotFound { calendar: String },
+    CapacityOverflow {
+        module: String,
+    },
+    BadQuantity {
+        module: String,
+        field: String,
+        value: String,
+    },
+    NameTooLong {
+        module: String,
+        name: String,
+    },
+    PlanNotFound {
+        plan: String,
+    },
+    ModuleNotInPlan {
+        module: String,
+        plan: String,
+    },
+    ExceedsPlan {
+        module: String,
+        plan: String,
+        limit: String,
+    },
+    CalendarNotFound {
+        calendar: String,
+    },
 }
 
 impl InvalidSpec {
@@ -57,28 +85,67 @@ impl InvalidSpec {
 impl fmt::Display for InvalidSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ProfileNotFound { module } => write!(f, "{module}: ModuleProfile {module:?} not found"),
-            Self::TierNotFound { module, tier, available } if available.is_empty() => {
-                write!(f, "{module}: tier {tier:?} not offered (the profile has no tiers)")
+            Self::ProfileNotFound { module } => {
+                write!(f, "{module}: ModuleProfile {module:?} not found")
             }
-            Self::TierNotFound { module, tier, available } => {
-                write!(f, "{module}: tier {tier:?} not offered (available: {})", available.join(", "))
+            Self::TierNotFound {
+                module,
+                tier,
+                available,
+            } if available.is_empty() => {
+                write!(
+                    f,
+                    "{module}: tier {tier:?} not offered (the profile has no tiers)"
+                )
+            }
+            Self::TierNotFound {
+                module,
+                tier,
+                available,
+            } => {
+                write!(
+                    f,
+                    "{module}: tier {tier:?} not offered (available: {})",
+                    available.join(", ")
+                )
             }
             Self::Window(e) => write!(f, "spec.seasons: {e}"),
             Self::CapacityOverflow { module } => {
-                write!(f, "{module}: concurrency and seasonal percentages need more replicas than Kubernetes can scale to")
+                write!(
+                    f,
+                    "{module}: concurrency and seasonal percentages need more replicas than Kubernetes can scale to"
+                )
             }
-            Self::BadQuantity { module, field, value } => {
-                write!(f, "{module}: ModuleProfile {field} {value:?} is not a valid quantity")
+            Self::BadQuantity {
+                module,
+                field,
+                value,
+            } => {
+                write!(
+                    f,
+                    "{module}: ModuleProfile {field} {value:?} is not a valid quantity"
+                )
             }
             Self::NameTooLong { module, name } => {
-                write!(f, "{module}: object name {name:?} is longer than {MAX_CHILD_NAME} characters")
+                write!(
+                    f,
+                    "{module}: object name {name:?} is longer than {MAX_CHILD_NAME} characters"
+                )
             }
-            Self::PlanNotFound { plan } => write!(f, "spec.plan: SubscriptionPlan {plan:?} not found"),
+            Self::PlanNotFound { plan } => {
+                write!(f, "spec.plan: SubscriptionPlan {plan:?} not found")
+            }
             Self::ModuleNotInPlan { module, plan } => write!(f, "{module}: not in plan {plan:?}"),
-            Self::ExceedsPlan { module, plan, limit } => write!(f, "{module}: exceeds plan {plan:?}: {limit}"),
+            Self::ExceedsPlan {
+                module,
+                plan,
+                limit,
+            } => write!(f, "{module}: exceeds plan {plan:?}: {limit}"),
             Self::CalendarNotFound { calendar } => {
-                write!(f, "spec.seasons.calendars: CapacityCalendar {calendar:?} not found")
+                write!(
+                    f,
+                    "spec.seasons.calendars: CapacityCalendar {calendar:?} not found"
+                )
             }
         }
     }
@@ -144,7 +211,11 @@ pub struct ModulePlan {
 
 impl ModulePlan {
     pub fn footprint(&self) -> Result<Footprint, InvalidSpec> {
-        Footprint::new(&self.name, self.numbers.max_replicas, self.resources.as_ref())
+        Footprint::new(
+            &self.name,
+            self.numbers.max_replicas,
+            self.resources.as_ref(),
+        )
     }
 }
 
@@ -193,10 +264,14 @@ pub fn plan(
     }
     for name in &seasons.calendars {
         let Some(cal) = catalogue.calendars.get(name) else {
-            errors.push(InvalidSpec::CalendarNotFound { calendar: name.clone() });
+            errors.push(InvalidSpec::CalendarNotFound {
+                calendar: name.clone(),
+            });
             continue;
         };
-        let tz = match window::parse_time_zone(cal.time_zone.as_deref().or(seasons.time_zone.as_deref())) {
+        let tz = match window::parse_time_zone(
+            cal.time_zone.as_deref().or(seasons.time_zone.as_deref()),
+        ) {
             Ok(tz) => tz,
             Err(e) => {
                 errors.push(InvalidSpec::Window(e));
@@ -216,7 +291,9 @@ pub fn plan(
     let (active, next_transition) = window::evaluate(&windows, now);
     if let Some(plan_name) = &spec.plan {
         match catalogue.plans.get(plan_name) {
-            None => errors.push(InvalidSpec::PlanNotFound { plan: plan_name.clone() }),
+            None => errors.push(InvalidSpec::PlanNotFound {
+                plan: plan_name.clone(),
+            }),
             Some(sold) => errors.extend(check_plan(plan_name, sold, spec, &windows)),
         }
     }
@@ -229,7 +306,9 @@ pub fn plan(
             continue;
         }
         let Some(p) = profile(&m.name) else {
-            errors.push(InvalidSpec::ProfileNotFound { module: m.name.clone() });
+            errors.push(InvalidSpec::ProfileNotFound {
+                module: m.name.clone(),
+            });
             continue;
         };
         let tier = match &m.tier {
@@ -248,26 +327,50 @@ pub fn plan(
         };
         let child_name = format!("{subscription}-{}", m.name);
         if child_name.len() > MAX_CHILD_NAME {
-            errors.push(InvalidSpec::NameTooLong { module: m.name.clone(), name: child_name });
+            errors.push(InvalidSpec::NameTooLong {
+                module: m.name.clone(),
+                name: child_name,
+            });
             continue;
         }
-        let sessions = tier.and_then(|t| t.sessions_per_replica).unwrap_or(p.sessions_per_replica);
+        let sessions = tier
+            .and_then(|t| t.sessions_per_replica)
+            .unwrap_or(p.sessions_per_replica);
         let applicable = active.iter().filter(|w| w.applies_to(&m.name));
-        let ceiling_percent = applicable.clone().filter_map(|w| w.concurrency_percent).max().unwrap_or(100);
-        let floor_percent = applicable.filter_map(|w| w.floor_percent).max().unwrap_or(0);
-        let Some(numbers) = numbers(m.concurrency, sessions, p.min_replicas, ceiling_percent, floor_percent) else {
-            errors.push(InvalidSpec::CapacityOverflow { module: m.name.clone() });
+        let ceiling_percent = applicable
+            .clone()
+            .filter_map(|w| w.concurrency_percent)
+            .max()
+            .unwrap_or(100);
+        let floor_percent = applicable
+            .filter_map(|w| w.floor_percent)
+            .max()
+            .unwrap_or(0);
+        let Some(numbers) = numbers(
+            m.concurrency,
+            sessions,
+            p.min_replicas,
+            ceiling_percent,
+            floor_percent,
+        ) else {
+            errors.push(InvalidSpec::CapacityOverflow {
+                module: m.name.clone(),
+            });
             continue;
         };
         let plan = ModulePlan {
             name: m.name.clone(),
             tier: m.tier.clone(),
-            image: tier.and_then(|t| t.image.clone()).unwrap_or_else(|| p.image.clone()),
+            image: tier
+                .and_then(|t| t.image.clone())
+                .unwrap_or_else(|| p.image.clone()),
             port: p.port,
             sessions_per_replica: sessions,
             concurrency: m.concurrency,
             numbers,
-            resources: tier.and_then(|t| t.resources.clone()).or_else(|| p.resources.clone()),
+            resources: tier
+                .and_then(|t| t.resources.clone())
+                .or_else(|| p.resources.clone()),
             scaling: p.scaling.clone(),
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             node_selector: p.node_selector.clone(),
@@ -285,7 +388,13 @@ pub fn plan(
     let mut active_windows: Vec<String> = active.iter().map(|w| w.name.clone()).collect();
     active_windows.sort();
     active_windows.dedup();
-    Ok(CapacityPlan { modules, disabled, active_windows, next_transition, time_zone })
+    Ok(CapacityPlan {
+        modules,
+        disabled,
+        active_windows,
+        next_transition,
+        time_zone,
+    })
 }
 
 /// Whether a subscription stays within what its plan sells. Checked against
@@ -305,19 +414,31 @@ pub fn check_plan(
     };
     for m in spec.modules.iter().filter(|m| m.enabled) {
         let Some(allowed) = sold.modules.iter().find(|p| p.name == m.name) else {
-            errors.push(InvalidSpec::ModuleNotInPlan { module: m.name.clone(), plan: plan_name.to_string() });
+            errors.push(InvalidSpec::ModuleNotInPlan {
+                module: m.name.clone(),
+                plan: plan_name.to_string(),
+            });
             continue;
         };
         if m.concurrency > allowed.max_concurrency {
             errors.push(exceeds(
                 &m.name,
-                format!("concurrency {} is over the plan's maxConcurrency {}", m.concurrency, allowed.max_concurrency),
+                format!(
+                    "concurrency {} is over the plan's maxConcurrency {}",
+                    m.concurrency, allowed.max_concurrency
+                ),
             ));
         }
         if let (Some(tier), Some(tiers)) = (&m.tier, &allowed.tiers)
             && !tiers.contains(tier)
         {
-            errors.push(exceeds(&m.name, format!("tier {tier:?} is not in the plan's tiers [{}]", tiers.join(", "))));
+            errors.push(exceeds(
+                &m.name,
+                format!(
+                    "tier {tier:?} is not in the plan's tiers [{}]",
+                    tiers.join(", ")
+                ),
+            ));
         }
         if let Some(peak_limit) = allowed.max_peak_concurrency {
             let (pct, window) = windows
@@ -348,15 +469,24 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    pub fn new(module: &str, max_replicas: i32, resources: Option<&ResourceRequirements>) -> Result<Self, InvalidSpec> {
-        let parse = |kind: &str, m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+    pub fn new(
+        module: &str,
+        max_replicas: i32,
+        resources: Option<&ResourceRequirements>,
+    ) -> Result<Self, InvalidSpec> {
+        let parse = |kind: &str,
+                     m: Option<
+            &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >| {
             m.into_iter()
                 .flatten()
                 .map(|(k, v)| {
-                    Quantity::parse(&v.0).map(|q| (k.clone(), q)).map_err(|_| InvalidSpec::BadQuantity {
-                        module: module.to_string(),
-                        field: format!("resources.{kind}.{k}"),
-                        value: v.0.clone(),
+                    Quantity::parse(&v.0).map(|q| (k.clone(), q)).map_err(|_| {
+                        InvalidSpec::BadQuantity {
+                            module: module.to_string(),
+                            field: format!("resources.{kind}.{k}"),
+                            value: v.0.clone(),
+                        }
                     })
                 })
                 .collect::<Result<BTreeMap<_, _>, _>>()
@@ -367,7 +497,11 @@ impl Footprint {
         for (k, v) in &limits {
             requests.entry(k.clone()).or_insert(*v);
         }
-        Ok(Self { pods: max_replicas as i64 + surge(max_replicas), requests, limits })
+        Ok(Self {
+            pods: max_replicas as i64 + surge(max_replicas),
+            requests,
+            limits,
+        })
     }
 }
 
@@ -376,13 +510,24 @@ impl Footprint {
 /// makes the API server refuse pods that leave it out.
 pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>> {
     let mut hard = BTreeMap::new();
-    let pods: i64 = footprints.iter().map(|f| f.pods).try_fold(0i64, |a, p| a.checked_add(p))?;
-    hard.insert("pods".to_string(), Quantity(pods as i128).checked_mul(1_000_000_000)?);
+    let pods: i64 = footprints
+        .iter()
+        .map(|f| f.pods)
+        .try_fold(0i64, |a, p| a.checked_add(p))?;
+    hard.insert(
+        "pods".to_string(),
+        Quantity(pods as i128).checked_mul(1_000_000_000)?,
+    );
     for (kind, pick) in [
-        ("requests", (|f: &Footprint| &f.requests) as fn(&Footprint) -> &BTreeMap<String, Quantity>),
+        (
+            "requests",
+            (|f: &Footprint| &f.requests) as fn(&Footprint) -> &BTreeMap<String, Quantity>,
+        ),
         ("limits", |f: &Footprint| &f.limits),
     ] {
-        let Some(first) = footprints.first() else { break };
+        let Some(first) = footprints.first() else {
+            break;
+        };
         for resource in pick(first).keys() {
             // Extended resources (vendor.com/gpu) can only be capped on requests.
             if kind == "limits" && resource.contains('/') {

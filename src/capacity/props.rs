@@ -6,7 +6,9 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::api::{ModuleRequest, Seasons, SubscriptionPlanSpec, TenantSubscriptionSpec, Weekday, Window};
+use crate::api::{
+    ModuleRequest, Seasons, SubscriptionPlanSpec, TenantSubscriptionSpec, Weekday, Window,
+};
 
 fn weekday() -> impl Strategy<Value = Weekday> {
     prop_oneof![
@@ -43,7 +45,13 @@ fn window() -> impl Strategy<Value = Window> {
 }
 
 fn zone() -> impl Strategy<Value = &'static str> {
-    prop_oneof![Just("UTC"), Just("Asia/Shanghai"), Just("Europe/Berlin"), Just("America/New_York"), Just("Australia/Lord_Howe")]
+    prop_oneof![
+        Just("UTC"),
+        Just("Asia/Shanghai"),
+        Just("Europe/Berlin"),
+        Just("America/New_York"),
+        Just("Australia/Lord_Howe")
+    ]
 }
 
 fn profile(sessions: i32, min: i32) -> ModuleProfileSpec {

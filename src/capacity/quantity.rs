@@ -25,7 +25,9 @@ impl Quantity {
     pub fn parse(s: &str) -> Result<Self, QuantityError> {
         let err = || QuantityError(s.to_string());
         let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+            .unwrap_or(s.len());
         let (number, suffix) = s.split_at(split);
         if number.is_empty() {
             return Err(err());
@@ -45,7 +47,10 @@ impl Quantity {
         // mantissa / 10^scale
         let mut mantissa: i128 = 0;
         for b in int_part.bytes().chain(frac_part.bytes()) {
-            mantissa = mantissa.checked_mul(10).and_then(|m| m.checked_add((b - b'0') as i128)).ok_or_else(err)?;
+            mantissa = mantissa
+                .checked_mul(10)
+                .and_then(|m| m.checked_add((b - b'0') as i128))
+                .ok_or_else(err)?;
         }
         let scale = frac_part.len() as i32;
         // value = mantissa * 10^-scale * multiplier; multiplier = num * 10^exp10
@@ -73,7 +78,10 @@ impl Quantity {
         let exp = exp10 - scale + 9;
         let base = mantissa.checked_mul(num).ok_or_else(err)?;
         let value = if exp >= 0 {
-            10i128.checked_pow(exp as u32).and_then(|p| base.checked_mul(p)).ok_or_else(err)?
+            10i128
+                .checked_pow(exp as u32)
+                .and_then(|p| base.checked_mul(p))
+                .ok_or_else(err)?
         } else {
             let div = 10i128.checked_pow((-exp) as u32).ok_or_else(err)?;
             (base + div - 1) / div
@@ -100,7 +108,14 @@ impl fmt::Display for Quantity {
             return write!(f, "{milli}m");
         }
         let whole = v / NANO;
-        for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        for (suffix, shift) in [
+            ("Ei", 60),
+            ("Pi", 50),
+            ("Ti", 40),
+            ("Gi", 30),
+            ("Mi", 20),
+            ("Ki", 10),
+        ] {
             let unit = 1i128 << shift;
             if whole != 0 && whole % unit == 0 {
                 return write!(f, "{}{suffix}", whole / unit);

@@ -28,7 +28,9 @@ tiers:
 }
 
 fn messaging() -> ModuleProfileSpec {
-    profile("{image: im:1, sessionsPerReplica: 5000, minReplicas: 2, resources: {requests: {cpu: 500m, memory: 512Mi}}}")
+    profile(
+        "{image: im:1, sessionsPerReplica: 5000, minReplicas: 2, resources: {requests: {cpu: 500m, memory: 512Mi}}}",
+    )
 }
 
 fn catalogue() -> Catalogue {
@@ -52,14 +54,24 @@ fn replicas_follow_concurrency_and_tier() {
     let p = plan("acme", &s, &catalogue(), at("2026-03-01T00:00:00Z")).unwrap();
     let m = module(&p, "video-call");
     assert_eq!(m.sessions_per_replica, 40);
-    assert_eq!(m.numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
+    assert_eq!(
+        m.numbers,
+        Numbers {
+            ceiling: 1000,
+            max_replicas: 25,
+            min_replicas: 1
+        }
+    );
 
     let s = spec("{tenantId: acme, modules: [{name: video-call, concurrency: 1000, tier: uhd}]}");
     let p = plan("acme", &s, &catalogue(), at("2026-03-01T00:00:00Z")).unwrap();
     let m = module(&p, "video-call");
     // ⌈1000 / 15⌉ = 67, and the uhd tier's resources replace the profile's.
     assert_eq!(m.numbers.max_replicas, 67);
-    assert_eq!(m.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0, "2");
+    assert_eq!(
+        m.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+        "2"
+    );
 }
 
 #[test]
@@ -76,7 +88,14 @@ seasons:
     );
     let p = plan("edu", &s, &catalogue(), at("2026-07-15T04:00:00Z")).unwrap();
     assert_eq!(p.active_windows, vec!["summer-holiday"]);
-    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 25 });
+    assert_eq!(
+        module(&p, "video-call").numbers,
+        Numbers {
+            ceiling: 2000,
+            max_replicas: 50,
+            min_replicas: 25
+        }
+    );
     assert_eq!(
         window::format_instant(p.next_transition.unwrap(), &p.time_zone),
         "2026-09-01T00:00:00+08:00"
@@ -84,7 +103,14 @@ seasons:
     // Outside the window: the concurrency bought.
     let p = plan("edu", &s, &catalogue(), at("2026-09-01T00:00:00+08:00")).unwrap();
     assert!(p.active_windows.is_empty());
-    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 1 });
+    assert_eq!(
+        module(&p, "video-call").numbers,
+        Numbers {
+            ceiling: 1000,
+            max_replicas: 25,
+            min_replicas: 1
+        }
+    );
 }
 
 #[test]
@@ -105,11 +131,28 @@ seasons:
     );
     // Wednesday 2026-07-15, 19:00 in Shanghai.
     let p = plan("edu", &s, &catalogue(), at("2026-07-15T19:00:00+08:00")).unwrap();
-    assert_eq!(p.active_windows, vec!["campaign", "summer-holiday", "weekday-evening"]);
+    assert_eq!(
+        p.active_windows,
+        vec!["campaign", "summer-holiday", "weekday-evening"]
+    );
     // video: ceiling 200% → 50 replicas; floor max(20%, 30%) → 15.
-    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 15 });
+    assert_eq!(
+        module(&p, "video-call").numbers,
+        Numbers {
+            ceiling: 2000,
+            max_replicas: 50,
+            min_replicas: 15
+        }
+    );
     // messaging is not in the evening window: floor 20% of ⌈40000/5000⌉ = 8 → 2 (also the profile min).
-    assert_eq!(module(&p, "real-time-messaging").numbers, Numbers { ceiling: 40000, max_replicas: 8, min_replicas: 2 });
+    assert_eq!(
+        module(&p, "real-time-messaging").numbers,
+        Numbers {
+            ceiling: 40000,
+            max_replicas: 8,
+            min_replicas: 2
+        }
+    );
 }
 
 #[test]
@@ -127,10 +170,38 @@ seasons: {windows: [{name: quiet, from: "02-01", to: "02-28", concurrencyPercent
 
 #[test]
 fn floor_never_exceeds_ceiling_and_profile_minimum_holds() {
-    assert_eq!(numbers(10, 40, 3, 100, 0).unwrap(), Numbers { ceiling: 10, max_replicas: 1, min_replicas: 1 });
-    assert_eq!(numbers(1000, 40, 3, 100, 0).unwrap(), Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 3 });
-    assert_eq!(numbers(1000, 40, 3, 100, 100).unwrap(), Numbers { ceiling: 1000, max_replicas: 25, min_replicas: 25 });
-    assert_eq!(numbers(1001, 40, 1, 100, 10).unwrap(), Numbers { ceiling: 1001, max_replicas: 26, min_replicas: 3 });
+    assert_eq!(
+        numbers(10, 40, 3, 100, 0).unwrap(),
+        Numbers {
+            ceiling: 10,
+            max_replicas: 1,
+            min_replicas: 1
+        }
+    );
+    assert_eq!(
+        numbers(1000, 40, 3, 100, 0).unwrap(),
+        Numbers {
+            ceiling: 1000,
+            max_replicas: 25,
+            min_replicas: 3
+        }
+    );
+    assert_eq!(
+        numbers(1000, 40, 3, 100, 100).unwrap(),
+        Numbers {
+            ceiling: 1000,
+            max_replicas: 25,
+            min_replicas: 25
+        }
+    );
+    assert_eq!(
+        numbers(1001, 40, 1, 100, 10).unwrap(),
+        Numbers {
+            ceiling: 1001,
+            max_replicas: 26,
+            min_replicas: 3
+        }
+    );
     assert!(numbers(i64::MAX, 1, 1, 1000, 0).is_none());
 }
 
@@ -156,10 +227,17 @@ seasons: {timeZone: Mars/Olympus_Mons}
 "#,
     );
     let errors = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
-    let text: Vec<String> = errors.iter().map(|e| format!("{} {e}", e.reason())).collect();
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{} {e}", e.reason()))
+        .collect();
     assert_eq!(text.len(), 3, "{text:?}");
     assert!(text[0].starts_with("UnknownTimeZone"), "{text:?}");
-    assert!(text[1].contains("TierNotFound video-call: tier \"8k\" not offered (available: hd, sd, uhd)"), "{text:?}");
+    assert!(
+        text[1]
+            .contains("TierNotFound video-call: tier \"8k\" not offered (available: hd, sd, uhd)"),
+        "{text:?}"
+    );
     assert!(text[2].contains("ProfileNotFound hologram"), "{text:?}");
 }
 
@@ -192,12 +270,22 @@ fn quota_sums_every_module_at_its_ceiling_plus_surge() {
     // video: 25 + ⌈25 × 25%⌉ = 32 pods; messaging: 4 + 1 = 5 pods.
     assert_eq!((f[0].pods, f[1].pods), (32, 5));
     let hard = quota_hard(&f).unwrap();
-    let show: BTreeMap<&str, String> = hard.iter().map(|(k, v)| (k.as_str(), v.to_string())).collect();
+    let show: BTreeMap<&str, String> = hard
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_string()))
+        .collect();
     assert_eq!(show["pods"], "37");
     // 32 × 1 CPU + 5 × 500m
     assert_eq!(show["requests.cpu"], "34500m");
     // 32 × 1Gi + 5 × 512Mi
-    assert_eq!(show["requests.memory"], Quantity::parse("34Gi").unwrap().checked_add(Quantity::parse("512Mi").unwrap()).unwrap().to_string());
+    assert_eq!(
+        show["requests.memory"],
+        Quantity::parse("34Gi")
+            .unwrap()
+            .checked_add(Quantity::parse("512Mi").unwrap())
+            .unwrap()
+            .to_string()
+    );
     // Messaging declares no limits, so limits are not capped (pods without them would be refused).
     assert!(!hard.contains_key("limits.cpu"));
 }
@@ -215,7 +303,8 @@ fn quota_of_a_single_module_caps_limits_too() {
 
 fn with_plan(yaml: &str) -> Catalogue {
     let mut c = catalogue();
-    c.plans.insert("pro".into(), serde_saphyr::from_str(yaml).unwrap());
+    c.plans
+        .insert("pro".into(), serde_saphyr::from_str(yaml).unwrap());
     c
 }
 
@@ -227,7 +316,9 @@ modules:
 
 #[test]
 fn a_subscription_within_its_plan_is_planned() {
-    let s = spec("{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 2000, tier: hd}]}");
+    let s = spec(
+        "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 2000, tier: hd}]}",
+    );
     assert!(plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).is_ok());
 }
 
@@ -243,7 +334,10 @@ modules:
 "#,
     );
     let errors = plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).unwrap_err();
-    let text: Vec<String> = errors.iter().map(|e| format!("{} {e}", e.reason())).collect();
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{} {e}", e.reason()))
+        .collect();
     assert_eq!(
         text,
         vec![
@@ -256,9 +350,17 @@ modules:
 #[test]
 fn a_module_outside_the_plan_is_refused_unless_switched_off() {
     let plan_yaml = "{modules: [{name: real-time-messaging, maxConcurrency: 100}]}";
-    let s = spec("{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10}]}");
+    let s = spec(
+        "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10}]}",
+    );
     let errors = plan("t", &s, &with_plan(plan_yaml), at("2026-02-10T00:00:00Z")).unwrap_err();
-    assert_eq!(errors, vec![InvalidSpec::ModuleNotInPlan { module: "video-call".into(), plan: "pro".into() }]);
+    assert_eq!(
+        errors,
+        vec![InvalidSpec::ModuleNotInPlan {
+            module: "video-call".into(),
+            plan: "pro".into()
+        }]
+    );
     let s = spec(
         "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10, enabled: false}, {name: real-time-messaging, concurrency: 10}]}",
     );
@@ -279,7 +381,9 @@ seasons: {windows: [{name: summer, from: "07-01", to: "08-31", concurrencyPercen
     let errors = plan("t", &s, &with_plan(PRO), at("2026-02-10T00:00:00Z")).unwrap_err();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].reason(), "ExceedsPlan");
-    assert!(errors[0].to_string().contains("window summer raises concurrency to 4000, over the plan's maxPeakConcurrency 3000"));
+    assert!(errors[0].to_string().contains(
+        "window summer raises concurrency to 4000, over the plan's maxPeakConcurrency 3000"
+    ));
 }
 
 #[test]
@@ -306,7 +410,10 @@ windows: [{name: summer, from: "07-01", to: "08-31", concurrencyPercent: 200, fl
     c.calendars.insert(
         "evenings".into(),
         // No time zone of its own: the subscription's applies.
-        serde_saphyr::from_str(r#"{windows: [{name: eve, start: "18:00", end: "22:00", floorPercent: 50}]}"#).unwrap(),
+        serde_saphyr::from_str(
+            r#"{windows: [{name: eve, start: "18:00", end: "22:00", floorPercent: 50}]}"#,
+        )
+        .unwrap(),
     );
     let s = spec(
         r#"
@@ -321,11 +428,31 @@ seasons:
     // 2026-06-30 16:30 UTC is already July 1st 00:30 in Shanghai, 17:30 in London.
     let p = plan("t", &s, &c, at("2026-06-30T16:30:00Z")).unwrap();
     assert_eq!(p.active_windows, vec!["cn-school/summer"]);
-    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 10 });
+    assert_eq!(
+        module(&p, "video-call").numbers,
+        Numbers {
+            ceiling: 2000,
+            max_replicas: 50,
+            min_replicas: 10
+        }
+    );
     // The next change: London's 18:00 evening window.
-    assert_eq!(window::format_instant(p.next_transition.unwrap(), &p.time_zone), "2026-06-30T18:00:00+01:00");
+    assert_eq!(
+        window::format_instant(p.next_transition.unwrap(), &p.time_zone),
+        "2026-06-30T18:00:00+01:00"
+    );
     // July 1st, 19:00 London: all three; the largest percentages win.
     let p = plan("t", &s, &c, at("2026-07-01T18:00:00Z")).unwrap();
-    assert_eq!(p.active_windows, vec!["cn-school/summer", "evenings/eve", "launch"]);
-    assert_eq!(module(&p, "video-call").numbers, Numbers { ceiling: 3000, max_replicas: 75, min_replicas: 38 });
+    assert_eq!(
+        p.active_windows,
+        vec!["cn-school/summer", "evenings/eve", "launch"]
+    );
+    assert_eq!(
+        module(&p, "video-call").numbers,
+        Numbers {
+            ceiling: 3000,
+            max_replicas: 75,
+            min_replicas: 38
+        }
+    );
 }

@@ -20,19 +20,47 @@ const HORIZON_DAYS: i32 = 400;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WindowError {
     UnknownTimeZone(String),
-    BadDate { window: String, field: &'static str, value: String },
-    BadTime { window: String, field: &'static str, value: String },
-    Incomplete { window: String, message: &'static str },
+    BadDate {
+        window: String,
+        field: &'static str,
+        value: String,
+    },
+    BadTime {
+        window: String,
+        field: &'static str,
+        value: String,
+    },
+    Incomplete {
+        window: String,
+        message: &'static str,
+    },
 }
 
 impl fmt::Display for WindowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnknownTimeZone(tz) => write!(f, "unknown time zone {tz:?} (want an IANA name such as Asia/Shanghai)"),
-            Self::BadDate { window, field, value } => {
-                write!(f, "window {window}: {field} {value:?} is not a calendar date (MM-DD or YYYY-MM-DD)")
+            Self::UnknownTimeZone(tz) => write!(
+                f,
+                "unknown time zone {tz:?} (want an IANA name such as Asia/Shanghai)"
+            ),
+            Self::BadDate {
+                window,
+                field,
+                value,
+            } => {
+                write!(
+                    f,
+                    "window {window}: {field} {value:?} is not a calendar date (MM-DD or YYYY-MM-DD)"
+                )
             }
-            Self::BadTime { window, field, value } => write!(f, "window {window}: {field} {value:?} is not a time (HH:MM)"),
+            Self::BadTime {
+                window,
+                field,
+                value,
+            } => write!(
+                f,
+                "window {window}: {field} {value:?} is not a time (HH:MM)"
+            ),
             Self::Incomplete { window, message } => write!(f, "window {window}: {message}"),
         }
     }
@@ -58,7 +86,11 @@ impl DateRange {
         match *self {
             Self::Yearly { from, to } => {
                 let md = (d.month(), d.day());
-                if from <= to { from <= md && md <= to } else { md >= from || md <= to }
+                if from <= to {
+                    from <= md && md <= to
+                } else {
+                    md >= from || md <= to
+                }
             }
             Self::Fixed { from, to } => from <= d && d <= to,
         }
@@ -87,7 +119,11 @@ pub fn parse_time_zone(name: Option<&str>) -> Result<TimeZone, WindowError> {
 }
 
 fn parse_date(window: &str, field: &'static str, value: &str) -> Result<DateBound, WindowError> {
-    let bad = || WindowError::BadDate { window: window.to_string(), field, value: value.to_string() };
+    let bad = || WindowError::BadDate {
+        window: window.to_string(),
+        field,
+        value: value.to_string(),
+    };
     let parts: Vec<&str> = value.split('-').collect();
     let num = |s: &str| s.parse::<i16>().map_err(|_| bad());
     match parts.as_slice() {
@@ -95,7 +131,10 @@ fn parse_date(window: &str, field: &'static str, value: &str) -> Result<DateBoun
             let (m, d) = (num(m)?, num(d)?);
             // Validate against a leap year so that 02-29 is a valid yearly bound.
             Date::new(2024, m as i8, d as i8).map_err(|_| bad())?;
-            Ok(DateBound::Yearly { month: m as i8, day: d as i8 })
+            Ok(DateBound::Yearly {
+                month: m as i8,
+                day: d as i8,
+            })
         }
         [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
             let date = Date::new(num(y)?, num(m)? as i8, num(d)? as i8).map_err(|_| bad())?;
@@ -106,7 +145,11 @@ fn parse_date(window: &str, field: &'static str, value: &str) -> Result<DateBoun
 }
 
 fn parse_time(window: &str, field: &'static str, value: &str) -> Result<u16, WindowError> {
-    let bad = || WindowError::BadTime { window: window.to_string(), field, value: value.to_string() };
+    let bad = || WindowError::BadTime {
+        window: window.to_string(),
+        field,
+        value: value.to_string(),
+    };
     let (h, m) = value.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
@@ -120,25 +163,48 @@ fn parse_time(window: &str, field: &'static str, value: &str) -> Result<u16, Win
 
 impl CompiledWindow {
     pub fn compile(w: &Window, tz: &TimeZone) -> Result<Self, WindowError> {
-        let incomplete = |message| WindowError::Incomplete { window: w.name.clone(), message };
+        let incomplete = |message| WindowError::Incomplete {
+            window: w.name.clone(),
+            message,
+        };
         let dates = match (&w.from, &w.to) {
             (None, None) => None,
-            (Some(f), Some(t)) => match (parse_date(&w.name, "from", f)?, parse_date(&w.name, "to", t)?) {
-                (DateBound::Yearly { month: fm, day: fd }, DateBound::Yearly { month: tm, day: td }) => {
-                    Some(DateRange::Yearly { from: (fm, fd), to: (tm, td) })
+            (Some(f), Some(t)) => match (
+                parse_date(&w.name, "from", f)?,
+                parse_date(&w.name, "to", t)?,
+            ) {
+                (
+                    DateBound::Yearly { month: fm, day: fd },
+                    DateBound::Yearly { month: tm, day: td },
+                ) => Some(DateRange::Yearly {
+                    from: (fm, fd),
+                    to: (tm, td),
+                }),
+                (DateBound::Fixed(from), DateBound::Fixed(to)) if from <= to => {
+                    Some(DateRange::Fixed { from, to })
                 }
-                (DateBound::Fixed(from), DateBound::Fixed(to)) if from <= to => Some(DateRange::Fixed { from, to }),
-                (DateBound::Fixed(_), DateBound::Fixed(_)) => return Err(incomplete("to is before from")),
-                _ => return Err(incomplete("from and to must both be MM-DD or both be YYYY-MM-DD")),
+                (DateBound::Fixed(_), DateBound::Fixed(_)) => {
+                    return Err(incomplete("to is before from"));
+                }
+                _ => {
+                    return Err(incomplete(
+                        "from and to must both be MM-DD or both be YYYY-MM-DD",
+                    ));
+                }
             },
             _ => return Err(incomplete("from and to must be set together")),
         };
         let times = match (&w.start, &w.end) {
             (None, None) => None,
             (Some(s), Some(e)) => {
-                let (s, e) = (parse_time(&w.name, "start", s)?, parse_time(&w.name, "end", e)?);
+                let (s, e) = (
+                    parse_time(&w.name, "start", s)?,
+                    parse_time(&w.name, "end", e)?,
+                );
                 if s == e || s == 1440 {
-                    return Err(incomplete("start and end must differ and start must be before 24:00"));
+                    return Err(incomplete(
+                        "start and end must differ and start must be before 24:00",
+                    ));
                 }
                 Some((s, e))
             }
@@ -149,7 +215,9 @@ impl CompiledWindow {
             other => other.clone(),
         };
         if dates.is_none() && days.is_none() && times.is_none() {
-            return Err(incomplete("a window needs a date range (from/to), days or a time range (start/end)"));
+            return Err(incomplete(
+                "a window needs a date range (from/to), days or a time range (start/end)",
+            ));
         }
         Ok(Self {
             name: w.name.clone(),
@@ -165,7 +233,9 @@ impl CompiledWindow {
 
     /// Whether the window applies to a module.
     pub fn applies_to(&self, module: &str) -> bool {
-        self.modules.as_ref().is_none_or(|m| m.iter().any(|n| n == module))
+        self.modules
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|n| n == module))
     }
 
     /// Whether the window is active at a local wall-clock time.
@@ -215,7 +285,8 @@ impl CompiledWindow {
         if let Some((s, e)) = self.times {
             for m in [s, e] {
                 if m < 1440 {
-                    boundaries.push(Time::new((m / 60) as i8, (m % 60) as i8, 0, 0).expect("valid time"));
+                    boundaries
+                        .push(Time::new((m / 60) as i8, (m % 60) as i8, 0, 0).expect("valid time"));
                 }
             }
         }
@@ -232,10 +303,18 @@ impl CompiledWindow {
             // In a skipped (gap) hour the wall clock jumps over the boundary:
             // the change happens at the offset transition itself.
             if let (Ok(start), Ok(next)) = (
-                self.tz.to_ambiguous_timestamp(day.to_datetime(Time::midnight())).earlier(),
-                day.tomorrow().and_then(|d| self.tz.to_ambiguous_timestamp(d.to_datetime(Time::midnight())).later()),
+                self.tz
+                    .to_ambiguous_timestamp(day.to_datetime(Time::midnight()))
+                    .earlier(),
+                day.tomorrow().and_then(|d| {
+                    self.tz
+                        .to_ambiguous_timestamp(d.to_datetime(Time::midnight()))
+                        .later()
+                }),
             ) {
-                let from = start.checked_sub(jiff::SignedDuration::from_secs(1)).unwrap_or(start);
+                let from = start
+                    .checked_sub(jiff::SignedDuration::from_secs(1))
+                    .unwrap_or(start);
                 for tr in self.tz.following(from) {
                     let ts = tr.timestamp();
                     if ts > next {
@@ -256,7 +335,10 @@ impl CompiledWindow {
         // One-off windows further away than the horizon.
         if let Some(DateRange::Fixed { from, to }) = self.dates {
             for d in [Some(from), to.tomorrow().ok()].into_iter().flatten() {
-                if let Ok(c) = self.tz.to_ambiguous_timestamp(d.to_datetime(Time::midnight())).compatible()
+                if let Ok(c) = self
+                    .tz
+                    .to_ambiguous_timestamp(d.to_datetime(Time::midnight()))
+                    .compatible()
                     && c > now
                     && self.active_at(c) != current
                 {
@@ -269,7 +351,10 @@ impl CompiledWindow {
 }
 
 /// Windows active at `now` and the instant at which that set next changes.
-pub fn evaluate(windows: &[CompiledWindow], now: Timestamp) -> (Vec<&CompiledWindow>, Option<Timestamp>) {
+pub fn evaluate(
+    windows: &[CompiledWindow],
+    now: Timestamp,
+) -> (Vec<&CompiledWindow>, Option<Timestamp>) {
     let active = windows.iter().filter(|w| w.active_at(now)).collect();
     let next = windows.iter().filter_map(|w| w.next_change(now)).min();
     (active, next)
@@ -277,7 +362,9 @@ pub fn evaluate(windows: &[CompiledWindow], now: Timestamp) -> (Vec<&CompiledWin
 
 /// RFC 3339 with the zone's offset, e.g. 2026-09-01T00:00:00+08:00.
 pub fn format_instant(t: Timestamp, tz: &TimeZone) -> String {
-    t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    t.to_zoned(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -294,7 +381,11 @@ mod tests {
 
     fn at(tz: &str, s: &str) -> Timestamp {
         let dt: DateTime = s.parse().unwrap();
-        TimeZone::get(tz).unwrap().to_ambiguous_timestamp(dt).compatible().unwrap()
+        TimeZone::get(tz)
+            .unwrap()
+            .to_ambiguous_timestamp(dt)
+            .compatible()
+            .unwrap()
     }
 
     fn local(t: Timestamp, tz: &str) -> String {
@@ -303,43 +394,63 @@ mod tests {
 
     #[test]
     fn yearly_range_is_inclusive_and_ends_at_midnight_after_to() {
-        let w = compile("{name: summer, from: '07-01', to: '08-31', concurrencyPercent: 200}", "Asia/Shanghai");
+        let w = compile(
+            "{name: summer, from: '07-01', to: '08-31', concurrencyPercent: 200}",
+            "Asia/Shanghai",
+        );
         assert!(!w.active_at(at("Asia/Shanghai", "2026-06-30T23:59:59")));
         assert!(w.active_at(at("Asia/Shanghai", "2026-07-01T00:00")));
         assert!(w.active_at(at("Asia/Shanghai", "2026-08-31T23:59")));
         assert!(!w.active_at(at("Asia/Shanghai", "2026-09-01T00:00")));
-        let next = w.next_change(at("Asia/Shanghai", "2026-07-15T12:00")).unwrap();
+        let next = w
+            .next_change(at("Asia/Shanghai", "2026-07-15T12:00"))
+            .unwrap();
         assert_eq!(local(next, "Asia/Shanghai"), "2026-09-01T00:00:00+08:00");
-        let next = w.next_change(at("Asia/Shanghai", "2026-11-26T12:00")).unwrap();
+        let next = w
+            .next_change(at("Asia/Shanghai", "2026-11-26T12:00"))
+            .unwrap();
         assert_eq!(local(next, "Asia/Shanghai"), "2027-07-01T00:00:00+08:00");
     }
 
     #[test]
     fn yearly_range_across_new_year() {
-        let w = compile("{name: winter, from: '12-20', to: '01-05'}", "Europe/Berlin");
+        let w = compile(
+            "{name: winter, from: '12-20', to: '01-05'}",
+            "Europe/Berlin",
+        );
         assert!(w.active_at(at("Europe/Berlin", "2026-12-31T23:00")));
         assert!(w.active_at(at("Europe/Berlin", "2027-01-01T00:30")));
         assert!(w.active_at(at("Europe/Berlin", "2027-01-05T22:00")));
         assert!(!w.active_at(at("Europe/Berlin", "2027-01-06T00:00")));
         assert!(!w.active_at(at("Europe/Berlin", "2026-12-19T23:59")));
-        let next = w.next_change(at("Europe/Berlin", "2026-12-25T10:00")).unwrap();
+        let next = w
+            .next_change(at("Europe/Berlin", "2026-12-25T10:00"))
+            .unwrap();
         assert_eq!(local(next, "Europe/Berlin"), "2027-01-06T00:00:00+01:00");
     }
 
     #[test]
     fn weekday_evening_window() {
-        let w = compile("{name: eve, days: [Mon, Tue, Wed, Thu, Fri], start: '18:00', end: '22:00'}", "Asia/Shanghai");
+        let w = compile(
+            "{name: eve, days: [Mon, Tue, Wed, Thu, Fri], start: '18:00', end: '22:00'}",
+            "Asia/Shanghai",
+        );
         // 2026-11-27 is a Friday, 2026-11-28 a Saturday.
         assert!(w.active_at(at("Asia/Shanghai", "2026-11-27T18:00")));
         assert!(!w.active_at(at("Asia/Shanghai", "2026-11-27T22:00")));
         assert!(!w.active_at(at("Asia/Shanghai", "2026-11-28T19:00")));
-        let next = w.next_change(at("Asia/Shanghai", "2026-11-27T23:00")).unwrap();
+        let next = w
+            .next_change(at("Asia/Shanghai", "2026-11-27T23:00"))
+            .unwrap();
         assert_eq!(local(next, "Asia/Shanghai"), "2026-11-30T18:00:00+08:00");
     }
 
     #[test]
     fn time_range_across_midnight_belongs_to_the_day_it_started() {
-        let w = compile("{name: late, days: [Fri], start: '22:00', end: '02:00'}", "UTC");
+        let w = compile(
+            "{name: late, days: [Fri], start: '22:00', end: '02:00'}",
+            "UTC",
+        );
         assert!(w.active_at(at("UTC", "2026-11-27T23:30"))); // Friday
         assert!(w.active_at(at("UTC", "2026-11-28T01:59"))); // Saturday morning, Friday's night
         assert!(!w.active_at(at("UTC", "2026-11-28T02:00")));
@@ -351,7 +462,10 @@ mod tests {
 
     #[test]
     fn night_window_across_the_new_year() {
-        let w = compile("{name: nye, from: '12-31', to: '12-31', start: '20:00', end: '03:00'}", "UTC");
+        let w = compile(
+            "{name: nye, from: '12-31', to: '12-31', start: '20:00', end: '03:00'}",
+            "UTC",
+        );
         assert!(w.active_at(at("UTC", "2026-12-31T21:00")));
         assert!(w.active_at(at("UTC", "2027-01-01T02:59")));
         assert!(!w.active_at(at("UTC", "2027-01-01T03:00")));
@@ -375,15 +489,23 @@ mod tests {
     fn dst_gap_boundary_changes_at_the_jump() {
         // 02:30 does not exist on 2027-03-28 in Berlin: the window starts when
         // the clock jumps to 03:00.
-        let w = compile("{name: night, start: '02:30', end: '05:00'}", "Europe/Berlin");
-        let next = w.next_change(at("Europe/Berlin", "2027-03-28T01:00")).unwrap();
+        let w = compile(
+            "{name: night, start: '02:30', end: '05:00'}",
+            "Europe/Berlin",
+        );
+        let next = w
+            .next_change(at("Europe/Berlin", "2027-03-28T01:00"))
+            .unwrap();
         assert_eq!(local(next, "Europe/Berlin"), "2027-03-28T03:00:00+02:00");
     }
 
     #[test]
     fn dst_fall_back_window_length_follows_the_wall_clock() {
         // New York falls back at 02:00 on 2026-11-01: 00:00-04:00 lasts 5 hours.
-        let w = compile("{name: n, start: '00:00', end: '04:00'}", "America/New_York");
+        let w = compile(
+            "{name: n, start: '00:00', end: '04:00'}",
+            "America/New_York",
+        );
         let start = at("America/New_York", "2026-11-01T00:00");
         let end = w.next_change(start).unwrap();
         assert_eq!(end.duration_since(start).as_secs(), 5 * 3600);
@@ -411,16 +533,25 @@ mod tests {
     #[test]
     fn invalid_inputs_are_named() {
         let tz = TimeZone::UTC;
-        let e = CompiledWindow::compile(&window("{name: w, from: '02-30', to: '03-01'}"), &tz).unwrap_err();
+        let e = CompiledWindow::compile(&window("{name: w, from: '02-30', to: '03-01'}"), &tz)
+            .unwrap_err();
         assert!(e.to_string().contains("from \"02-30\""), "{e}");
-        let e = CompiledWindow::compile(&window("{name: w, from: '2027-02-29', to: '2027-03-01'}"), &tz).unwrap_err();
+        let e = CompiledWindow::compile(
+            &window("{name: w, from: '2027-02-29', to: '2027-03-01'}"),
+            &tz,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("2027-02-29"), "{e}");
-        let e = CompiledWindow::compile(&window("{name: w, start: '25:00', end: '03:00'}"), &tz).unwrap_err();
+        let e = CompiledWindow::compile(&window("{name: w, start: '25:00', end: '03:00'}"), &tz)
+            .unwrap_err();
         assert!(e.to_string().contains("start"), "{e}");
         let e = CompiledWindow::compile(&window("{name: w, from: '07-01'}"), &tz).unwrap_err();
         assert!(e.to_string().contains("together"), "{e}");
         let e = CompiledWindow::compile(&window("{name: w, floorPercent: 10}"), &tz).unwrap_err();
         assert!(e.to_string().contains("needs"), "{e}");
-        assert!(matches!(parse_time_zone(Some("Mars/Olympus")), Err(WindowError::UnknownTimeZone(_))));
+        assert!(matches!(
+            parse_time_zone(Some("Mars/Olympus")),
+            Err(WindowError::UnknownTimeZone(_))
+        ));
     }
 }

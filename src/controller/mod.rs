@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{
-        CapacityCalendar, DataRetention, ModuleProfile, ModuleState, ModuleStatus, SubscriptionPlan, TenantSubscription,
-        TenantSubscriptionStatus,
+        CapacityCalendar, DataRetention, ModuleProfile, ModuleState, ModuleStatus,
+        SubscriptionPlan, TenantSubscription, TenantSubscriptionStatus,
     },
     capacity::{self, CapacityPlan, Footprint, window::format_instant},
     metrics::{Metrics, ModuleLabels},
@@ -139,6 +139,8 @@ pub struct Context {
     pub settings: Settings,
     /// Turns true once every cache has its first full list.
     synced: tokio::sync::watch::Receiver<bool>,
+    /// When each subscription's status was last written (see `STATUS_BATCH`).
+    status_written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -171,7 +173,10 @@ impl Context {
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -197,23 +202,54 @@ pub async fn run(
 
     // Children are cached (managed fields stripped) so that status and the
     // "already converged?" check need no API reads.
-    let catalogue = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS);
-    let (deployments, deployment_stream) = cache(scoped::<Deployment>(&client, &settings.namespace), managed.clone());
-    let (hpas, hpa_stream) = cache(scoped::<HorizontalPodAutoscaler>(&client, &settings.namespace), managed.clone());
-    let (services, service_stream) = cache(scoped::<Service>(&client, &settings.namespace), managed.clone());
-    let (quotas, quota_stream) = cache(scoped::<ResourceQuota>(&client, &settings.namespace), managed);
+    let catalogue = watcher::Config::default()
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_SECONDS);
+    let (deployments, deployment_stream) = cache(
+        scoped::<Deployment>(&client, &settings.namespace),
+        managed.clone(),
+    );
+    let (hpas, hpa_stream) = cache(
+        scoped::<HorizontalPodAutoscaler>(&client, &settings.namespace),
+        managed.clone(),
+    );
+    let (services, service_stream) = cache(
+        scoped::<Service>(&client, &settings.namespace),
+        managed.clone(),
+    );
+    let (quotas, quota_stream) = cache(
+        scoped::<ResourceQuota>(&client, &settings.namespace),
+        managed,
+    );
     // The catalogue is cluster-scoped and small: cache it whole.
-    let (profiles, profile_stream) = cache(Api::<ModuleProfile>::all(client.clone()), catalogue.clone());
-    let (plans, plan_stream) = cache(Api::<SubscriptionPlan>::all(client.clone()), catalogue.clone());
-    let (calendars, calendar_stream) = cache(Api::<CapacityCalendar>::all(client.clone()), catalogue.clone());
+    let (profiles, profile_stream) =
+        cache(Api::<ModuleProfile>::all(client.clone()), catalogue.clone());
+    let (plans, plan_stream) = cache(
+        Api::<SubscriptionPlan>::all(client.clone()),
+        catalogue.clone(),
+    );
+    let (calendars, calendar_stream) = cache(
+        Api::<CapacityCalendar>::all(client.clone()),
+        catalogue.clone(),
+    );
 
-    let subscriptions = scoped::<TenantSubscription>(&client, &settings.namespace);
-    let controller = Controller::new(subscriptions, catalogue)
+    // Subscriptions through the same stripped cache: the controller's own
+    // watch would keep every object's managed fields in memory.
+    let (subscription_store, subscription_stream) = cache(
+        scoped::<TenantSubscription>(&client, &settings.namespace),
+        catalogue,
+    );
+    let controller = Controller::for_stream(subscription_stream, subscription_store.clone())
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .trigger_backoff(WatchBackoff::default());
-    let subscription_store = controller.store();
 
-    let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
     // A store wakes only one waiter of its first sync (its readiness is a
     // oneshot channel: the last task to poll it holds the only waker). So
     // exactly one task waits on each store and everyone else on this flag.
@@ -260,13 +296,19 @@ pub async fn run(
         recorder,
         settings,
         synced,
+        status_written: Default::default(),
     });
 
     let metering_ctx = ctx.clone();
     let metering = tokio::spawn(async move {
         metering_ctx.caches_ready().await;
         let c = &metering_ctx;
-        crate::metering::run(c.deployments.clone(), c.metrics.clone(), c.settings.metering_interval).await
+        crate::metering::run(
+            c.deployments.clone(),
+            c.metrics.clone(),
+            c.settings.metering_interval,
+        )
+        .await
     });
 
     controller
@@ -275,13 +317,27 @@ pub async fn run(
         .owns_stream(service_stream)
         .owns_stream(quota_stream)
         // A changed profile, plan or calendar re-plans every subscription that uses it.
-        .watches_stream(profile_stream, users(subscription_store.clone(), |s, name| {
-            s.spec.modules.iter().any(|m| m.name == name)
-        }))
-        .watches_stream(plan_stream, users(subscription_store.clone(), |s, name| s.spec.plan.as_deref() == Some(name)))
-        .watches_stream(calendar_stream, users(subscription_store, |s, name| {
-            s.spec.seasons.iter().any(|se| se.calendars.iter().any(|c| c == name))
-        }))
+        .watches_stream(
+            profile_stream,
+            users(subscription_store.clone(), |s, name| {
+                s.spec.modules.iter().any(|m| m.name == name)
+            }),
+        )
+        .watches_stream(
+            plan_stream,
+            users(subscription_store.clone(), |s, name| {
+                s.spec.plan.as_deref() == Some(name)
+            }),
+        )
+        .watches_stream(
+            calendar_stream,
+            users(subscription_store, |s, name| {
+                s.spec
+                    .seasons
+                    .iter()
+                    .any(|se| se.calendars.iter().any(|c| c == name))
+            }),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -297,7 +353,13 @@ pub async fn run(
 /// saw change, for the controller's triggers. Watch errors are logged and
 /// retried here, and kept out of the controller's trigger stream, whose
 /// backoff would pause every other watch too.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>>,
+)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -306,7 +368,9 @@ where
         writer,
         watcher(api, config)
             .backoff(WatchBackoff::default())
-            .inspect_err(|e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"))
+            .inspect_err(
+                |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
+            )
             .modify(|o| o.managed_fields_mut().clear()),
     )
     .touched_objects()
@@ -331,7 +395,12 @@ fn users<K: Resource>(
 }
 
 fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failures.get_or_create(&crate::metrics::ErrorLabels { error: err.metric_label() }).inc();
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabels {
+            error: err.metric_label(),
+        })
+        .inc();
     warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -342,7 +411,9 @@ async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Ac
     // Deciding from half-filled caches would rewrite children that exist.
     ctx.caches_ready().await;
     let result = reconcile_subscription(&sub, &ctx).await;
-    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -360,16 +431,27 @@ struct Outcome {
 
 fn live_module(ctx: &Context, ns: &str, sub: &str, module: &str, uid: &str) -> LiveModule {
     let name = render::child_name(sub, module);
-    let owned = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| apply::owned_by(m, uid);
+    let owned =
+        |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| apply::owned_by(m, uid);
     LiveModule {
-        deployment: ctx.deployments.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
-        hpa: ctx.hpas.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
-        service: ctx.services.get(&ObjectRef::new(&name).within(ns)).filter(|o| owned(&o.metadata)),
+        deployment: ctx
+            .deployments
+            .get(&ObjectRef::new(&name).within(ns))
+            .filter(|o| owned(&o.metadata)),
+        hpa: ctx
+            .hpas
+            .get(&ObjectRef::new(&name).within(ns))
+            .filter(|o| owned(&o.metadata)),
+        service: ctx
+            .services
+            .get(&ObjectRef::new(&name).within(ns))
+            .filter(|o| owned(&o.metadata)),
     }
 }
 
 fn live_value<K: serde::Serialize>(o: &Option<Arc<K>>) -> Option<serde_json::Value> {
-    o.as_ref().map(|o| serde_json::to_value(o.as_ref()).expect("k8s objects serialize"))
+    o.as_ref()
+        .map(|o| serde_json::to_value(o.as_ref()).expect("k8s objects serialize"))
 }
 
 async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Result<Action, Error> {
@@ -422,27 +504,61 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
 
     publish_metrics(ctx, sub, &outcome);
     let new_status = build_status(sub, &old_status, &outcome, now);
-    if new_status != old_status {
+    let key = format!("{ns}/{name}");
+    let mut batch_until = None;
+    if new_status != old_status && only_counts_changed(&old_status, &new_status) {
+        // Replica counts moving while nothing else changes (pods starting,
+        // the HPA scaling) are written at most once per STATUS_BATCH.
+        let last = ctx.status_written.lock().unwrap().get(&key).copied();
+        if let Some(last) = last
+            && last.elapsed() < STATUS_BATCH
+        {
+            batch_until = Some(
+                now + SignedDuration::try_from(STATUS_BATCH - last.elapsed()).unwrap_or_default(),
+            );
+        }
+    }
+    if new_status != old_status && batch_until.is_none() {
         let api: Api<TenantSubscription> = Api::namespaced(ctx.client.clone(), &ns);
         let body = json!({
             "apiVersion": "capacity.tenancy.dev/v1alpha1",
             "kind": "TenantSubscription",
             "status": new_status,
         });
-        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
         ctx.metrics.write("TenantSubscription", "apply-status");
+        {
+            let mut written = ctx.status_written.lock().unwrap();
+            if written.len() > 256 {
+                written.retain(|_, t| t.elapsed() < STATUS_BATCH);
+            }
+            written.insert(key, std::time::Instant::now());
+        }
         announce(ctx, sub, &old_status, &new_status).await;
     }
 
-    let mut next = now + SignedDuration::try_from(ctx.settings.resync).unwrap_or(SignedDuration::from_secs(300));
-    if let Some(t) = outcome.requeue {
+    let mut next = now
+        + SignedDuration::try_from(ctx.settings.resync).unwrap_or(SignedDuration::from_secs(300));
+    for t in outcome.requeue.into_iter().chain(batch_until) {
         next = next.min(t);
     }
-    let wait = next.duration_since(now).unsigned_abs().max(Duration::from_millis(200));
+    let wait = next
+        .duration_since(now)
+        .unsigned_abs()
+        .max(Duration::from_millis(200));
     Ok(Action::requeue(wait))
 }
 
-fn paused(sub: &TenantSubscription, known: &BTreeSet<String>, live: &(dyn Fn(&str) -> LiveModule + Sync)) -> Outcome {
+fn paused(
+    sub: &TenantSubscription,
+    known: &BTreeSet<String>,
+    live: &(dyn Fn(&str) -> LiveModule + Sync),
+) -> Outcome {
     let old = sub.status.clone().unwrap_or_default();
     let modules = known
         .iter()
@@ -451,10 +567,15 @@ fn paused(sub: &TenantSubscription, known: &BTreeSet<String>, live: &(dyn Fn(&st
             if l.is_empty() {
                 return None;
             }
-            let mut st = old.modules.iter().find(|s| &s.name == m).cloned().unwrap_or(ModuleStatus {
-                name: m.clone(),
-                ..Default::default()
-            });
+            let mut st = old
+                .modules
+                .iter()
+                .find(|s| &s.name == m)
+                .cloned()
+                .unwrap_or(ModuleStatus {
+                    name: m.clone(),
+                    ..Default::default()
+                });
             let dep = l.deployment.as_ref().and_then(|d| d.status.as_ref());
             st.replicas = dep.and_then(|s| s.replicas);
             st.ready_replicas = dep.and_then(|s| s.ready_replicas);
@@ -463,7 +584,11 @@ fn paused(sub: &TenantSubscription, known: &BTreeSet<String>, live: &(dyn Fn(&st
         .collect();
     Outcome {
         modules,
-        ready: (false, "Paused".into(), "reconciliation is paused (spec.paused); children are left as they are".into()),
+        ready: (
+            false,
+            "Paused".into(),
+            "reconciliation is paused (spec.paused); children are left as they are".into(),
+        ),
         reconciling: None,
         stalled: None,
         limited: vec![],
@@ -480,7 +605,11 @@ fn invalid(
     live: &(dyn Fn(&str) -> LiveModule + Sync),
 ) -> Outcome {
     let reason = errors[0].reason().to_string();
-    let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+    let message = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
     let old = sub.status.clone().unwrap_or_default();
     let modules = known
         .iter()
@@ -503,7 +632,11 @@ fn invalid(
         .collect();
     Outcome {
         modules,
-        ready: (false, reason.clone(), format!("not applied, existing objects left as they are: {message}")),
+        ready: (
+            false,
+            reason.clone(),
+            format!("not applied, existing objects left as they are: {message}"),
+        ),
         reconciling: None,
         stalled: Some((reason, message)),
         limited: vec![],
@@ -529,7 +662,9 @@ async fn converge(
     let mut progress = Vec::new();
     let mut conflicts = Vec::new();
     let mut limited = Vec::new();
-    let mut requeue = plan.next_transition.map(|t| t + SignedDuration::from_millis(500));
+    let mut requeue = plan
+        .next_transition
+        .map(|t| t + SignedDuration::from_millis(500));
 
     let mut drained_status = Vec::new();
     // Modules with children but no longer enabled: drain, then remove.
@@ -549,10 +684,26 @@ async fn converge(
         let since = match (since, &l.deployment) {
             (Some(t), _) => t,
             (None, Some(d)) => {
-                apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, Some(&now.to_string()))
-                    .await?;
+                apply::annotate(
+                    &ctx.client,
+                    &ctx.metrics,
+                    d.as_ref(),
+                    ANNOTATION_DRAINING_SINCE,
+                    Some(&now.to_string()),
+                )
+                .await?;
                 info!(subscription = %owner.name, namespace = ns, module = %m, "module switched off; draining");
-                publish(ctx, sub, EventType::Normal, "Draining", &format!("{m}: draining for {}s before removal", sub.spec.downgrade.drain_seconds)).await;
+                publish(
+                    ctx,
+                    sub,
+                    EventType::Normal,
+                    "Draining",
+                    &format!(
+                        "{m}: draining for {}s before removal",
+                        sub.spec.downgrade.drain_seconds
+                    ),
+                )
+                .await;
                 now
             }
             // Without a Deployment nothing serves: remove the rest now.
@@ -573,7 +724,14 @@ async fn converge(
                 delete_module_data(ctx, ns, &owner.name, m).await?;
             }
             info!(subscription = %owner.name, namespace = ns, module = %m, "drain finished; module removed");
-            publish(ctx, sub, EventType::Normal, "ModuleRemoved", &format!("{m}: drained and removed")).await;
+            publish(
+                ctx,
+                sub,
+                EventType::Normal,
+                "ModuleRemoved",
+                &format!("{m}: drained and removed"),
+            )
+            .await;
             continue;
         }
         requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
@@ -597,12 +755,13 @@ async fn converge(
         };
         match free {
             Ok(()) => {
-                let wrote = apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
+                let wrote =
+                    apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
                 quota_in_force = !wrote && current.as_deref().is_some_and(quota_enforced);
             }
-            Err(Error::NotOwned { kind, name }) => {
-                conflicts.push(format!("{kind} {name} exists and is not owned by this subscription"))
-            }
+            Err(Error::NotOwned { kind, name }) => conflicts.push(format!(
+                "{kind} {name} exists and is not owned by this subscription"
+            )),
             Err(e) => return Err(e),
         }
     }
@@ -612,22 +771,29 @@ async fn converge(
         if l.deployment.is_none() && !quota_in_force {
             // A new module waits until the quota controller has taken up the
             // quota (its status event brings us back here).
-            progress.push(format!("{}: waiting for ResourceQuota {} to be in force", m.name, render::quota_name(&owner.name)));
-            requeue = Some(requeue.map_or(now + SignedDuration::from_secs(2), |r| r.min(now + SignedDuration::from_secs(2))));
+            progress.push(format!(
+                "{}: waiting for ResourceQuota {} to be in force",
+                m.name,
+                render::quota_name(&owner.name)
+            ));
+            requeue = Some(requeue.map_or(now + SignedDuration::from_secs(2), |r| {
+                r.min(now + SignedDuration::from_secs(2))
+            }));
             continue;
         }
-        let children: Vec<(render::Child, Option<serde_json::Value>)> = render::module_children(owner, m)
-            .into_iter()
-            .map(|child| {
-                let current = match &child {
-                    render::Child::Deployment(_) => live_value(&l.deployment),
-                    render::Child::Hpa(_) => live_value(&l.hpa),
-                    render::Child::Service(_) => live_value(&l.service),
-                    render::Child::Quota(_) => None,
-                };
-                (child, current)
-            })
-            .collect();
+        let children: Vec<(render::Child, Option<serde_json::Value>)> =
+            render::module_children(owner, m)
+                .into_iter()
+                .map(|child| {
+                    let current = match &child {
+                        render::Child::Deployment(_) => live_value(&l.deployment),
+                        render::Child::Hpa(_) => live_value(&l.hpa),
+                        render::Child::Service(_) => live_value(&l.service),
+                        render::Child::Quota(_) => None,
+                    };
+                    (child, current)
+                })
+                .collect();
         // Check every name before writing any, so a module is applied whole or not at all.
         let mut conflict = None;
         for (child, current) in &children {
@@ -635,7 +801,10 @@ async fn converge(
                 match apply::check_free(&ctx.client, ns, child, uid).await {
                     Ok(()) => {}
                     Err(Error::NotOwned { kind, name }) => {
-                        conflict = Some(format!("{}: {kind} {name} exists and is not owned by this subscription", m.name));
+                        conflict = Some(format!(
+                            "{}: {kind} {name} exists and is not owned by this subscription",
+                            m.name
+                        ));
                         break;
                     }
                     Err(e) => return Err(e),
@@ -655,7 +824,14 @@ async fn converge(
         if let Some(d) = &l.deployment
             && d.annotations().contains_key(ANNOTATION_DRAINING_SINCE)
         {
-            apply::annotate(&ctx.client, &ctx.metrics, d.as_ref(), ANNOTATION_DRAINING_SINCE, None).await?;
+            apply::annotate(
+                &ctx.client,
+                &ctx.metrics,
+                d.as_ref(),
+                ANNOTATION_DRAINING_SINCE,
+                None,
+            )
+            .await?;
             info!(subscription = %owner.name, namespace = ns, module = %m.name, "module re-enabled; drain cancelled");
         }
         let st = status::active_module(m, &l);
@@ -677,16 +853,28 @@ async fn converge(
         msg.extend(draining.iter().map(|d| format!("draining {d}")));
         (false, "Progressing".to_string(), msg.join("; "))
     } else {
-        (true, "Available".to_string(), format!("{} module(s) at or above their floor", plan.modules.len()))
+        (
+            true,
+            "Available".to_string(),
+            format!("{} module(s) at or above their floor", plan.modules.len()),
+        )
     };
     let reconciling = if !draining.is_empty() {
-        Some(("Draining".to_string(), draining.iter().map(|d| format!("draining {d}")).collect::<Vec<_>>().join("; ")))
+        Some((
+            "Draining".to_string(),
+            draining
+                .iter()
+                .map(|d| format!("draining {d}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
     } else if !progress.is_empty() {
         Some(("Progressing".to_string(), progress.join("; ")))
     } else {
         None
     };
-    let stalled = (!conflicts.is_empty()).then(|| ("ObjectConflict".to_string(), conflicts.join("; ")));
+    let stalled =
+        (!conflicts.is_empty()).then(|| ("ObjectConflict".to_string(), conflicts.join("; ")));
     Ok(Outcome {
         modules,
         ready,
@@ -694,7 +882,9 @@ async fn converge(
         stalled,
         limited,
         active_windows: plan.active_windows.clone(),
-        next_transition: plan.next_transition.map(|t| format_instant(t, &plan.time_zone)),
+        next_transition: plan
+            .next_transition
+            .map(|t| format_instant(t, &plan.time_zone)),
         requeue,
     })
 }
@@ -702,7 +892,11 @@ async fn converge(
 /// The retention policy says Delete: remove the module's PersistentVolumeClaims.
 async fn delete_module_data(ctx: &Context, ns: &str, sub: &str, module: &str) -> Result<(), Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("{}={sub},{}={module}", render::LABEL_SUBSCRIPTION, render::LABEL_MODULE);
+    let selector = format!(
+        "{}={sub},{}={module}",
+        render::LABEL_SUBSCRIPTION,
+        render::LABEL_MODULE
+    );
     for pvc in api.list(&ListParams::default().labels(&selector)).await? {
         apply::delete_owned(&ctx.client, &ctx.metrics, &pvc).await?;
         info!(namespace = ns, subscription = sub, module, claim = %pvc.name_any(), "data deleted (dataRetention: Delete)");
@@ -712,12 +906,18 @@ async fn delete_module_data(ctx: &Context, ns: &str, sub: &str, module: &str) ->
 
 /// Whether the quota controller has taken up the quota's current spec.
 fn quota_enforced(q: &ResourceQuota) -> bool {
-    let (Some(spec), Some(status)) = (q.spec.as_ref().and_then(|s| s.hard.as_ref()), q.status.as_ref().and_then(|s| s.hard.as_ref()))
-    else {
+    let (Some(spec), Some(status)) = (
+        q.spec.as_ref().and_then(|s| s.hard.as_ref()),
+        q.status.as_ref().and_then(|s| s.hard.as_ref()),
+    ) else {
         return false;
     };
     spec.len() == status.len()
-        && spec.iter().all(|(k, v)| status.get(k).is_some_and(|w| capacity::quantity::same_quantity(&v.0, &w.0)))
+        && spec.iter().all(|(k, v)| {
+            status
+                .get(k)
+                .is_some_and(|w| capacity::quantity::same_quantity(&v.0, &w.0))
+        })
 }
 
 /// What a draining module may still occupy, read from its live objects.
@@ -726,7 +926,12 @@ fn footprint_of_live(module: &str, l: &LiveModule) -> Footprint {
         .hpa
         .as_ref()
         .map(|h| h.spec.max_replicas)
-        .or_else(|| l.deployment.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas))
+        .or_else(|| {
+            l.deployment
+                .as_ref()
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.replicas)
+        })
         .unwrap_or(1);
     let resources = l
         .deployment
@@ -750,19 +955,55 @@ fn build_status(
     let generation = sub.metadata.generation;
     let c = &old.conditions;
     let (ready, ready_reason, ready_msg) = &o.ready;
-    let mut conditions = vec![status::condition(c, status::READY, *ready, ready_reason, ready_msg, generation, now)];
+    let mut conditions = vec![status::condition(
+        c,
+        status::READY,
+        *ready,
+        ready_reason,
+        ready_msg,
+        generation,
+        now,
+    )];
     conditions.push(match &o.reconciling {
-        Some((reason, msg)) => status::condition(c, status::RECONCILING, true, reason, msg, generation, now),
-        None => status::condition(c, status::RECONCILING, false, "Reconciled", "", generation, now),
+        Some((reason, msg)) => {
+            status::condition(c, status::RECONCILING, true, reason, msg, generation, now)
+        }
+        None => status::condition(
+            c,
+            status::RECONCILING,
+            false,
+            "Reconciled",
+            "",
+            generation,
+            now,
+        ),
     });
     conditions.push(match &o.stalled {
-        Some((reason, msg)) => status::condition(c, status::STALLED, true, reason, msg, generation, now),
+        Some((reason, msg)) => {
+            status::condition(c, status::STALLED, true, reason, msg, generation, now)
+        }
         None => status::condition(c, status::STALLED, false, "Reconciled", "", generation, now),
     });
     conditions.push(if o.limited.is_empty() {
-        status::condition(c, status::CAPACITY_LIMITED, false, "WithinCeiling", "", generation, now)
+        status::condition(
+            c,
+            status::CAPACITY_LIMITED,
+            false,
+            "WithinCeiling",
+            "",
+            generation,
+            now,
+        )
     } else {
-        status::condition(c, status::CAPACITY_LIMITED, true, "CeilingReached", &o.limited.join("; "), generation, now)
+        status::condition(
+            c,
+            status::CAPACITY_LIMITED,
+            true,
+            "CeilingReached",
+            &o.limited.join("; "),
+            generation,
+            now,
+        )
     });
     TenantSubscriptionStatus {
         observed_generation: generation,
@@ -771,6 +1012,42 @@ fn build_status(
         next_transition: o.next_transition.clone(),
         modules: o.modules.clone(),
     }
+}
+
+/// Status writes that only move replica counts are batched to one per this long.
+const STATUS_BATCH: Duration = Duration::from_secs(2);
+
+/// Whether `new` differs from `old` only in what pods and autoscalers do
+/// (replica counts and the progress wording), not in any condition's state,
+/// the generation, the plan's numbers or the windows.
+fn only_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> bool {
+    let conditions = |s: &TenantSubscriptionStatus| {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    let plan = |s: &TenantSubscriptionStatus| {
+        s.modules
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.state,
+                    m.tier.clone(),
+                    m.min_replicas,
+                    m.max_replicas,
+                    m.concurrency,
+                    m.drain_deadline.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    old.observed_generation == new.observed_generation
+        && conditions(old) == conditions(new)
+        && plan(old) == plan(new)
+        && old.active_windows == new.active_windows
+        && old.next_transition == new.next_transition
 }
 
 fn publish_metrics(ctx: &Context, sub: &TenantSubscription, o: &Outcome) {
@@ -783,15 +1060,29 @@ fn publish_metrics(ctx: &Context, sub: &TenantSubscription, o: &Outcome) {
             module: m.name.clone(),
         };
         if m.state == Some(ModuleState::Active) {
-            ctx.metrics.max_replicas.get_or_create(&labels).set(m.max_replicas.unwrap_or(0) as i64);
-            ctx.metrics.min_replicas.get_or_create(&labels).set(m.min_replicas.unwrap_or(0) as i64);
-            ctx.metrics.ceiling_sessions.get_or_create(&labels).set(m.concurrency.unwrap_or(0));
+            ctx.metrics
+                .max_replicas
+                .get_or_create(&labels)
+                .set(m.max_replicas.unwrap_or(0) as i64);
+            ctx.metrics
+                .min_replicas
+                .get_or_create(&labels)
+                .set(m.min_replicas.unwrap_or(0) as i64);
+            ctx.metrics
+                .ceiling_sessions
+                .get_or_create(&labels)
+                .set(m.concurrency.unwrap_or(0));
         }
     }
 }
 
 /// Events on the transitions a human should hear about; none while nothing changes.
-async fn announce(ctx: &Context, sub: &TenantSubscription, old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) {
+async fn announce(
+    ctx: &Context,
+    sub: &TenantSubscription,
+    old: &TenantSubscriptionStatus,
+    new: &TenantSubscriptionStatus,
+) {
     let before = status::reason_of(&old.conditions, status::READY);
     let after = status::reason_of(&new.conditions, status::READY);
     if before != after
@@ -804,7 +1095,10 @@ async fn announce(ctx: &Context, sub: &TenantSubscription, old: &TenantSubscript
         publish(ctx, sub, type_, &c.reason, &c.message).await;
     }
     let limited = |s: &TenantSubscriptionStatus| {
-        s.conditions.iter().find(|c| c.type_ == status::CAPACITY_LIMITED && c.status == "True").map(|c| c.message.clone())
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::CAPACITY_LIMITED && c.status == "True")
+            .map(|c| c.message.clone())
     };
     if let (None, Some(msg)) = (limited(old), limited(new)) {
         publish(ctx, sub, EventType::Warning, "CapacityLimited", &msg).await;

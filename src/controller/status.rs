@@ -34,11 +34,17 @@ impl LiveModule {
 
     fn replicas(&self) -> (Option<i32>, Option<i32>) {
         let st = self.deployment.as_ref().and_then(|d| d.status.as_ref());
-        (st.and_then(|s| s.replicas), st.and_then(|s| s.ready_replicas))
+        (
+            st.and_then(|s| s.replicas),
+            st.and_then(|s| s.ready_replicas),
+        )
     }
 
     fn hpa_desired(&self) -> Option<i32> {
-        self.hpa.as_ref().and_then(|h| h.status.as_ref()).map(|s| s.desired_replicas)
+        self.hpa
+            .as_ref()
+            .and_then(|h| h.status.as_ref())
+            .map(|s| s.desired_replicas)
     }
 
     /// Replicas the HPA would run without a ceiling: current replicas scaled
@@ -47,17 +53,25 @@ impl LiveModule {
         let hpa = self.hpa.as_ref()?;
         let status = hpa.status.as_ref()?;
         let limited = status.conditions.iter().flatten().any(|c| {
-            c.type_ == "ScalingLimited" && c.status == "True" && c.reason.as_deref() == Some("TooManyReplicas")
+            c.type_ == "ScalingLimited"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("TooManyReplicas")
         });
         if !limited {
             return None;
         }
         let current = status.current_replicas?;
         let target = hpa.spec.metrics.iter().flatten().find_map(|m| {
-            m.resource.as_ref().filter(|r| r.name == "cpu").and_then(|r| r.target.average_utilization)
+            m.resource
+                .as_ref()
+                .filter(|r| r.name == "cpu")
+                .and_then(|r| r.target.average_utilization)
         })?;
         let used = status.current_metrics.iter().flatten().find_map(|m| {
-            m.resource.as_ref().filter(|r| r.name == "cpu").and_then(|r| r.current.average_utilization)
+            m.resource
+                .as_ref()
+                .filter(|r| r.name == "cpu")
+                .and_then(|r| r.current.average_utilization)
         })?;
         if target <= 0 {
             return None;
@@ -72,16 +86,28 @@ pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
     if let Some(want) = live.hpa_unbounded_want()
         && want > plan.numbers.max_replicas
     {
-        return Some(format!("{}: HPA wants {want} replicas, ceiling is {}", plan.name, plan.numbers.max_replicas));
+        return Some(format!(
+            "{}: HPA wants {want} replicas, ceiling is {}",
+            plan.name, plan.numbers.max_replicas
+        ));
     }
     let d = live.deployment.as_ref()?;
     let status = d.status.as_ref()?;
     let refused = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "ReplicaFailure" && c.status == "True" && c.message.as_deref().is_some_and(|m| m.contains("exceeded quota"))
+        c.type_ == "ReplicaFailure"
+            && c.status == "True"
+            && c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("exceeded quota"))
     });
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
     let fits = status.replicas.unwrap_or(0);
-    (refused && want > fits).then(|| format!("{}: HPA wants {want} replicas, quota fits {fits}", plan.name))
+    (refused && want > fits).then(|| {
+        format!(
+            "{}: HPA wants {want} replicas, quota fits {fits}",
+            plan.name
+        )
+    })
 }
 
 /// Progress message of an active module, `None` when it is at its floor or better.
@@ -92,7 +118,10 @@ pub fn progress(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
         return Some(format!("{}: Deployment not created yet", plan.name));
     }
     if ready < plan.numbers.min_replicas {
-        return Some(format!("{}: {ready}/{} replicas ready", plan.name, plan.numbers.min_replicas));
+        return Some(format!(
+            "{}: {ready}/{} replicas ready",
+            plan.name, plan.numbers.min_replicas
+        ));
     }
     None
 }
@@ -182,7 +211,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The reason of a condition type, if present.
 pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -194,7 +226,15 @@ mod tests {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
         let first = condition(&[], READY, true, "Available", "ok", Some(1), t0);
-        let again = condition(std::slice::from_ref(&first), READY, true, "Available", "still ok", Some(2), t1);
+        let again = condition(
+            std::slice::from_ref(&first),
+            READY,
+            true,
+            "Available",
+            "still ok",
+            Some(2),
+            t1,
+        );
         assert_eq!(again.last_transition_time, first.last_transition_time);
         let flipped = condition(&[first], READY, false, "ProfileNotFound", "x", Some(2), t1);
         assert_eq!(flipped.last_transition_time.0, t1);

@@ -7,12 +7,12 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         autoscaling::v2::{
-            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-            MetricTarget, ResourceMetricSource,
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+            MetricSpec, MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, Service,
-            ServicePort, ServiceSpec,
+            Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceQuota,
+            ResourceQuotaSpec, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -23,7 +23,7 @@ use k8s_openapi::{
 };
 use serde::Serialize;
 
-use crate::capacity::{CapacityPlan, Footprint, ModulePlan, MAX_SURGE_PERCENT, quota_hard};
+use crate::capacity::{CapacityPlan, Footprint, MAX_SURGE_PERCENT, ModulePlan, quota_hard};
 
 /// Field manager of every write, and value of the managed-by label.
 pub const MANAGER: &str = "tenant-capacity-operator";
@@ -137,7 +137,9 @@ fn meta(owner: &Owner, name: String, module: Option<&str>) -> ObjectMeta {
 
 /// FNV-1a: small, stable across releases and platforms.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Stamp the hash of the object's content into its annotations.
@@ -150,37 +152,61 @@ fn stamp(child: Child) -> Child {
         Child::Service(o) => &mut o.metadata,
         Child::Quota(o) => &mut o.metadata,
     };
-    meta.annotations.get_or_insert_with(BTreeMap::new).insert(ANNOTATION_HASH.to_string(), hash);
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_HASH.to_string(), hash);
     child
 }
 
 pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
     let mut env = vec![
-        EnvVar { name: "TENANT_ID".into(), value: Some(owner.tenant_id.clone()), ..Default::default() },
-        EnvVar { name: "MODULE".into(), value: Some(m.name.clone()), ..Default::default() },
+        EnvVar {
+            name: "TENANT_ID".into(),
+            value: Some(owner.tenant_id.clone()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "MODULE".into(),
+            value: Some(m.name.clone()),
+            ..Default::default()
+        },
     ];
     if let Some(t) = &m.tier {
-        env.push(EnvVar { name: "TIER".into(), value: Some(t.clone()), ..Default::default() });
+        env.push(EnvVar {
+            name: "TIER".into(),
+            value: Some(t.clone()),
+            ..Default::default()
+        });
     }
     let container = Container {
         name: m.name.clone(),
         image: Some(m.image.clone()),
         env: Some(env),
         ports: m.port.map(|p| {
-            vec![ContainerPort { name: Some("rtc".into()), container_port: p, protocol: Some("TCP".into()), ..Default::default() }]
+            vec![ContainerPort {
+                name: Some("rtc".into()),
+                container_port: p,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
         }),
         resources: m.resources.clone(),
         ..Default::default()
     };
     let mut metadata = meta(owner, child_name(&owner.name, &m.name), Some(&m.name));
-    metadata.annotations =
-        Some(BTreeMap::from([(ANNOTATION_SESSIONS_PER_REPLICA.to_string(), m.sessions_per_replica.to_string())]));
+    metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_SESSIONS_PER_REPLICA.to_string(),
+        m.sessions_per_replica.to_string(),
+    )]));
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
             // No replicas: the HPA owns the scale, so GitOps tools see no drift.
             replicas: None,
-            selector: LabelSelector { match_labels: Some(selector(owner, &m.name)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector(owner, &m.name)),
+                ..Default::default()
+            },
             // Never take serving replicas away during a rollout: surge instead.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -191,7 +217,10 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
             }),
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(owner, Some(&m.name))), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(owner, Some(&m.name))),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     termination_grace_period_seconds: m.termination_grace_period_seconds,
@@ -211,7 +240,11 @@ pub fn hpa(owner: &Owner, m: &ModulePlan) -> HorizontalPodAutoscaler {
         type_: "Resource".into(),
         resource: Some(ResourceMetricSource {
             name: name.into(),
-            target: MetricTarget { type_: "Utilization".into(), average_utilization: Some(pct), ..Default::default() },
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(pct),
+                ..Default::default()
+            },
         }),
         ..Default::default()
     };
@@ -261,7 +294,11 @@ pub fn quota(owner: &Owner, footprints: &[Footprint]) -> Option<ResourceQuota> {
     Some(ResourceQuota {
         metadata: meta(owner, quota_name(&owner.name), None),
         spec: Some(ResourceQuotaSpec {
-            hard: Some(hard.into_iter().map(|(k, v)| (k, K8sQuantity(v.to_string()))).collect()),
+            hard: Some(
+                hard.into_iter()
+                    .map(|(k, v)| (k, K8sQuantity(v.to_string())))
+                    .collect(),
+            ),
             ..Default::default()
         }),
         status: None,
@@ -270,7 +307,10 @@ pub fn quota(owner: &Owner, footprints: &[Footprint]) -> Option<ResourceQuota> {
 
 /// The children of one enabled module, in apply order.
 pub fn module_children(owner: &Owner, m: &ModulePlan) -> Vec<Child> {
-    let mut out = vec![Child::Deployment(Box::new(deployment(owner, m))), Child::Hpa(Box::new(hpa(owner, m)))];
+    let mut out = vec![
+        Child::Deployment(Box::new(deployment(owner, m))),
+        Child::Hpa(Box::new(hpa(owner, m))),
+    ];
     if let Some(s) = service(owner, m) {
         out.push(Child::Service(Box::new(s)));
     }
@@ -280,14 +320,22 @@ pub fn module_children(owner: &Owner, m: &ModulePlan) -> Vec<Child> {
 /// The quota, covering the plan's modules plus `extra` footprints (modules
 /// still draining).
 pub fn quota_child(owner: &Owner, plan: &CapacityPlan, extra: &[Footprint]) -> Option<Child> {
-    let mut footprints: Vec<Footprint> = plan.modules.iter().filter_map(|m| m.footprint().ok()).collect();
+    let mut footprints: Vec<Footprint> = plan
+        .modules
+        .iter()
+        .filter_map(|m| m.footprint().ok())
+        .collect();
     footprints.extend_from_slice(extra);
     quota(owner, &footprints).map(|q| stamp(Child::Quota(Box::new(q))))
 }
 
 /// Every object of a plan (without draining modules): what `render` prints.
 pub fn all_children(owner: &Owner, plan: &CapacityPlan) -> Vec<Child> {
-    let mut out: Vec<Child> = plan.modules.iter().flat_map(|m| module_children(owner, m)).collect();
+    let mut out: Vec<Child> = plan
+        .modules
+        .iter()
+        .flat_map(|m| module_children(owner, m))
+        .collect();
     out.extend(quota_child(owner, plan, &[]));
     out
 }

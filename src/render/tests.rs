@@ -1,6 +1,6 @@
 use super::*;
-use crate::capacity::{Numbers, plan};
 use crate::api::{ModuleProfileSpec, TenantSubscriptionSpec};
+use crate::capacity::{Numbers, plan};
 use jiff::Timestamp;
 
 fn owner() -> Owner {
@@ -24,7 +24,10 @@ fn sample(concurrency: i64) -> CapacityPlan {
         "{image: video:1, port: 8443, sessionsPerReplica: 40, resources: {requests: {cpu: '1'}}, scaling: {cpuUtilization: 65}}",
     )
     .unwrap();
-    let im: ModuleProfileSpec = serde_saphyr::from_str("{image: im:1, sessionsPerReplica: 1000, resources: {requests: {cpu: '1'}}}").unwrap();
+    let im: ModuleProfileSpec = serde_saphyr::from_str(
+        "{image: im:1, sessionsPerReplica: 1000, resources: {requests: {cpu: '1'}}}",
+    )
+    .unwrap();
     let spec: TenantSubscriptionSpec = serde_saphyr::from_str(&format!(
         "{{tenantId: acme, modules: [{{name: video-call, concurrency: {concurrency}}}, {{name: real-time-messaging, concurrency: 100}}]}}"
     ))
@@ -55,7 +58,12 @@ fn every_child_is_labelled_named_and_owned() {
         let labels = &v["metadata"]["labels"];
         assert_eq!(labels[LABEL_MANAGED_BY], MANAGER);
         assert_eq!(labels[LABEL_SUBSCRIPTION], "acme");
-        assert_eq!(labels.get(LABEL_MODULE).is_none(), c.kind() == "ResourceQuota", "{}", c.kind());
+        assert_eq!(
+            labels.get(LABEL_MODULE).is_none(),
+            c.kind() == "ResourceQuota",
+            "{}",
+            c.kind()
+        );
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "1234");
         assert_eq!(v["metadata"]["namespace"], "tenant-acme");
         assert!(v["metadata"]["annotations"][ANNOTATION_HASH].is_string());
@@ -68,12 +76,18 @@ fn deployment_leaves_replicas_to_the_hpa() {
     let d = children[0].to_value();
     assert!(d["spec"].get("replicas").is_none());
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8443);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8443
+    );
     let h = children[1].to_value();
     assert_eq!(h["spec"]["maxReplicas"], 25);
     assert_eq!(h["spec"]["minReplicas"], 1);
     assert_eq!(h["spec"]["scaleTargetRef"]["name"], "acme-video-call");
-    assert_eq!(h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 65);
+    assert_eq!(
+        h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        65
+    );
 }
 
 #[test]
@@ -92,10 +106,21 @@ fn rendering_is_deterministic_and_the_hash_follows_content() {
     assert_eq!(a, b);
     let c = all_children(&owner(), &sample(2000));
     let hash = |x: &Child| x.to_value()["metadata"]["annotations"][ANNOTATION_HASH].clone();
-    assert_eq!(hash(&a[0]), hash(&c[0]), "the Deployment does not depend on concurrency");
+    assert_eq!(
+        hash(&a[0]),
+        hash(&c[0]),
+        "the Deployment does not depend on concurrency"
+    );
     assert_ne!(hash(&a[1]), hash(&c[1]), "the HPA does");
     let p = sample(2000);
-    assert_eq!(p.modules[0].numbers, Numbers { ceiling: 2000, max_replicas: 50, min_replicas: 1 });
+    assert_eq!(
+        p.modules[0].numbers,
+        Numbers {
+            ceiling: 2000,
+            max_replicas: 50,
+            min_replicas: 1
+        }
+    );
 }
 
 #[test]

@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota};
 use k8s_openapi::{
-    NamespaceResourceScope,
-    api::core::v1::Namespace,
+    NamespaceResourceScope, api::core::v1::Namespace,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -20,8 +20,9 @@ use kube::{
     runtime::wait::{await_condition, conditions},
 };
 use serde::de::DeserializeOwned;
-use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota};
-use tenant_capacity_operator::{api, api::TenantSubscription, controller, metrics::Metrics, server::Readiness};
+use tenant_capacity_operator::{
+    api, api::TenantSubscription, controller, metrics::Metrics, server::Readiness,
+};
 
 pub const TEST_MANAGER: &str = "integration-test";
 
@@ -32,7 +33,9 @@ pub async fn client() -> Client {
         std::env::var_os("KUBECONFIG").is_some(),
         "KUBECONFIG is not set: start the local cluster with hack/cluster.sh up and eval \"$(hack/cluster.sh env)\" (hack/test.sh does both)"
     );
-    Client::try_default().await.expect("connect to the cluster in KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("connect to the cluster in KUBECONFIG")
 }
 
 /// Install (or update) the CRDs and wait until they are served.
@@ -40,11 +43,20 @@ pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in api::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply CRD");
-        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
-            .await
-            .expect("CRD established in time")
-            .expect("watch CRD");
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
     }
 }
 
@@ -52,7 +64,11 @@ pub async fn install_crds(client: &Client) {
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
     format!("{prefix}-{}-{t}{n}", std::process::id() % 10_000)
 }
 
@@ -66,16 +82,25 @@ impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
         let name = unique(prefix);
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         // Pods are refused until the namespace's default ServiceAccount exists;
         // a real tenant namespace has it long before a subscription arrives.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_for("the namespace's default ServiceAccount", Duration::from_secs(60), || async {
-            sas.get_opt("default").await.ok().flatten().map(|_| ())
-        })
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_for(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(60),
+            || async { sas.get_opt("default").await.ok().flatten().map(|_| ()) },
+        )
         .await;
-        Self { name, client: client.clone() }
+        Self {
+            name,
+            client: client.clone(),
+        }
     }
 
     pub async fn delete(self) {
@@ -105,10 +130,20 @@ impl Operator {
             concurrency: 8,
             metering_interval: Duration::from_secs(1),
         };
-        let fut = controller::run(client.clone(), settings, metrics.clone(), Readiness::default(), async move {
-            let _ = rx.await;
-        });
-        Self { metrics, handle: tokio::spawn(fut), stop: Some(tx) }
+        let fut = controller::run(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            Readiness::default(),
+            async move {
+                let _ = rx.await;
+            },
+        );
+        Self {
+            metrics,
+            handle: tokio::spawn(fut),
+            stop: Some(tx),
+        }
     }
 
     /// Stop gracefully and wait until it has stopped.
@@ -164,18 +199,29 @@ pub async fn apply_yaml(client: &Client, namespace: Option<&str>, yaml: &str) ->
     try_apply(client, namespace, &value).await.expect("apply")
 }
 
-pub async fn try_apply(client: &Client, namespace: Option<&str>, value: &serde_json::Value) -> Result<DynamicObject, kube::Error> {
+pub async fn try_apply(
+    client: &Client,
+    namespace: Option<&str>,
+    value: &serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
     let api_version = value["apiVersion"].as_str().expect("apiVersion");
     let kind = value["kind"].as_str().expect("kind");
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
     let api: Api<DynamicObject> = match (caps.scope, namespace) {
-        (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (kube::discovery::Scope::Namespaced, Some(ns)) => {
+            Api::namespaced_with(client.clone(), ns, &ar)
+        }
         _ => Api::all_with(client.clone(), &ar),
     };
     let name = value["metadata"]["name"].as_str().expect("metadata.name");
-    api.patch(name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(value)).await
+    api.patch(
+        name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await
 }
 
 pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -184,15 +230,28 @@ pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> Api
 
 pub async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Option<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
-    Api::<K>::namespaced(client.clone(), ns).get_opt(name).await.expect("get")
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get")
 }
 
 /// Run kubectl (on PATH from `hack/cluster.sh env`) and return stdout.
 pub fn kubectl(args: &[&str]) -> String {
-    let out = std::process::Command::new("kubectl").args(args).output().expect("run kubectl (is it on PATH?)");
-    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("run kubectl (is it on PATH?)");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -242,7 +301,13 @@ impl Fixture {
         .await;
         apply_yaml(&client, None, &profile_yaml(&im, "  minReplicas: 2")).await;
         let operator = Operator::start(&client, &ns.name);
-        Self { client, ns, video, im, operator }
+        Self {
+            client,
+            ns,
+            video,
+            im,
+            operator,
+        }
     }
 
     pub fn subs(&self) -> Api<TenantSubscription> {
@@ -269,7 +334,12 @@ impl Fixture {
 
     /// Wait until the subscription's status describes its current generation
     /// and `check` holds.
-    pub async fn wait_status(&self, name: &str, what: &str, check: impl Fn(&TenantSubscription) -> bool) -> TenantSubscription {
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&TenantSubscription) -> bool,
+    ) -> TenantSubscription {
         let start = Instant::now();
         loop {
             let last = self.subs().get(name).await;
@@ -289,8 +359,17 @@ impl Fixture {
                     ),
                     Err(e) => format!("error {e}"),
                 };
-                let events = kubectl(&["get", "events", "-n", &self.ns.name, "--sort-by=.lastTimestamp"]);
-                panic!("timed out after {T:?} waiting for {what} on {}/{name}; last seen {seen}\nevents:\n{events}", self.ns.name);
+                let events = kubectl(&[
+                    "get",
+                    "events",
+                    "-n",
+                    &self.ns.name,
+                    "--sort-by=.lastTimestamp",
+                ]);
+                panic!(
+                    "timed out after {T:?} waiting for {what} on {}/{name}; last seen {seen}\nevents:\n{events}",
+                    self.ns.name
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -312,11 +391,17 @@ impl Fixture {
     }
 }
 
-pub fn condition<'a>(s: &'a TenantSubscription, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+pub fn condition<'a>(
+    s: &'a TenantSubscription,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 pub fn is(s: &TenantSubscription, type_: &str, status: &str, reason: &str) -> bool {
     condition(s, type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
-
