@@ -629,7 +629,7 @@ cmd_up() {
     --audit-policy-file="${STATE_DIR}/audit-policy.yaml" \
     --audit-log-path="${LOG_DIR}/audit.log" \
     --audit-log-format=json \
-    --audit-log-maxsize=512 --audit-log-maxbackup=2
+    --audit-log-maxsize=2048 --audit-log-maxbackup=1
   wait_for kube-apiserver 120 "kube-apiserver /readyz" api_ready
 
   start_component kube-controller-manager kube-controller-manager \
