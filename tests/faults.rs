@@ -107,24 +107,6 @@ fn sub_yaml(name: &str, video: &str, im: &str, c: i64) -> String {
     )
 }
 
-async fn ready_count(subs: &Api<TenantSubscription>) -> usize {
-    let Ok(list) = subs.list(&ListParams::default()).await else {
-        return 0;
-    };
-    list.items
-        .iter()
-        .filter(|s| {
-            s.status.as_ref().is_some_and(|st| {
-                st.observed_generation == s.metadata.generation
-                    && st
-                        .conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .count()
-}
-
 /// Every subscription has exactly its children, each owned by it.
 async fn assert_children_exact(client: &Client, ns: &str, n: usize) {
     let deployments: Vec<Deployment> = Api::namespaced(client.clone(), ns)

@@ -402,6 +402,26 @@ pub fn condition<'a>(
         .find(|c| c.type_ == type_)
 }
 
+/// Subscriptions in `subs` that are Ready at their current generation (0 when
+/// the list fails, so callers simply wait on).
+pub async fn ready_count(subs: &Api<TenantSubscription>) -> usize {
+    let Ok(list) = subs.list(&Default::default()).await else {
+        return 0;
+    };
+    list.items
+        .iter()
+        .filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.observed_generation == s.metadata.generation
+                    && st
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count()
+}
+
 pub fn is(s: &TenantSubscription, type_: &str, status: &str, reason: &str) -> bool {
     condition(s, type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
