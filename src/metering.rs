@@ -7,13 +7,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::reflector::Store;
 
 use crate::{
+    controller::slim::Slim,
     metrics::{Metrics, ModuleLabels},
     render::{ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT},
 };
 
 /// Add `dt` worth of each Deployment's current replicas to the counters.
 pub fn accumulate<'a>(
-    deployments: impl IntoIterator<Item = &'a Deployment>,
+    deployments: impl IntoIterator<Item = &'a Slim<Deployment>>,
     dt: Duration,
     metrics: &Metrics,
 ) {
@@ -33,12 +34,7 @@ pub fn accumulate<'a>(
         {
             continue;
         }
-        let replicas = d
-            .status
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0)
-            .max(0) as f64;
+        let replicas = d.facts.replicas.unwrap_or(0).max(0) as f64;
         let sessions = d
             .metadata
             .annotations
@@ -64,7 +60,7 @@ pub fn accumulate<'a>(
 }
 
 /// Meter every `interval` until dropped. Start it once the caches are synced.
-pub async fn run(deployments: Store<Deployment>, metrics: Metrics, interval: Duration) {
+pub async fn run(deployments: Store<Slim<Deployment>>, metrics: Metrics, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -82,8 +78,8 @@ pub async fn run(deployments: Store<Deployment>, metrics: Metrics, interval: Dur
 mod tests {
     use super::*;
 
-    fn deployment(replicas: i32, sessions: &str) -> Deployment {
-        serde_json::from_value(serde_json::json!({
+    fn deployment(replicas: i32, sessions: &str) -> Slim<Deployment> {
+        crate::controller::slim::slim::<Deployment>(serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "acme-video", "namespace": "t",
                 "labels": {LABEL_SUBSCRIPTION: "acme", LABEL_MODULE: "video", LABEL_TENANT: "acme"},
@@ -92,7 +88,7 @@ mod tests {
             },
             "status": {"replicas": replicas}
         }))
-        .unwrap()
+        .unwrap())
     }
 
     #[test]

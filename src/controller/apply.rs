@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Client, Resource,
     api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy},
@@ -11,67 +11,20 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::Error;
+use super::{Error, slim::desired_digest};
 use crate::{
-    capacity::quantity::same_quantity,
     metrics::Metrics,
-    render::{ANNOTATION_HASH, Child, MANAGER},
+    render::{Child, MANAGER},
 };
 
-/// Whether every field of `desired` is present in `live` with the same value.
-/// Fields the server or other managers added are ignored; quantities compare
-/// by amount ("1000m" equals "1"), as the server rewrites them canonically.
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    subset(desired, live, false)
-}
-
-fn subset(desired: &Value, live: &Value, quantities: bool) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => subset(
-                dv,
-                lv,
-                quantities || matches!(k.as_str(), "requests" | "limits" | "hard"),
-            ),
-            None => is_empty(dv),
-        }),
-        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
-            d.iter().zip(l).all(|(dv, lv)| subset(dv, lv, quantities))
-        }
-        // Others may have added entries (e.g. another owner reference).
-        (Value::Array(d), Value::Array(l)) => d
-            .iter()
-            .all(|dv| l.iter().any(|lv| subset(dv, lv, quantities))),
-        (Value::String(d), Value::String(l)) if quantities => same_quantity(d, l),
-        (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
-        (d, l) => d == l,
-    }
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(o) => o.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-/// Whether the live object needs writing to match the desired one.
-pub fn needs_apply(desired: &Value, live: &Value) -> bool {
-    let hash = |v: &Value| {
-        v.pointer("/metadata/annotations")
-            .and_then(|a| a.get(ANNOTATION_HASH))
-            .cloned()
-    };
-    hash(desired) != hash(live) || !is_subset(desired, live)
+/// Whether `child` needs writing: it is not cached, we own none of its
+/// fields, or what we applied (its digest) differs from what we would write.
+pub fn needs_apply(child: &Child, applied: Option<u64>) -> bool {
+    applied != Some(desired_digest(&child.to_value()))
 }
 
 /// Whether an object's owner references name this owner uid.
-pub fn owned_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    uid: &str,
-) -> bool {
+pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|r| r.uid == uid)
 }
 
@@ -125,26 +78,32 @@ pub async fn check_free(client: &Client, ns: &str, child: &Child, uid: &str) -> 
     }
 }
 
-/// Apply `child` unless `live` (our cached copy, owned by us) already
-/// matches. A child with no cached copy must have passed [`check_free`].
-/// Returns whether a write was made.
+/// Apply `child` unless `applied` (the digest of our cached copy, owned by
+/// us) says it already matches. A child with no cached copy must have passed
+/// [`check_free`]. Returns whether a write was made.
 pub async fn ensure(
     client: &Client,
     metrics: &Metrics,
     ns: &str,
     child: &Child,
-    live: Option<Value>,
+    applied: Option<u64>,
 ) -> Result<bool, Error> {
     use k8s_openapi::api::{
         apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1,
     };
     let desired = child.to_value();
-    if let Some(live) = &live
-        && !needs_apply(&desired, live)
-    {
+    if applied == Some(desired_digest(&desired)) {
         return Ok(false);
     }
     let name = child.name();
+    if applied.is_some() {
+        tracing::debug!(
+            namespace = ns,
+            kind = child.kind(),
+            name,
+            "child differs from what was applied; applying again"
+        );
+    }
     match child {
         Child::Deployment(_) => apply_typed::<Deployment>(client, ns, name, &desired).await?,
         Child::Hpa(_) => apply_typed::<HorizontalPodAutoscaler>(client, ns, name, &desired).await?,
@@ -156,19 +115,23 @@ pub async fn ensure(
 }
 
 /// Delete an object we own, guarded by its uid so a same-named replacement survives.
-pub async fn delete_owned<K>(client: &Client, metrics: &Metrics, obj: &K) -> Result<(), Error>
+pub async fn delete_owned<K>(
+    client: &Client,
+    metrics: &Metrics,
+    meta: &ObjectMeta,
+) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + Debug
         + DeserializeOwned,
 {
-    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
-    let name = obj.meta().name.as_deref().unwrap_or_default();
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: obj.meta().uid.clone(),
+            uid: meta.uid.clone(),
             resource_version: None,
         }),
         propagation_policy: Some(PropagationPolicy::Background),
@@ -187,7 +150,7 @@ where
 pub async fn annotate<K>(
     client: &Client,
     metrics: &Metrics,
-    obj: &K,
+    meta: &ObjectMeta,
     key: &str,
     value: Option<&str>,
 ) -> Result<(), Error>
@@ -197,8 +160,8 @@ where
         + Debug
         + DeserializeOwned,
 {
-    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
-    let name = obj.meta().name.as_deref().unwrap_or_default();
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let body = serde_json::json!({"metadata": {"annotations": {key: value}}});
     let pp = PatchParams {
@@ -208,59 +171,4 @@ where
     api.patch(name, &pp, &Patch::Merge(&body)).await?;
     metrics.write(K::kind(&()).as_ref(), "patch");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn server_added_fields_are_not_drift() {
-        let desired = json!({"spec": {"maxReplicas": 5, "metrics": [{"type": "Resource"}]}});
-        let live = json!({"spec": {"maxReplicas": 5, "minReplicas": 1, "metrics": [{"type": "Resource", "x": 1}]}, "status": {}});
-        assert!(is_subset(&desired, &live));
-    }
-
-    #[test]
-    fn changed_or_missing_fields_are_drift() {
-        let desired = json!({"spec": {"maxReplicas": 5, "image": "a"}});
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"maxReplicas": 6, "image": "a"}})
-        ));
-        assert!(!is_subset(&desired, &json!({"spec": {"image": "a"}})));
-    }
-
-    #[test]
-    fn quantities_compare_by_amount_only_under_resources() {
-        let desired = json!({"resources": {"requests": {"cpu": "1000m", "memory": "1024Mi"}}, "image": "1000m"});
-        let live =
-            json!({"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}, "image": "1000m"});
-        assert!(is_subset(&desired, &live));
-        let live = json!({"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}, "image": "1"});
-        assert!(!is_subset(&desired, &live));
-    }
-
-    #[test]
-    fn extra_list_entries_from_others_are_tolerated() {
-        let desired = json!({"ownerReferences": [{"uid": "a"}]});
-        let live = json!({"ownerReferences": [{"uid": "b"}, {"uid": "a", "controller": true}]});
-        assert!(is_subset(&desired, &live));
-        assert!(!is_subset(
-            &desired,
-            &json!({"ownerReferences": [{"uid": "b"}, {"uid": "c"}]})
-        ));
-    }
-
-    #[test]
-    fn a_new_hash_means_apply_even_when_fields_match() {
-        let desired =
-            json!({"metadata": {"annotations": {ANNOTATION_HASH: "2"}}, "spec": {"a": 1}});
-        let live = json!({"metadata": {"annotations": {ANNOTATION_HASH: "1"}}, "spec": {"a": 1}});
-        assert!(needs_apply(&desired, &live));
-        let live =
-            json!({"metadata": {"annotations": {ANNOTATION_HASH: "2"}}, "spec": {"a": 1, "b": 2}});
-        assert!(!needs_apply(&desired, &live));
-    }
 }

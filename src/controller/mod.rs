@@ -3,6 +3,7 @@
 //! `dereference -> plan -> render -> apply -> drain -> status`.
 
 pub mod apply;
+pub mod slim;
 pub mod status;
 
 use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
@@ -42,6 +43,7 @@ use crate::{
     render::{self, ANNOTATION_DRAINING_SINCE, LABEL_MANAGED_BY, MANAGER, Owner},
     server::Readiness,
 };
+use slim::{Slim, Slimmable};
 use status::LiveModule;
 
 #[derive(Debug, thiserror::Error)]
@@ -130,10 +132,10 @@ pub struct Context {
     pub profiles: Store<ModuleProfile>,
     pub plans: Store<SubscriptionPlan>,
     pub calendars: Store<CapacityCalendar>,
-    pub deployments: Store<Deployment>,
-    pub hpas: Store<HorizontalPodAutoscaler>,
-    pub services: Store<Service>,
-    pub quotas: Store<ResourceQuota>,
+    pub deployments: Store<Slim<Deployment>>,
+    pub hpas: Store<Slim<HorizontalPodAutoscaler>>,
+    pub services: Store<Slim<Service>>,
+    pub quotas: Store<Slim<ResourceQuota>>,
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub settings: Settings,
@@ -200,24 +202,25 @@ pub async fn run(
         .any_semantic()
         .timeout(WATCH_TIMEOUT_SECONDS);
 
-    // Children are cached (managed fields stripped) so that status and the
-    // "already converged?" check need no API reads.
+    // Children are cached slim (identity, a digest of what we applied and a
+    // few status facts) so that status and the "already converged?" check
+    // need no API reads and 1,000s of tenants fit in little memory.
     let catalogue = watcher::Config::default()
         .any_semantic()
         .timeout(WATCH_TIMEOUT_SECONDS);
-    let (deployments, deployment_stream) = cache(
+    let (deployments, deployment_stream) = slim_cache(
         scoped::<Deployment>(&client, &settings.namespace),
         managed.clone(),
     );
-    let (hpas, hpa_stream) = cache(
+    let (hpas, hpa_stream) = slim_cache(
         scoped::<HorizontalPodAutoscaler>(&client, &settings.namespace),
         managed.clone(),
     );
-    let (services, service_stream) = cache(
+    let (services, service_stream) = slim_cache(
         scoped::<Service>(&client, &settings.namespace),
         managed.clone(),
     );
-    let (quotas, quota_stream) = cache(
+    let (quotas, quota_stream) = slim_cache(
         scoped::<ResourceQuota>(&client, &settings.namespace),
         managed,
     );
@@ -378,6 +381,51 @@ where
     (store, stream)
 }
 
+/// Like [`cache`], for children kept slim. A change that leaves the slim
+/// form as it was (the HPA's metrics moving, a Deployment's rollout
+/// timestamps) is dropped before the cache and the trigger stream, so it
+/// costs no reconcile; deletions and relists always pass.
+fn slim_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<Slim<K>>,
+    impl futures::Stream<Item = Result<Slim<K>, watcher::Error>>,
+)
+where
+    K: Slimmable + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<Slim<K>>();
+    let reader = store.clone();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .backoff(WatchBackoff::default())
+            .inspect_err(
+                |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
+            )
+            .map_ok(|event| match event {
+                watcher::Event::Apply(o) => watcher::Event::Apply(slim::slim(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(slim::slim(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(slim::slim(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            })
+            .try_filter(move |event| {
+                let unchanged = match event {
+                    watcher::Event::Apply(o) => reader
+                        .get(&ObjectRef::from_obj(o))
+                        .is_some_and(|cached| cached.as_ref() == o),
+                    _ => false,
+                };
+                futures::future::ready(!unchanged)
+            }),
+    )
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
+    (store, stream)
+}
+
 /// Maps a catalogue object to the subscriptions that refer to it.
 fn users<K: Resource>(
     subscriptions: Store<TenantSubscription>,
@@ -449,9 +497,9 @@ fn live_module(ctx: &Context, ns: &str, sub: &str, module: &str, uid: &str) -> L
     }
 }
 
-fn live_value<K: serde::Serialize>(o: &Option<Arc<K>>) -> Option<serde_json::Value> {
-    o.as_ref()
-        .map(|o| serde_json::to_value(o.as_ref()).expect("k8s objects serialize"))
+/// The digest of what we applied to a cached child, if it is cached and we own fields in it.
+fn applied<K>(o: &Option<Arc<Slim<K>>>) -> Option<u64> {
+    o.as_ref().and_then(|o| o.applied)
 }
 
 async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Result<Action, Error> {
@@ -576,9 +624,9 @@ fn paused(
                     name: m.clone(),
                     ..Default::default()
                 });
-            let dep = l.deployment.as_ref().and_then(|d| d.status.as_ref());
-            st.replicas = dep.and_then(|s| s.replicas);
-            st.ready_replicas = dep.and_then(|s| s.ready_replicas);
+            let dep = l.deployment.as_ref().map(|d| &d.facts);
+            st.replicas = dep.and_then(|f| f.replicas);
+            st.ready_replicas = dep.and_then(|f| f.ready_replicas);
             Some(st)
         })
         .collect();
@@ -684,10 +732,10 @@ async fn converge(
         let since = match (since, &l.deployment) {
             (Some(t), _) => t,
             (None, Some(d)) => {
-                apply::annotate(
+                apply::annotate::<Deployment>(
                     &ctx.client,
                     &ctx.metrics,
-                    d.as_ref(),
+                    &d.metadata,
                     ANNOTATION_DRAINING_SINCE,
                     Some(&now.to_string()),
                 )
@@ -712,13 +760,18 @@ async fn converge(
         let deadline = since + SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
         if now >= deadline {
             if let Some(o) = &l.hpa {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+                apply::delete_owned::<HorizontalPodAutoscaler>(
+                    &ctx.client,
+                    &ctx.metrics,
+                    &o.metadata,
+                )
+                .await?;
             }
             if let Some(o) = &l.service {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+                apply::delete_owned::<Service>(&ctx.client, &ctx.metrics, &o.metadata).await?;
             }
             if let Some(o) = &l.deployment {
-                apply::delete_owned(&ctx.client, &ctx.metrics, o.as_ref()).await?;
+                apply::delete_owned::<Deployment>(&ctx.client, &ctx.metrics, &o.metadata).await?;
             }
             if sub.spec.downgrade.data_retention == DataRetention::Delete {
                 delete_module_data(ctx, ns, &owner.name, m).await?;
@@ -742,8 +795,11 @@ async fn converge(
     }
 
     // The quota covers what is enabled plus what is still draining. It goes
-    // first: no tenant pod may start before the cap is in force.
+    // first when pods may start or change size (a new module, a changed
+    // Deployment): no tenant pod may start before the cap is in force.
+    // Otherwise (a new HPA ceiling) it is written together with the rest.
     let mut quota_in_force = false;
+    let mut quota_write = None;
     if let Some(q) = render::quota_child(owner, plan, &drain_footprints) {
         let current = ctx
             .quotas
@@ -755,9 +811,12 @@ async fn converge(
         };
         match free {
             Ok(()) => {
-                let wrote =
-                    apply::ensure(&ctx.client, &ctx.metrics, ns, &q, live_value(&current)).await?;
-                quota_in_force = !wrote && current.as_deref().is_some_and(quota_enforced);
+                let digest = applied(&current);
+                if apply::needs_apply(&q, digest) {
+                    quota_write = Some((q, digest));
+                } else {
+                    quota_in_force = current.is_some_and(|q| q.facts.quota_enforced);
+                }
             }
             Err(Error::NotOwned { kind, name }) => conflicts.push(format!(
                 "{kind} {name} exists and is not owned by this subscription"
@@ -766,6 +825,7 @@ async fn converge(
         }
     }
 
+    let mut writes = Vec::new();
     for m in &plan.modules {
         let l = live(&m.name);
         if l.deployment.is_none() && !quota_in_force {
@@ -781,23 +841,25 @@ async fn converge(
             }));
             continue;
         }
-        let children: Vec<(render::Child, Option<serde_json::Value>)> =
-            render::module_children(owner, m)
-                .into_iter()
-                .map(|child| {
-                    let current = match &child {
-                        render::Child::Deployment(_) => live_value(&l.deployment),
-                        render::Child::Hpa(_) => live_value(&l.hpa),
-                        render::Child::Service(_) => live_value(&l.service),
-                        render::Child::Quota(_) => None,
-                    };
-                    (child, current)
-                })
-                .collect();
+        // Each child with whether it is cached and the digest of what we applied to it.
+        let children: Vec<(render::Child, bool, Option<u64>)> = render::module_children(owner, m)
+            .into_iter()
+            .map(|child| {
+                let (cached, digest) = match &child {
+                    render::Child::Deployment(_) => {
+                        (l.deployment.is_some(), applied(&l.deployment))
+                    }
+                    render::Child::Hpa(_) => (l.hpa.is_some(), applied(&l.hpa)),
+                    render::Child::Service(_) => (l.service.is_some(), applied(&l.service)),
+                    render::Child::Quota(_) => (false, None),
+                };
+                (child, cached, digest)
+            })
+            .collect();
         // Check every name before writing any, so a module is applied whole or not at all.
         let mut conflict = None;
-        for (child, current) in &children {
-            if current.is_none() {
+        for (child, cached, _) in &children {
+            if !cached {
                 match apply::check_free(&ctx.client, ns, child, uid).await {
                     Ok(()) => {}
                     Err(Error::NotOwned { kind, name }) => {
@@ -812,9 +874,11 @@ async fn converge(
             }
         }
         if conflict.is_none() {
-            for (child, current) in children {
-                apply::ensure(&ctx.client, &ctx.metrics, ns, &child, current).await?;
-            }
+            writes.extend(
+                children
+                    .into_iter()
+                    .map(|(child, _, digest)| (child, digest)),
+            );
         }
         if let Some(msg) = conflict {
             conflicts.push(msg.clone());
@@ -824,10 +888,10 @@ async fn converge(
         if let Some(d) = &l.deployment
             && d.annotations().contains_key(ANNOTATION_DRAINING_SINCE)
         {
-            apply::annotate(
+            apply::annotate::<Deployment>(
                 &ctx.client,
                 &ctx.metrics,
-                d.as_ref(),
+                &d.metadata,
                 ANNOTATION_DRAINING_SINCE,
                 None,
             )
@@ -843,6 +907,25 @@ async fn converge(
         }
         modules.push(st);
     }
+
+    // Children of different modules are independent: write them at once.
+    writes.retain(|(child, digest)| apply::needs_apply(child, *digest));
+    if let Some(q) = quota_write {
+        if writes
+            .iter()
+            .any(|(c, _)| matches!(c, render::Child::Deployment(_)))
+        {
+            apply::ensure(&ctx.client, &ctx.metrics, ns, &q.0, q.1).await?;
+        } else {
+            writes.push(q);
+        }
+    }
+    futures::future::try_join_all(
+        writes
+            .iter()
+            .map(|(child, digest)| apply::ensure(&ctx.client, &ctx.metrics, ns, child, *digest)),
+    )
+    .await?;
 
     modules.extend(drained_status);
 
@@ -898,48 +981,26 @@ async fn delete_module_data(ctx: &Context, ns: &str, sub: &str, module: &str) ->
         render::LABEL_MODULE
     );
     for pvc in api.list(&ListParams::default().labels(&selector)).await? {
-        apply::delete_owned(&ctx.client, &ctx.metrics, &pvc).await?;
+        apply::delete_owned::<PersistentVolumeClaim>(&ctx.client, &ctx.metrics, &pvc.metadata)
+            .await?;
         info!(namespace = ns, subscription = sub, module, claim = %pvc.name_any(), "data deleted (dataRetention: Delete)");
     }
     Ok(())
 }
 
 /// Whether the quota controller has taken up the quota's current spec.
-fn quota_enforced(q: &ResourceQuota) -> bool {
-    let (Some(spec), Some(status)) = (
-        q.spec.as_ref().and_then(|s| s.hard.as_ref()),
-        q.status.as_ref().and_then(|s| s.hard.as_ref()),
-    ) else {
-        return false;
-    };
-    spec.len() == status.len()
-        && spec.iter().all(|(k, v)| {
-            status
-                .get(k)
-                .is_some_and(|w| capacity::quantity::same_quantity(&v.0, &w.0))
-        })
-}
-
 /// What a draining module may still occupy, read from its live objects.
 fn footprint_of_live(module: &str, l: &LiveModule) -> Footprint {
     let max = l
         .hpa
         .as_ref()
-        .map(|h| h.spec.max_replicas)
-        .or_else(|| {
-            l.deployment
-                .as_ref()
-                .and_then(|d| d.spec.as_ref())
-                .and_then(|s| s.replicas)
-        })
+        .and_then(|h| h.facts.max_replicas)
+        .or_else(|| l.deployment.as_ref().and_then(|d| d.facts.spec_replicas))
         .unwrap_or(1);
     let resources = l
         .deployment
         .as_ref()
-        .and_then(|d| d.spec.as_ref())
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.resources.clone());
+        .and_then(|d| d.facts.resources.clone());
     Footprint::new(module, max, resources.as_ref()).unwrap_or(Footprint {
         pods: max as i64 + capacity::surge(max),
         ..Default::default()

@@ -9,6 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 
+use super::slim::Slim;
 use crate::{
     api::{ModuleState, ModuleStatus},
     capacity::ModulePlan,
@@ -22,9 +23,9 @@ pub const CAPACITY_LIMITED: &str = "CapacityLimited";
 /// The live children of one module, as far as this subscription owns them.
 #[derive(Debug, Clone, Default)]
 pub struct LiveModule {
-    pub deployment: Option<Arc<Deployment>>,
-    pub hpa: Option<Arc<HorizontalPodAutoscaler>>,
-    pub service: Option<Arc<Service>>,
+    pub deployment: Option<Arc<Slim<Deployment>>>,
+    pub hpa: Option<Arc<Slim<HorizontalPodAutoscaler>>>,
+    pub service: Option<Arc<Slim<Service>>>,
 }
 
 impl LiveModule {
@@ -33,57 +34,19 @@ impl LiveModule {
     }
 
     fn replicas(&self) -> (Option<i32>, Option<i32>) {
-        let st = self.deployment.as_ref().and_then(|d| d.status.as_ref());
-        (
-            st.and_then(|s| s.replicas),
-            st.and_then(|s| s.ready_replicas),
-        )
+        let f = self.deployment.as_ref().map(|d| &d.facts);
+        (f.and_then(|f| f.replicas), f.and_then(|f| f.ready_replicas))
     }
 
     fn hpa_desired(&self) -> Option<i32> {
-        self.hpa
-            .as_ref()
-            .and_then(|h| h.status.as_ref())
-            .map(|s| s.desired_replicas)
-    }
-
-    /// Replicas the HPA would run without a ceiling: current replicas scaled
-    /// by how far CPU utilisation is above its target.
-    fn hpa_unbounded_want(&self) -> Option<i32> {
-        let hpa = self.hpa.as_ref()?;
-        let status = hpa.status.as_ref()?;
-        let limited = status.conditions.iter().flatten().any(|c| {
-            c.type_ == "ScalingLimited"
-                && c.status == "True"
-                && c.reason.as_deref() == Some("TooManyReplicas")
-        });
-        if !limited {
-            return None;
-        }
-        let current = status.current_replicas?;
-        let target = hpa.spec.metrics.iter().flatten().find_map(|m| {
-            m.resource
-                .as_ref()
-                .filter(|r| r.name == "cpu")
-                .and_then(|r| r.target.average_utilization)
-        })?;
-        let used = status.current_metrics.iter().flatten().find_map(|m| {
-            m.resource
-                .as_ref()
-                .filter(|r| r.name == "cpu")
-                .and_then(|r| r.current.average_utilization)
-        })?;
-        if target <= 0 {
-            return None;
-        }
-        Some(((current as i64 * used as i64 + target as i64 - 1) / target as i64) as i32)
+        self.hpa.as_ref().and_then(|h| h.facts.desired_replicas)
     }
 }
 
 /// Why an active module cannot have the replicas its load asks for, if so:
 /// the ceiling bought, or the quota refusing pods.
 pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
-    if let Some(want) = live.hpa_unbounded_want()
+    if let Some(want) = live.hpa.as_ref().and_then(|h| h.facts.unbounded_want)
         && want > plan.numbers.max_replicas
     {
         return Some(format!(
@@ -91,18 +54,10 @@ pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
             plan.name, plan.numbers.max_replicas
         ));
     }
-    let d = live.deployment.as_ref()?;
-    let status = d.status.as_ref()?;
-    let refused = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "ReplicaFailure"
-            && c.status == "True"
-            && c.message
-                .as_deref()
-                .is_some_and(|m| m.contains("exceeded quota"))
-    });
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    let fits = status.replicas.unwrap_or(0);
-    (refused && want > fits).then(|| {
+    let d = &live.deployment.as_ref()?.facts;
+    let want = d.spec_replicas.unwrap_or(0);
+    let fits = d.replicas.unwrap_or(0);
+    (d.quota_refused && want > fits).then(|| {
         format!(
             "{}: HPA wants {want} replicas, quota fits {fits}",
             plan.name
@@ -145,12 +100,12 @@ pub fn active_module(plan: &ModulePlan, live: &LiveModule) -> ModuleStatus {
 
 pub fn draining_module(name: &str, live: &LiveModule, deadline: &str) -> ModuleStatus {
     let (replicas, ready) = live.replicas();
-    let hpa = live.hpa.as_ref().map(|h| &h.spec);
+    let hpa = live.hpa.as_ref().map(|h| &h.facts);
     ModuleStatus {
         name: name.to_string(),
         state: Some(ModuleState::Draining),
         min_replicas: hpa.and_then(|h| h.min_replicas),
-        max_replicas: hpa.map(|h| h.max_replicas),
+        max_replicas: hpa.and_then(|h| h.max_replicas),
         desired_replicas: live.hpa_desired(),
         replicas,
         ready_replicas: ready,

@@ -1,0 +1,542 @@
+//! Children as the caches keep them: who they are, a digest of the fields
+//! this operator applies, and the few status facts the controller reads.
+//!
+//! A full Deployment with its pod template takes ~20 KiB as a typed object;
+//! a slim one well under 2 KiB. Drift detection needs no more than a digest:
+//! the live object, cut down to the fields our server-side-apply entry in
+//! `managedFields` owns, must hash like the object we would write. A field
+//! another manager took over leaves our field set, so the cut-down object
+//! loses it and the digests differ: that is drift and we apply again.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    marker::PhantomData,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ResourceQuota, ResourceRequirements, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::Resource;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    capacity::quantity::{Quantity, same_quantity},
+    render::MANAGER,
+};
+
+/// Annotations the controller reads back from its children.
+const KEPT_ANNOTATIONS: &[&str] = &[
+    crate::render::ANNOTATION_DRAINING_SINCE,
+    crate::render::ANNOTATION_SESSIONS_PER_REPLICA,
+];
+
+/// A cached child of kind `K`.
+#[derive(Debug)]
+pub struct Slim<K> {
+    /// Name, namespace, uid, subscription owner references, the labels of a
+    /// Deployment (metering reads them) and the annotations we read back.
+    pub metadata: ObjectMeta,
+    /// Digest of the fields our apply entry owns; `None` when we own none.
+    pub applied: Option<u64>,
+    pub facts: Facts,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Slim<K> {
+    fn clone(&self) -> Self {
+        Self {
+            metadata: self.metadata.clone(),
+            applied: self.applied,
+            facts: self.facts.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K> PartialEq for Slim<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.metadata == other.metadata
+            && self.applied == other.applied
+            && self.facts == other.facts
+    }
+}
+
+/// What the controller reads from a child besides its identity.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    /// Deployment `spec.replicas` (set by the HPA).
+    pub spec_replicas: Option<i32>,
+    /// Deployment `status.replicas`.
+    pub replicas: Option<i32>,
+    /// Deployment `status.readyReplicas`.
+    pub ready_replicas: Option<i32>,
+    /// The Deployment reports pods refused for exceeding the quota.
+    pub quota_refused: bool,
+    /// Resources of the Deployment's first container.
+    pub resources: Option<ResourceRequirements>,
+    /// HPA `spec.minReplicas` / `spec.maxReplicas`.
+    pub min_replicas: Option<i32>,
+    pub max_replicas: Option<i32>,
+    /// HPA `status.desiredReplicas`.
+    pub desired_replicas: Option<i32>,
+    /// Replicas the HPA would run without its ceiling, when the ceiling holds it back.
+    pub unbounded_want: Option<i32>,
+    /// The quota controller has taken up every limit of the quota's spec.
+    pub quota_enforced: bool,
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        K::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        K::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A child kind the caches keep slim.
+pub trait Slimmable: Resource<DynamicType = ()> + Serialize + Sized {
+    /// Whether the labels are kept (metering reads a Deployment's).
+    const KEEP_LABELS: bool = false;
+    fn facts(&self) -> Facts;
+}
+
+impl Slimmable for Deployment {
+    const KEEP_LABELS: bool = true;
+    fn facts(&self) -> Facts {
+        let spec = self.spec.as_ref();
+        let status = self.status.as_ref();
+        Facts {
+            spec_replicas: spec.and_then(|s| s.replicas),
+            replicas: status.and_then(|s| s.replicas),
+            ready_replicas: status.and_then(|s| s.ready_replicas),
+            quota_refused: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "ReplicaFailure"
+                            && c.status == "True"
+                            && c.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("exceeded quota"))
+                    })
+                }),
+            resources: spec
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.resources.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Slimmable for HorizontalPodAutoscaler {
+    fn facts(&self) -> Facts {
+        Facts {
+            min_replicas: self.spec.min_replicas,
+            max_replicas: Some(self.spec.max_replicas),
+            desired_replicas: self.status.as_ref().map(|s| s.desired_replicas),
+            unbounded_want: unbounded_want(self),
+            ..Default::default()
+        }
+    }
+}
+
+/// Replicas the HPA would run without a ceiling: current replicas scaled by
+/// how far CPU utilisation is above its target; only while the ceiling holds.
+fn unbounded_want(hpa: &HorizontalPodAutoscaler) -> Option<i32> {
+    let status = hpa.status.as_ref()?;
+    let limited = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "ScalingLimited"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("TooManyReplicas")
+    });
+    if !limited {
+        return None;
+    }
+    let current = status.current_replicas?;
+    let target = hpa.spec.metrics.iter().flatten().find_map(|m| {
+        m.resource
+            .as_ref()
+            .filter(|r| r.name == "cpu")
+            .and_then(|r| r.target.average_utilization)
+    })?;
+    let used = status.current_metrics.iter().flatten().find_map(|m| {
+        m.resource
+            .as_ref()
+            .filter(|r| r.name == "cpu")
+            .and_then(|r| r.current.average_utilization)
+    })?;
+    if target <= 0 {
+        return None;
+    }
+    Some(((current as i64 * used as i64 + target as i64 - 1) / target as i64) as i32)
+}
+
+impl Slimmable for Service {
+    fn facts(&self) -> Facts {
+        Facts::default()
+    }
+}
+
+impl Slimmable for ResourceQuota {
+    fn facts(&self) -> Facts {
+        let enforced = match (
+            self.spec.as_ref().and_then(|s| s.hard.as_ref()),
+            self.status.as_ref().and_then(|s| s.hard.as_ref()),
+        ) {
+            (Some(spec), Some(status)) => {
+                spec.len() == status.len()
+                    && spec
+                        .iter()
+                        .all(|(k, v)| status.get(k).is_some_and(|w| same_quantity(&v.0, &w.0)))
+            }
+            _ => false,
+        };
+        Facts {
+            quota_enforced: enforced,
+            ..Default::default()
+        }
+    }
+}
+
+/// The slim form of a full child object.
+pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
+    let facts = obj.facts();
+    let ours = obj
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|e| {
+            e.manager.as_deref() == Some(MANAGER)
+                && e.operation.as_deref() == Some("Apply")
+                && e.subresource.as_deref().unwrap_or("").is_empty()
+        })
+        .and_then(|e| e.fields_v1.as_ref())
+        .map(|f| f.0.clone());
+    let applied = ours.map(|fields| {
+        let live = serde_json::to_value(&obj).expect("k8s objects serialize");
+        digest(&project(&live, &fields).unwrap_or(Value::Null))
+    });
+    let meta = obj.meta();
+    let kept: BTreeMap<String, String> = meta
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let owners: Vec<OwnerReference> = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.kind == "TenantSubscription")
+        .cloned()
+        .collect();
+    Slim {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            labels: if K::KEEP_LABELS {
+                meta.labels.clone()
+            } else {
+                None
+            },
+            annotations: (!kept.is_empty()).then_some(kept),
+            owner_references: (!owners.is_empty()).then_some(owners),
+            deletion_timestamp: meta.deletion_timestamp.clone(),
+            ..Default::default()
+        },
+        applied,
+        facts,
+        kind: PhantomData,
+    }
+}
+
+/// The digest `slim` would record for a child once `desired` is applied.
+pub fn desired_digest(desired: &Value) -> u64 {
+    let mut v = desired.clone();
+    if let Value::Object(o) = &mut v {
+        o.remove("apiVersion");
+        o.remove("kind");
+        if let Some(Value::Object(m)) = o.get_mut("metadata") {
+            m.remove("name");
+            m.remove("namespace");
+        }
+    }
+    digest(&v)
+}
+
+/// `live` cut down to the fields of a `managedFields` field set (fieldsV1).
+pub fn project(live: &Value, fields: &Value) -> Option<Value> {
+    let Value::Object(set) = fields else {
+        return Some(live.clone());
+    };
+    // A leaf (or only ".") owns the whole value.
+    if set.keys().all(|k| k == ".") {
+        return Some(live.clone());
+    }
+    match live {
+        Value::Object(obj) => {
+            let mut out = serde_json::Map::new();
+            for (key, sub) in set {
+                if let Some(name) = key.strip_prefix("f:")
+                    && let Some(v) = obj.get(name)
+                    && let Some(p) = project(v, sub)
+                {
+                    out.insert(name.to_string(), p);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let matched = set.iter().find(|(key, _)| {
+                    if let Some(k) = key.strip_prefix("k:") {
+                        serde_json::from_str::<serde_json::Map<String, Value>>(k)
+                            .is_ok_and(|keys| keys.iter().all(|(f, kv)| item.get(f) == Some(kv)))
+                    } else if let Some(v) = key.strip_prefix("v:") {
+                        serde_json::from_str::<Value>(v).is_ok_and(|v| &v == item)
+                    } else if let Some(n) = key.strip_prefix("i:") {
+                        n.parse::<usize>() == Ok(i)
+                    } else {
+                        false
+                    }
+                });
+                if let Some((_, sub)) = matched
+                    && let Some(p) = project(item, sub)
+                {
+                    out.push(p);
+                }
+            }
+            Some(Value::Array(out))
+        }
+        scalar => Some(scalar.clone()),
+    }
+}
+
+/// A hash of `v` that ignores what the server normalises: empty values and
+/// their absence are equal, quantities compare by amount ("1000m" is "1"),
+/// numbers by value, object keys in any order.
+pub fn digest(v: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    feed(v, false, &mut h);
+    h.finish()
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(o) => o.values().all(is_empty),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn feed(v: &Value, quantities: bool, h: &mut impl Hasher) {
+    match v {
+        Value::Object(o) => {
+            0u8.hash(h);
+            let mut keys: Vec<&String> = o.keys().filter(|k| !is_empty(&o[k.as_str()])).collect();
+            keys.sort();
+            for k in keys {
+                k.hash(h);
+                feed(
+                    &o[k.as_str()],
+                    quantities || matches!(k.as_str(), "requests" | "limits" | "hard"),
+                    h,
+                );
+            }
+            1u8.hash(h);
+        }
+        Value::Array(a) => {
+            2u8.hash(h);
+            for item in a {
+                feed(item, quantities, h);
+            }
+            3u8.hash(h);
+        }
+        Value::String(s) if quantities => match Quantity::parse(s) {
+            Ok(q) => {
+                4u8.hash(h);
+                q.0.hash(h);
+            }
+            Err(_) => s.hash(h),
+        },
+        Value::String(s) => {
+            5u8.hash(h);
+            s.hash(h);
+        }
+        Value::Number(n) => {
+            6u8.hash(h);
+            n.as_f64().unwrap_or(f64::NAN).to_bits().hash(h);
+        }
+        Value::Bool(b) => b.hash(h),
+        Value::Null => 7u8.hash(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields() -> Value {
+        json!({
+            "f:metadata": {"f:labels": {"f:app": {}}, "f:ownerReferences": {"k:{\"uid\":\"u1\"}": {}}},
+            "f:spec": {
+                "f:selector": {},
+                "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {
+                    ".": {}, "f:name": {}, "f:image": {},
+                    "f:resources": {"f:requests": {"f:cpu": {}}}
+                }}}}
+            }
+        })
+    }
+
+    fn desired() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "namespace": "n", "labels": {"app": "x"},
+                         "ownerReferences": [{"uid": "u1", "kind": "TenantSubscription", "apiVersion": "v1", "name": "s"}]},
+            "spec": {"selector": {"matchLabels": {"app": "x"}},
+                     "template": {"spec": {"containers": [
+                        {"name": "app", "image": "img:1", "resources": {"requests": {"cpu": "1000m"}}}]}}}
+        })
+    }
+
+    fn live() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "namespace": "n", "uid": "d1", "resourceVersion": "9",
+                         "labels": {"app": "x", "other": "y"},
+                         "ownerReferences": [{"uid": "u0", "kind": "Other", "apiVersion": "v1", "name": "o"},
+                                             {"uid": "u1", "kind": "TenantSubscription", "apiVersion": "v1", "name": "s"}]},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}},
+                     "template": {"spec": {"containers": [
+                        {"name": "app", "image": "img:1", "imagePullPolicy": "IfNotPresent",
+                         "resources": {"requests": {"cpu": "1"}}},
+                        {"name": "sidecar", "image": "s"}],
+                        "restartPolicy": "Always"}}},
+            "status": {"replicas": 3}
+        })
+    }
+
+    #[test]
+    fn a_live_object_hashes_like_what_was_applied() {
+        let p = project(&live(), &fields()).unwrap();
+        assert_eq!(digest(&p), desired_digest(&desired()));
+    }
+
+    #[test]
+    fn a_changed_owned_field_is_drift() {
+        let mut l = live();
+        l["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
+        let p = project(&l, &fields()).unwrap();
+        assert_ne!(digest(&p), desired_digest(&desired()));
+    }
+
+    #[test]
+    fn a_field_another_manager_took_is_drift() {
+        // kubectl edit of the image moves it out of our field set.
+        let mut f = fields();
+        f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"]
+            .as_object_mut()
+            .unwrap()
+            .remove("f:image");
+        let p = project(&live(), &f).unwrap();
+        assert_ne!(digest(&p), desired_digest(&desired()));
+    }
+
+    #[test]
+    fn a_missing_owner_reference_is_drift() {
+        let mut l = live();
+        l["metadata"]["ownerReferences"] =
+            json!([{"uid": "u0", "kind": "Other", "apiVersion": "v1", "name": "o"}]);
+        let p = project(&l, &fields()).unwrap();
+        assert_ne!(digest(&p), desired_digest(&desired()));
+    }
+
+    #[test]
+    fn quantities_hash_by_amount_only_under_resources() {
+        assert_eq!(
+            digest(&json!({"limits": {"memory": "1024Mi"}})),
+            digest(&json!({"limits": {"memory": "1Gi"}}))
+        );
+        assert_ne!(
+            digest(&json!({"image": "1000m"})),
+            digest(&json!({"image": "1"}))
+        );
+        assert_ne!(
+            digest(&json!({"limits": {"memory": "1Gi"}})),
+            digest(&json!({"limits": {"memory": "2Gi"}}))
+        );
+    }
+
+    #[test]
+    fn empty_values_equal_absent_ones() {
+        assert_eq!(
+            digest(&json!({"a": 1, "b": [], "c": {}, "d": null})),
+            digest(&json!({"a": 1}))
+        );
+        assert_eq!(
+            digest(&json!({"a": 1, "b": 2})),
+            digest(&json!({"b": 2, "a": 1}))
+        );
+    }
+
+    #[test]
+    fn set_and_index_keys_select_items() {
+        let f = json!({"f:finalizers": {"v:\"a\"": {}}, "f:args": {"i:1": {}}});
+        let l = json!({"finalizers": ["a", "b"], "args": ["x", "y"]});
+        assert_eq!(
+            project(&l, &f).unwrap(),
+            json!({"finalizers": ["a"], "args": ["y"]})
+        );
+    }
+
+    #[test]
+    fn slim_keeps_identity_and_facts_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut d: Deployment = serde_json::from_value(live()).unwrap();
+        d.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(MANAGER.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields())),
+            ..Default::default()
+        }]);
+        let s = slim(d);
+        assert_eq!(s.applied, Some(desired_digest(&desired())));
+        assert_eq!(s.facts.spec_replicas, Some(3));
+        assert_eq!(s.facts.replicas, Some(3));
+        assert_eq!(s.metadata.resource_version, None);
+        assert_eq!(s.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(s.metadata.uid.as_deref(), Some("d1"));
+    }
+}
