@@ -352,7 +352,12 @@ pub async fn run(
     metering.abort();
 }
 
-/// A cache of `api` (managed fields stripped) and the stream of objects it
+/// How long a new quota's wait for the quota controller goes unreported.
+const QUOTA_ANSWER_SECONDS: i64 = 10;
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A cache of `api` (managed fields and kubectl's last-applied copy stripped) and the stream of objects it
 /// saw change, for the controller's triggers. Watch errors are logged and
 /// retried here, and kept out of the controller's trigger stream, whose
 /// backoff would pause every other watch too.
@@ -374,7 +379,14 @@ where
             .inspect_err(
                 |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
             )
-            .modify(|o| o.managed_fields_mut().clear()),
+            .modify(|o| {
+                o.managed_fields_mut().clear();
+                // `kubectl apply` (client side) keeps a second copy of the
+                // whole object here; nothing reads it.
+                if let Some(a) = o.meta_mut().annotations.as_mut() {
+                    a.remove(LAST_APPLIED);
+                }
+            }),
     )
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
@@ -475,6 +487,11 @@ struct Outcome {
     active_windows: Vec<String>,
     next_transition: Option<String>,
     requeue: Option<Timestamp>,
+    /// Every module waits for a quota written moments ago: the quota
+    /// controller's answer brings the next reconcile, so a status saying
+    /// "waiting for the quota" is not written (unless the wait outlasts
+    /// `QUOTA_ANSWER_SECONDS`).
+    awaiting_quota: bool,
 }
 
 fn live_module(ctx: &Context, ns: &str, sub: &str, module: &str, uid: &str) -> LiveModule {
@@ -554,7 +571,9 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
     let new_status = build_status(sub, &old_status, &outcome, now);
     let key = format!("{ns}/{name}");
     let mut batch_until = None;
-    if new_status != old_status && only_counts_changed(&old_status, &new_status) {
+    if new_status != old_status && outcome.awaiting_quota {
+        batch_until = Some(now + SignedDuration::try_from(STATUS_BATCH).unwrap_or_default());
+    } else if new_status != old_status && only_counts_changed(&old_status, &new_status) {
         // Replica counts moving while nothing else changes (pods starting,
         // the HPA scaling) are written at most once per STATUS_BATCH.
         let last = ctx.status_written.lock().unwrap().get(&key).copied();
@@ -643,6 +662,7 @@ fn paused(
         active_windows: old.active_windows.clone(),
         next_transition: None,
         requeue: None,
+        awaiting_quota: false,
     }
 }
 
@@ -691,6 +711,7 @@ fn invalid(
         active_windows: old.active_windows.clone(),
         next_transition: old.next_transition.clone(),
         requeue: None,
+        awaiting_quota: false,
     }
 }
 
@@ -799,6 +820,7 @@ async fn converge(
     // Deployment): no tenant pod may start before the cap is in force.
     // Otherwise (a new HPA ceiling) it is written together with the rest.
     let mut quota_in_force = false;
+    let mut quota_new = false;
     let mut quota_write = None;
     if let Some(q) = render::quota_child(owner, plan, &drain_footprints) {
         let current = ctx
@@ -812,8 +834,16 @@ async fn converge(
         match free {
             Ok(()) => {
                 let digest = applied(&current);
+                // Written just now, or so recently that the quota
+                // controller's answer is still on its way.
+                quota_new = current.as_ref().is_none_or(|q| {
+                    q.metadata.creation_timestamp.as_ref().is_none_or(|t| {
+                        now.duration_since(t.0) < SignedDuration::from_secs(QUOTA_ANSWER_SECONDS)
+                    })
+                });
                 if apply::needs_apply(&q, digest) {
                     quota_write = Some((q, digest));
+                    quota_new = true;
                 } else {
                     quota_in_force = current.is_some_and(|q| q.facts.quota_enforced);
                 }
@@ -927,6 +957,11 @@ async fn converge(
     )
     .await?;
 
+    let awaiting_quota = quota_new
+        && modules.is_empty()
+        && drained_status.is_empty()
+        && conflicts.is_empty()
+        && !plan.modules.is_empty();
     modules.extend(drained_status);
 
     let ready = if !conflicts.is_empty() {
@@ -969,6 +1004,7 @@ async fn converge(
             .next_transition
             .map(|t| format_instant(t, &plan.time_zone)),
         requeue,
+        awaiting_quota,
     })
 }
 

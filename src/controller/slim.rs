@@ -41,8 +41,9 @@ const KEPT_ANNOTATIONS: &[&str] = &[
 /// A cached child of kind `K`.
 #[derive(Debug)]
 pub struct Slim<K> {
-    /// Name, namespace, uid, subscription owner references, the labels of a
-    /// Deployment (metering reads them) and the annotations we read back.
+    /// Name, namespace, uid, creation time, subscription owner references,
+    /// the labels of a Deployment (metering reads them) and the annotations
+    /// we read back.
     pub metadata: ObjectMeta,
     /// Digest of the fields our apply entry owns; `None` when we own none.
     pub applied: Option<u64>,
@@ -270,6 +271,7 @@ pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
             annotations: (!kept.is_empty()).then_some(kept),
             owner_references: (!owners.is_empty()).then_some(owners),
             deletion_timestamp: meta.deletion_timestamp.clone(),
+            creation_timestamp: meta.creation_timestamp.clone(),
             ..Default::default()
         },
         applied,
