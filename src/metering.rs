@@ -9,7 +9,6 @@ use kube::runtime::reflector::Store;
 use crate::{
     controller::slim::Slim,
     metrics::{Metrics, ModuleLabels},
-    render::{ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT},
 };
 
 /// Add `dt` worth of each Deployment's current replicas to the counters.
@@ -20,33 +19,16 @@ pub fn accumulate<'a>(
 ) {
     let secs = dt.as_secs_f64();
     for d in deployments {
-        let labels = d.metadata.labels.as_ref();
-        let get = |k: &str| labels.and_then(|l| l.get(k)).cloned();
-        let (Some(subscription), Some(module)) = (get(LABEL_SUBSCRIPTION), get(LABEL_MODULE))
-        else {
+        let Some(m) = &d.facts.metering else {
             continue;
         };
-        // Only Deployments we own carry owner references to a subscription.
-        if d.metadata
-            .owner_references
-            .as_ref()
-            .is_none_or(|o| !o.iter().any(|r| r.kind == "TenantSubscription"))
-        {
-            continue;
-        }
         let replicas = d.facts.replicas.unwrap_or(0).max(0) as f64;
-        let sessions = d
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_SESSIONS_PER_REPLICA))
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let sessions = m.sessions_per_replica;
         let key = ModuleLabels {
             namespace: d.metadata.namespace.clone().unwrap_or_default(),
-            subscription,
-            tenant: get(LABEL_TENANT).unwrap_or_default(),
-            module,
+            subscription: m.subscription.clone(),
+            tenant: m.tenant.clone(),
+            module: m.module.clone(),
         };
         metrics
             .replica_seconds
@@ -77,9 +59,13 @@ pub async fn run(deployments: Store<Slim<Deployment>>, metrics: Metrics, interva
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::slim::slim;
+    use crate::render::{
+        ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT,
+    };
 
-    fn deployment(replicas: i32, sessions: &str) -> Slim<Deployment> {
-        crate::controller::slim::slim::<Deployment>(serde_json::from_value(serde_json::json!({
+    fn full(replicas: i32, sessions: &str) -> Deployment {
+        serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "acme-video", "namespace": "t",
                 "labels": {LABEL_SUBSCRIPTION: "acme", LABEL_MODULE: "video", LABEL_TENANT: "acme"},
@@ -88,7 +74,11 @@ mod tests {
             },
             "status": {"replicas": replicas}
         }))
-        .unwrap())
+        .unwrap()
+    }
+
+    fn deployment(replicas: i32, sessions: &str) -> Slim<Deployment> {
+        slim(full(replicas, sessions))
     }
 
     #[test]
@@ -117,9 +107,9 @@ mod tests {
     #[test]
     fn deployments_not_owned_by_a_subscription_are_not_metered() {
         let m = Metrics::default();
-        let mut d = deployment(4, "40");
+        let mut d = full(4, "40");
         d.metadata.owner_references = None;
-        accumulate([&d], Duration::from_secs(15), &m);
+        accumulate([&slim(d)], Duration::from_secs(15), &m);
         assert!(!m.encode().contains("replica_seconds_total{"));
     }
 }

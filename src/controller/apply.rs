@@ -45,39 +45,6 @@ where
     Ok(())
 }
 
-async fn check_free_typed<K>(client: &Client, ns: &str, name: &str, uid: &str) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Serialize,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(name).await? {
-        Some(existing) if !owned_by(existing.meta(), uid) => Err(Error::NotOwned {
-            kind: K::kind(&()).to_string(),
-            name: name.to_string(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// For a child missing from our cache: make sure the name is not taken by an
-/// object someone else made, which we must never take over.
-pub async fn check_free(client: &Client, ns: &str, child: &Child, uid: &str) -> Result<(), Error> {
-    use k8s_openapi::api::{
-        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1,
-    };
-    let name = child.name();
-    match child {
-        Child::Deployment(_) => check_free_typed::<Deployment>(client, ns, name, uid).await,
-        Child::Hpa(_) => check_free_typed::<HorizontalPodAutoscaler>(client, ns, name, uid).await,
-        Child::Service(_) => check_free_typed::<v1::Service>(client, ns, name, uid).await,
-        Child::Quota(_) => check_free_typed::<v1::ResourceQuota>(client, ns, name, uid).await,
-    }
-}
-
 /// Apply `child` unless `applied` (the digest of our cached copy, owned by
 /// us) says it already matches. A child with no cached copy must have passed
 /// [`check_free`]. Returns whether a write was made.

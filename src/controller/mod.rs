@@ -40,7 +40,7 @@ use crate::{
     },
     capacity::{self, CapacityPlan, Footprint, window::format_instant},
     metrics::{Metrics, ModuleLabels},
-    render::{self, ANNOTATION_DRAINING_SINCE, LABEL_MANAGED_BY, MANAGER, Owner},
+    render::{self, ANNOTATION_DRAINING_SINCE, MANAGER, Owner},
     server::Readiness,
 };
 use slim::{Slim, Slimmable};
@@ -167,6 +167,35 @@ impl Context {
         c
     }
 
+    /// For a child we do not own: make sure its name is not taken by an
+    /// object someone else made, which we must never take over.
+    fn check_free(&self, ns: &str, child: &render::Child, uid: &str) -> Result<(), Error> {
+        fn taken<K: Resource<DynamicType = ()>>(
+            store: &Store<Slim<K>>,
+            ns: &str,
+            name: &str,
+            uid: &str,
+        ) -> bool {
+            store
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some_and(|o| !apply::owned_by(&o.metadata, uid))
+        }
+        let name = child.name();
+        let stranger = match child {
+            render::Child::Deployment(_) => taken(&self.deployments, ns, name, uid),
+            render::Child::Hpa(_) => taken(&self.hpas, ns, name, uid),
+            render::Child::Service(_) => taken(&self.services, ns, name, uid),
+            render::Child::Quota(_) => taken(&self.quotas, ns, name, uid),
+        };
+        if stranger {
+            return Err(Error::NotOwned {
+                kind: child.kind().to_string(),
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     async fn caches_ready(&self) {
         let mut rx = self.synced.clone();
         let _ = rx.wait_for(|synced| *synced).await;
@@ -197,17 +226,16 @@ pub async fn run(
     // Watches are re-established at least this often: a watch that silently
     // stops delivering (seen after API server or etcd restarts) heals by itself.
     const WATCH_TIMEOUT_SECONDS: u32 = 60;
-    let managed = watcher::Config::default()
-        .labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"))
+    let config = watcher::Config::default()
         .any_semantic()
         .timeout(WATCH_TIMEOUT_SECONDS);
-
     // Children are cached slim (identity, a digest of what we applied and a
     // few status facts) so that status and the "already converged?" check
-    // need no API reads and 1,000s of tenants fit in little memory.
-    let catalogue = watcher::Config::default()
-        .any_semantic()
-        .timeout(WATCH_TIMEOUT_SECONDS);
+    // need no API reads and 1,000s of tenants fit in little memory. Every
+    // object of these kinds is cached, not only ours: whether a child's name
+    // is taken by someone else's object is then known without a read.
+    let managed = config.clone();
+    let catalogue = config;
     let (deployments, deployment_stream) = slim_cache(
         scoped::<Deployment>(&client, &settings.namespace),
         managed.clone(),
@@ -748,7 +776,7 @@ async fn converge(
         let since = l
             .deployment
             .as_ref()
-            .and_then(|d| d.annotations().get(ANNOTATION_DRAINING_SINCE))
+            .and_then(|d| d.facts.draining_since.as_deref())
             .and_then(|s| s.parse::<Timestamp>().ok());
         let since = match (since, &l.deployment) {
             (Some(t), _) => t,
@@ -829,7 +857,7 @@ async fn converge(
             .filter(|o| apply::owned_by(&o.metadata, uid));
         let free = match &current {
             Some(_) => Ok(()),
-            None => apply::check_free(&ctx.client, ns, &q, uid).await,
+            None => ctx.check_free(ns, &q, uid),
         };
         match free {
             Ok(()) => {
@@ -890,7 +918,7 @@ async fn converge(
         let mut conflict = None;
         for (child, cached, _) in &children {
             if !cached {
-                match apply::check_free(&ctx.client, ns, child, uid).await {
+                match ctx.check_free(ns, child, uid) {
                     Ok(()) => {}
                     Err(Error::NotOwned { kind, name }) => {
                         conflict = Some(format!(
@@ -916,7 +944,7 @@ async fn converge(
             continue;
         }
         if let Some(d) = &l.deployment
-            && d.annotations().contains_key(ANNOTATION_DRAINING_SINCE)
+            && d.facts.draining_since.is_some()
         {
             apply::annotate::<Deployment>(
                 &ctx.client,
@@ -1033,10 +1061,7 @@ fn footprint_of_live(module: &str, l: &LiveModule) -> Footprint {
         .and_then(|h| h.facts.max_replicas)
         .or_else(|| l.deployment.as_ref().and_then(|d| d.facts.spec_replicas))
         .unwrap_or(1);
-    let resources = l
-        .deployment
-        .as_ref()
-        .and_then(|d| d.facts.resources.clone());
+    let resources = l.deployment.as_ref().and_then(|d| d.facts.resources());
     Footprint::new(module, max, resources.as_ref()).unwrap_or(Footprint {
         pods: max as i64 + capacity::surge(max),
         ..Default::default()

@@ -10,7 +10,6 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     hash::{Hash, Hasher},
     marker::PhantomData,
 };
@@ -29,21 +28,17 @@ use serde_json::Value;
 
 use crate::{
     capacity::quantity::{Quantity, same_quantity},
-    render::MANAGER,
+    render::{
+        ANNOTATION_DRAINING_SINCE, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE,
+        LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
+    },
 };
-
-/// Annotations the controller reads back from its children.
-const KEPT_ANNOTATIONS: &[&str] = &[
-    crate::render::ANNOTATION_DRAINING_SINCE,
-    crate::render::ANNOTATION_SESSIONS_PER_REPLICA,
-];
 
 /// A cached child of kind `K`.
 #[derive(Debug)]
 pub struct Slim<K> {
-    /// Name, namespace, uid, creation time, subscription owner references,
-    /// the labels of a Deployment (metering reads them) and the annotations
-    /// we read back.
+    /// Name, namespace, uid, creation time and subscription owner
+    /// references; what labels and annotations say is in `facts`.
     pub metadata: ObjectMeta,
     /// Digest of the fields our apply entry owns; `None` when we own none.
     pub applied: Option<u64>,
@@ -81,8 +76,13 @@ pub struct Facts {
     pub ready_replicas: Option<i32>,
     /// The Deployment reports pods refused for exceeding the quota.
     pub quota_refused: bool,
-    /// Resources of the Deployment's first container.
-    pub resources: Option<ResourceRequirements>,
+    /// Resources of the Deployment's first container, as JSON (a few dozen
+    /// bytes, where the typed maps take a kilobyte).
+    pub resources: Option<Box<str>>,
+    /// The Deployment's draining-since annotation.
+    pub draining_since: Option<Box<str>>,
+    /// What metering needs of a Deployment a subscription owns.
+    pub metering: Option<Box<Metered>>,
     /// HPA `spec.minReplicas` / `spec.maxReplicas`.
     pub min_replicas: Option<i32>,
     pub max_replicas: Option<i32>,
@@ -92,6 +92,22 @@ pub struct Facts {
     pub unbounded_want: Option<i32>,
     /// The quota controller has taken up every limit of the quota's spec.
     pub quota_enforced: bool,
+}
+
+/// A metered Deployment's labels and sessions per replica.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metered {
+    pub subscription: String,
+    pub module: String,
+    pub tenant: String,
+    pub sessions_per_replica: f64,
+}
+
+impl Facts {
+    /// The Deployment's first container's resources.
+    pub fn resources(&self) -> Option<ResourceRequirements> {
+        serde_json::from_str(self.resources.as_deref()?).ok()
+    }
 }
 
 impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
@@ -120,16 +136,44 @@ impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
 
 /// A child kind the caches keep slim.
 pub trait Slimmable: Resource<DynamicType = ()> + Serialize + Sized {
-    /// Whether the labels are kept (metering reads a Deployment's).
-    const KEEP_LABELS: bool = false;
     fn facts(&self) -> Facts;
 }
 
 impl Slimmable for Deployment {
-    const KEEP_LABELS: bool = true;
     fn facts(&self) -> Facts {
         let spec = self.spec.as_ref();
         let status = self.status.as_ref();
+        let label = |k: &str| {
+            self.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(k))
+                .cloned()
+        };
+        let annotation = |k: &str| {
+            self.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(String::as_str)
+        };
+        let owned = self
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.kind == "TenantSubscription");
+        let metering = match (label(LABEL_SUBSCRIPTION), label(LABEL_MODULE)) {
+            (Some(subscription), Some(module)) if owned => Some(Box::new(Metered {
+                subscription,
+                module,
+                tenant: label(LABEL_TENANT).unwrap_or_default(),
+                sessions_per_replica: annotation(ANNOTATION_SESSIONS_PER_REPLICA)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.0),
+            })),
+            _ => None,
+        };
         Facts {
             spec_replicas: spec.and_then(|s| s.replicas),
             replicas: status.and_then(|s| s.replicas),
@@ -148,7 +192,14 @@ impl Slimmable for Deployment {
             resources: spec
                 .and_then(|s| s.template.spec.as_ref())
                 .and_then(|p| p.containers.first())
-                .and_then(|c| c.resources.clone()),
+                .and_then(|c| c.resources.as_ref())
+                .map(|r| {
+                    serde_json::to_string(r)
+                        .expect("resources serialize")
+                        .into_boxed_str()
+                }),
+            draining_since: annotation(ANNOTATION_DRAINING_SINCE).map(Into::into),
+            metering,
             ..Default::default()
         }
     }
@@ -244,13 +295,6 @@ pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
         digest(&project(&live, &fields).unwrap_or(Value::Null))
     });
     let meta = obj.meta();
-    let kept: BTreeMap<String, String> = meta
-        .annotations
-        .iter()
-        .flatten()
-        .filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let owners: Vec<OwnerReference> = meta
         .owner_references
         .iter()
@@ -263,12 +307,6 @@ pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
             name: meta.name.clone(),
             namespace: meta.namespace.clone(),
             uid: meta.uid.clone(),
-            labels: if K::KEEP_LABELS {
-                meta.labels.clone()
-            } else {
-                None
-            },
-            annotations: (!kept.is_empty()).then_some(kept),
             owner_references: (!owners.is_empty()).then_some(owners),
             deletion_timestamp: meta.deletion_timestamp.clone(),
             creation_timestamp: meta.creation_timestamp.clone(),
