@@ -24,16 +24,38 @@ const OUR_RESOURCES: &[&str] = &[
 /// Writes the API server's audit log records (hack/cluster.sh up writes it)
 /// to the operator's resources in `namespaces`, status subresources of
 /// built-in kinds left out (the controller manager writes those).
-fn audit_writes(namespaces: &[String]) -> u64 {
+fn audit_log() -> std::path::PathBuf {
     let dir = std::env::var("TCO_CLUSTER_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
             std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
                 .join(".local/state/tenant-capacity-operator/cluster")
         });
-    let text = std::fs::read_to_string(dir.join("logs/audit.log"))
-        .expect("read the API server's audit log");
+    dir.join("logs/audit.log")
+}
+
+/// The audit log's length now: later counts read only what follows.
+fn audit_mark() -> u64 {
+    std::fs::metadata(audit_log())
+        .expect("the API server's audit log")
+        .len()
+}
+
+/// Writes to our resources in `namespaces` logged after `mark`.
+fn audit_writes(namespaces: &[String], mark: u64) -> u64 {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(audit_log()).expect("read the API server's audit log");
+    // A rotated log starts again from the beginning.
+    let from = if f.metadata().expect("audit log").len() >= mark {
+        mark
+    } else {
+        0
+    };
+    f.seek(std::io::SeekFrom::Start(from)).expect("seek");
+    let mut text = String::new();
+    f.read_to_string(&mut text).expect("read the audit log");
     text.lines()
+        .filter(|l| namespaces.iter().any(|ns| l.contains(ns.as_str())))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| {
             let o = &e["objectRef"];
@@ -95,6 +117,7 @@ async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     const N: usize = 5;
     let resync = Duration::from_secs(2);
     let bad_before = server_conflicts(&client).await;
+    let mark = audit_mark();
     let mut namespaces = Vec::new();
     let mut operators = Vec::new();
     for i in 0..N {
@@ -138,23 +161,23 @@ spec:
     // Let pod readiness settle: converged means a full round of resyncs without a write.
     let rounds = |n: u64| n * N as u64;
     let settled = wait_for("a quiet round", Duration::from_secs(90), || async {
-        let (w0, own0, r0) = (audit_writes(&names), own_writes(), reconciliations());
+        let (w0, own0, r0) = (audit_writes(&names, mark), own_writes(), reconciliations());
         wait_for("a resync round", Duration::from_secs(30), || async {
             (reconciliations() >= r0 + rounds(1)).then_some(())
         })
         .await;
-        (audit_writes(&names) == w0 && own_writes() == own0).then_some(())
+        (audit_writes(&names, mark) == w0 && own_writes() == own0).then_some(())
     })
     .await;
     let _: () = settled;
 
     // Measure: several forced resyncs of every subscription.
-    let (w0, own0, r0) = (audit_writes(&names), own_writes(), reconciliations());
+    let (w0, own0, r0) = (audit_writes(&names, mark), own_writes(), reconciliations());
     wait_for("three resync rounds", Duration::from_secs(60), || async {
         (reconciliations() >= r0 + rounds(3)).then_some(())
     })
     .await;
-    let (w1, bad_after) = (audit_writes(&names), server_conflicts(&client).await);
+    let (w1, bad_after) = (audit_writes(&names, mark), server_conflicts(&client).await);
     let reconciles = reconciliations() - r0;
     println!(
         "quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)",
