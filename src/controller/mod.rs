@@ -385,6 +385,21 @@ const QUOTA_ANSWER_SECONDS: i64 = 10;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// The watch of `api`, retried with backoff, its errors logged.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .inspect_err(
+            |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
+        )
+}
+
 /// A cache of `api` (managed fields and kubectl's last-applied copy stripped) and the stream of objects it
 /// saw change, for the controller's triggers. Watch errors are logged and
 /// retried here, and kept out of the controller's trigger stream, whose
@@ -402,19 +417,14 @@ where
     let (store, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(api, config)
-            .backoff(WatchBackoff::default())
-            .inspect_err(
-                |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
-            )
-            .modify(|o| {
-                o.managed_fields_mut().clear();
-                // `kubectl apply` (client side) keeps a second copy of the
-                // whole object here; nothing reads it.
-                if let Some(a) = o.meta_mut().annotations.as_mut() {
-                    a.remove(LAST_APPLIED);
-                }
-            }),
+        watch(api, config).modify(|o| {
+            o.managed_fields_mut().clear();
+            // `kubectl apply` (client side) keeps a second copy of the
+            // whole object here; nothing reads it.
+            if let Some(a) = o.meta_mut().annotations.as_mut() {
+                a.remove(LAST_APPLIED);
+            }
+        }),
     )
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
@@ -439,11 +449,7 @@ where
     let reader = store.clone();
     let stream = reflector::reflector(
         writer,
-        watcher(api, config)
-            .backoff(WatchBackoff::default())
-            .inspect_err(
-                |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
-            )
+        watch(api, config)
             .map_ok(|event| match event {
                 watcher::Event::Apply(o) => watcher::Event::Apply(slim::slim(o)),
                 watcher::Event::Delete(o) => watcher::Event::Delete(slim::slim(o)),
