@@ -38,8 +38,7 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
         ),
     )
     .await;
-    f.wait_status("p", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("p").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 38)));
     let rv = |o: Option<String>| o.unwrap();
     let d0 = rv(f
@@ -350,8 +349,7 @@ async fn a_downgrade_kills_no_pod_before_the_drain_ends_and_data_follows_retenti
         )
     };
     f.apply_sub("k", &spec(true, true, "Retain")).await;
-    f.wait_status("k", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("k").await;
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), &ns);
     let module_pods = |m: String| {
         let pods = pods.clone();
@@ -457,8 +455,7 @@ async fn provisioned_capacity_is_metered_per_tenant_and_module() {
         ),
     )
     .await;
-    f.wait_status("m", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("m").await;
     let read = |name: &str| {
         let prefix = format!(
             "tenant_capacity_module_{name}_total{{namespace=\"{}\",subscription=\"m\",tenant=\"m\",module=\"{}\"}} ",

@@ -30,8 +30,7 @@ async fn a_tenant_cannot_exceed_its_quota_and_nothing_leaks_out_of_its_namespace
         ),
     )
     .await;
-    f.wait_status("t", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("t").await;
 
     // Nothing labelled for this subscription exists outside its namespace.
     let selector = format!(

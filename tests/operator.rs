@@ -249,8 +249,7 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
         )
     };
     f.apply_sub("d", &both(true)).await;
-    f.wait_status("d", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("d").await;
     assert_eq!(f.quota_hard("d", "pods").await.as_deref(), Some("17")); // 10+3 and 3+1
 
     f.apply_sub("d", &both(false)).await;
@@ -392,8 +391,7 @@ spec:
     )
     .await;
     f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("h").await;
 
     // Deleted by hand: recreated.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &ns);
@@ -455,8 +453,7 @@ spec:
 
     // Drop the module again: the stranger HPA and ConfigMap survive.
     f.apply_sub("h", &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n", f.video)).await;
-    f.wait_status("h", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("h").await;
     let svc: HorizontalPodAutoscaler = f
         .get(&format!("h-{}", f.im))
         .await
@@ -559,8 +556,7 @@ async fn semantic_errors_leave_running_children_untouched() {
         f.video
     );
     f.apply_sub("s", &good).await;
-    f.wait_status("s", "Ready", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    f.wait_available("s").await;
     let before_d = f
         .get::<Deployment>(&video)
         .await

@@ -332,6 +332,12 @@ impl Fixture {
         get_opt::<K>(&self.client, &self.ns.name, name).await
     }
 
+    /// Wait until the subscription is `Ready=True` (`Available`) at its current generation.
+    pub async fn wait_available(&self, name: &str) -> TenantSubscription {
+        self.wait_status(name, "Ready", |s| is(s, "Ready", "True", "Available"))
+            .await
+    }
+
     /// Wait until the subscription's status describes its current generation
     /// and `check` holds.
     pub async fn wait_status(
