@@ -45,23 +45,20 @@ where
     Ok(())
 }
 
-/// Apply `child` unless `applied` (the digest of our cached copy, owned by
-/// us) says it already matches. A child with no cached copy must have passed
-/// [`check_free`]. Returns whether a write was made.
-pub async fn ensure(
+/// Apply `child`, which [`needs_apply`] said differs from what we applied
+/// (`applied`: the digest of our cached copy, if any). A child with no
+/// cached copy must have passed the check that its name is free.
+pub async fn apply_child(
     client: &Client,
     metrics: &Metrics,
     ns: &str,
     child: &Child,
     applied: Option<u64>,
-) -> Result<bool, Error> {
+) -> Result<(), Error> {
     use k8s_openapi::api::{
         apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1,
     };
     let desired = child.to_value();
-    if applied == Some(desired_digest(&desired)) {
-        return Ok(false);
-    }
     let name = child.name();
     if applied.is_some() {
         tracing::debug!(
@@ -78,7 +75,7 @@ pub async fn ensure(
         Child::Quota(_) => apply_typed::<v1::ResourceQuota>(client, ns, name, &desired).await?,
     }
     metrics.write(child.kind(), "apply");
-    Ok(true)
+    Ok(())
 }
 
 /// Delete an object we own, guarded by its uid so a same-named replacement survives.

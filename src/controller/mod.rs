@@ -979,15 +979,15 @@ async fn converge(
             .iter()
             .any(|(c, _)| matches!(c, render::Child::Deployment(_)))
         {
-            apply::ensure(&ctx.client, &ctx.metrics, ns, &q.0, q.1).await?;
+            apply::apply_child(&ctx.client, &ctx.metrics, ns, &q.0, q.1).await?;
         } else {
             writes.push(q);
         }
     }
     futures::future::try_join_all(
-        writes
-            .iter()
-            .map(|(child, digest)| apply::ensure(&ctx.client, &ctx.metrics, ns, child, *digest)),
+        writes.iter().map(|(child, digest)| {
+            apply::apply_child(&ctx.client, &ctx.metrics, ns, child, *digest)
+        }),
     )
     .await?;
 
