@@ -52,6 +52,10 @@ enum Command {
         /// Seconds a leader holds the Lease without renewing it.
         #[arg(long, default_value_t = 15)]
         leader_election_lease_seconds: u64,
+        /// How watches fetch existing objects: `stream` (WatchList, least memory),
+        /// `paged` (list in pages), or `auto` (`stream` from Kubernetes 1.34).
+        #[arg(long, value_enum, default_value = "auto", env = "INITIAL_LIST")]
+        initial_list: controller::InitialList,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -121,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             leader_election_namespace,
             leader_election_id,
             leader_election_lease_seconds,
+            initial_list,
         } => {
             telemetry::init(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +144,7 @@ fn main() -> anyhow::Result<()> {
                     namespace,
                     resync: Duration::from_secs(resync_seconds.max(1)),
                     concurrency: concurrency.max(1),
+                    initial_list,
                     ..Default::default()
                 };
                 let shutdown = async {

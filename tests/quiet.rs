@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use kube::{Api, Client};
-use tenant_capacity_operator::api::TenantSubscription;
+use tenant_capacity_operator::{api::TenantSubscription, controller};
 
 const OUR_RESOURCES: &[&str] = &[
     "deployments",
@@ -201,6 +201,38 @@ spec:
         "409 or 429 responses on our resources"
     );
     for o in operators {
+        o.stop().await;
+    }
+
+    // Restarted, with existing objects fetched either way (a streamed
+    // WatchList, or lists in pages), the operator finds every child as it
+    // left it: each subscription is reconciled and nothing is written.
+    let w0 = audit_writes(&names, mark);
+    let restarted: Vec<Operator> = names
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let how = if i % 2 == 0 {
+                controller::InitialList::Paged
+            } else {
+                controller::InitialList::Stream
+            };
+            Operator::start_listing(&client, ns, resync, how)
+        })
+        .collect();
+    wait_for(
+        "every restarted operator to reconcile twice",
+        Duration::from_secs(60),
+        || async { restarted.iter().all(|o| o.reconciliations() >= 2).then_some(()) },
+    )
+    .await;
+    let restart_writes: u64 = restarted.iter().map(|o| o.writes()).sum();
+    assert_eq!(
+        (audit_writes(&names, mark) - w0, restart_writes),
+        (0, 0),
+        "restarted operators (paged and streamed lists) wrote to converged subscriptions"
+    );
+    for o in restarted {
         o.stop().await;
     }
     for ns in namespaces {

@@ -122,6 +122,16 @@ impl Operator {
     }
 
     pub fn start_with(client: &Client, namespace: &str, resync: Duration) -> Self {
+        Self::start_listing(client, namespace, resync, controller::InitialList::Auto)
+    }
+
+    /// Started with watches that fetch existing objects as `initial_list` says.
+    pub fn start_listing(
+        client: &Client,
+        namespace: &str,
+        resync: Duration,
+        initial_list: controller::InitialList,
+    ) -> Self {
         let metrics = Metrics::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = controller::Settings {
@@ -129,6 +139,7 @@ impl Operator {
             resync,
             concurrency: 8,
             metering_interval: Duration::from_secs(1),
+            initial_list,
         };
         let fut = controller::run(
             client.clone(),
