@@ -223,7 +223,12 @@ spec:
     wait_for(
         "every restarted operator to reconcile twice",
         Duration::from_secs(60),
-        || async { restarted.iter().all(|o| o.reconciliations() >= 2).then_some(()) },
+        || async {
+            restarted
+                .iter()
+                .all(|o| o.reconciliations() >= 2)
+                .then_some(())
+        },
     )
     .await;
     let restart_writes: u64 = restarted.iter().map(|o| o.writes()).sum();

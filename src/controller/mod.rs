@@ -1346,9 +1346,17 @@ mod tests {
     fn resync_is_spread_over_its_last_tenth() {
         let resync = Duration::from_secs(300);
         let draws: BTreeSet<Duration> = (0..200).map(|_| jittered(resync)).collect();
-        assert!(draws.iter().all(|d| *d <= resync && *d >= resync.mul_f64(0.9)));
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d <= resync && *d >= resync.mul_f64(0.9))
+        );
         // 200 draws from 1,000 values: a constant (or nearly) would fail.
-        assert!(draws.len() > 100, "only {} distinct resync delays", draws.len());
+        assert!(
+            draws.len() > 100,
+            "only {} distinct resync delays",
+            draws.len()
+        );
         let spread = *draws.last().unwrap() - *draws.first().unwrap();
         assert!(spread > Duration::from_secs(20), "spread {spread:?}");
     }
@@ -1365,7 +1373,11 @@ mod tests {
             ("1", "", InitialList::Paged),
             ("", "x", InitialList::Paged),
         ] {
-            assert_eq!(InitialList::for_version(major, minor), want, "{major}.{minor}");
+            assert_eq!(
+                InitialList::for_version(major, minor),
+                want,
+                "{major}.{minor}"
+            );
         }
     }
 
