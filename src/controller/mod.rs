@@ -208,7 +208,7 @@ pub struct Context {
     pub settings: Settings,
     /// Turns true once every cache has its first full list.
     synced: tokio::sync::watch::Receiver<bool>,
-    /// When each subscription's status was last written (see `STATUS_BATCH`).
+    /// When each subscription's status was last written (see `batch_period`).
     status_written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
@@ -680,13 +680,14 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         batch_until = Some(now + SignedDuration::try_from(STATUS_BATCH).unwrap_or_default());
     } else if new_status != old_status && only_counts_changed(&old_status, &new_status) {
         // Replica counts moving while nothing else changes (pods starting,
-        // the HPA scaling) are written at most once per STATUS_BATCH.
+        // the HPA scaling) are written at most once per batch period.
+        let period = batch_period(&new_status);
         let last = ctx.status_written.lock().unwrap().get(&key).copied();
         if let Some(last) = last
-            && last.elapsed() < STATUS_BATCH
+            && last.elapsed() < period
         {
             batch_until = Some(
-                now + SignedDuration::try_from(STATUS_BATCH - last.elapsed()).unwrap_or_default(),
+                now + SignedDuration::try_from(period - last.elapsed()).unwrap_or_default(),
             );
         }
     }
@@ -707,7 +708,7 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         {
             let mut written = ctx.status_written.lock().unwrap();
             if written.len() > 256 {
-                written.retain(|_, t| t.elapsed() < STATUS_BATCH);
+                written.retain(|_, t| t.elapsed() < PROGRESS_BATCH);
             }
             written.insert(key, std::time::Instant::now());
         }
@@ -1224,8 +1225,22 @@ fn build_status(
     }
 }
 
-/// Status writes that only move replica counts are batched to one per this long.
+/// Status writes that only move replica counts are batched to one per this
+/// long while the subscription is Ready (the HPA scaling)...
 const STATUS_BATCH: Duration = Duration::from_secs(2);
+/// ...and to one per this long while it is not (pods of a new or changed
+/// plan starting: Ready itself is written the moment it comes, so this only
+/// thins the "2/3 replicas ready" steps, the bulk of a cold start's writes).
+const PROGRESS_BATCH: Duration = Duration::from_secs(10);
+
+/// How long count-only status changes of `status` wait for the next write.
+fn batch_period(status: &TenantSubscriptionStatus) -> Duration {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    if ready { STATUS_BATCH } else { PROGRESS_BATCH }
+}
 
 /// Whether `new` differs from `old` only in what pods and autoscalers do
 /// (replica counts and the progress wording), not in any condition's state,
