@@ -103,6 +103,10 @@ struct Args {
     /// Where to write the JSON results (default target/bench/scale-<N>.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Operator binary to measure (default: the one built with this
+    /// benchmark), e.g. another build of it for a side-by-side comparison.
+    #[arg(long)]
+    operator_bin: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -171,6 +175,9 @@ async fn run(args: Args) -> Res<()> {
         json!({"description": machine, "cores": num_cpus(), "memory_gib": mem_gib(), "date": jiff::Timestamp::now().to_string()}),
     );
     results.insert("tenants", json!(n));
+    if let Some(bin) = &args.operator_bin {
+        results.insert("operator_bin", json!(bin));
+    }
     results.insert(
         "objects_per_tenant",
         json!(desired(&catalogue, "x", 0).len()),
@@ -1124,7 +1131,11 @@ impl Operator {
         let health = free_port()?;
         let log_path = PathBuf::from(format!("target/bench/operator-{tag}.log"));
         let log_file = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenant-capacity-operator"))
+        let bin = args
+            .operator_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tenant-capacity-operator")));
+        let child = tokio::process::Command::new(bin)
             .args([
                 "run",
                 "--metrics-bind-address",

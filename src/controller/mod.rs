@@ -57,6 +57,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server answered 404 Not Found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(s)) if s.code == 404)
+    }
+
     pub fn metric_label(&self) -> String {
         match self {
             Self::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
@@ -210,6 +215,8 @@ pub struct Context {
     synced: tokio::sync::watch::Receiver<bool>,
     /// When each subscription's status was last written (see `batch_period`).
     status_written: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Consecutive "not found" failures per subscription (see `retry_delay`).
+    not_found: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -399,6 +406,7 @@ pub async fn run(
         settings,
         synced,
         status_written: Default::default(),
+        not_found: Default::default(),
     });
 
     let metering_ctx = ctx.clone();
@@ -566,8 +574,32 @@ fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) ->
             error: err.metric_label(),
         })
         .inc();
-    warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let key = format!("{}/{}", sub.namespace().unwrap_or_default(), sub.name_any());
+    let not_found = {
+        let mut counts = ctx.not_found.lock().unwrap();
+        if err.is_not_found() {
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            *n
+        } else {
+            counts.remove(&key);
+            0
+        }
+    };
+    let delay = retry_delay(not_found);
+    warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// When a failed reconcile is tried again: in 5 s (an outage, a conflict, a
+/// refused write: the next try may well work), except after "not found"
+/// answers, which last (a subscription left behind in a namespace that is
+/// gone): 5 s doubled per consecutive one, at most 5 min.
+fn retry_delay(consecutive_not_found: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MOST: Duration = Duration::from_secs(300);
+    let doublings = consecutive_not_found.saturating_sub(1).min(10);
+    FIRST.saturating_mul(1 << doublings).min(MOST)
 }
 
 async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -576,6 +608,16 @@ async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Ac
     // Deciding from half-filled caches would rewrite children that exist.
     ctx.caches_ready().await;
     let result = reconcile_subscription(&sub, &ctx).await;
+    if result.is_ok() {
+        let mut counts = ctx.not_found.lock().unwrap();
+        if !counts.is_empty() {
+            counts.remove(&format!(
+                "{}/{}",
+                sub.namespace().unwrap_or_default(),
+                sub.name_any()
+            ));
+        }
+    }
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -686,9 +728,8 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         if let Some(last) = last
             && last.elapsed() < period
         {
-            batch_until = Some(
-                now + SignedDuration::try_from(period - last.elapsed()).unwrap_or_default(),
-            );
+            batch_until =
+                Some(now + SignedDuration::try_from(period - last.elapsed()).unwrap_or_default());
         }
     }
     if new_status != old_status && batch_until.is_none() {
@@ -1374,6 +1415,16 @@ mod tests {
         );
         let spread = *draws.last().unwrap() - *draws.first().unwrap();
         assert!(spread > Duration::from_secs(20), "spread {spread:?}");
+    }
+
+    #[test]
+    fn not_found_failures_back_off_to_five_minutes() {
+        let secs = |n| retry_delay(n).as_secs();
+        assert_eq!(
+            (0..=8).map(secs).collect::<Vec<_>>(),
+            [5, 5, 10, 20, 40, 80, 160, 300, 300]
+        );
+        assert_eq!(secs(u32::MAX), 300);
     }
 
     #[test]

@@ -104,6 +104,15 @@ impl TestNamespace {
     }
 
     pub async fn delete(self) {
+        // Subscriptions go first, by a direct delete: a namespace deletion that
+        // an API-server restart (tests/faults.rs) interrupts can leave them
+        // behind in a namespace that no longer exists, and every operator
+        // watching all namespaces (the benchmark's smoke run) would keep
+        // reconciling them.
+        let subs: Api<TenantSubscription> = Api::namespaced(self.client.clone(), &self.name);
+        let _ = subs
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await;
         let api: Api<Namespace> = Api::all(self.client.clone());
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
     }
