@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+                let client = controller::client().await.context("connecting to Kubernetes")?;
                 let metrics = Metrics::default();
                 let readiness = Readiness::default();
                 let (ma, ha, serve) =
