@@ -596,7 +596,7 @@ fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) ->
             error: err.metric_label(),
         })
         .inc();
-    let key = format!("{}/{}", sub.namespace().unwrap_or_default(), sub.name_any());
+    let key = key(&sub);
     let not_found = {
         let mut counts = ctx.not_found.lock().unwrap();
         if err.is_not_found() {
@@ -611,6 +611,12 @@ fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) ->
     let delay = retry_delay(not_found);
     warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
+}
+
+/// `namespace/name`: the key of a subscription in the per-subscription maps
+/// of the context.
+fn key(sub: &TenantSubscription) -> String {
+    format!("{}/{}", sub.namespace().unwrap_or_default(), sub.name_any())
 }
 
 /// When a failed reconcile is tried again: in 5 s (an outage, a conflict, a
@@ -633,11 +639,7 @@ async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Ac
     if result.is_ok() {
         let mut counts = ctx.not_found.lock().unwrap();
         if !counts.is_empty() {
-            counts.remove(&format!(
-                "{}/{}",
-                sub.namespace().unwrap_or_default(),
-                sub.name_any()
-            ));
+            counts.remove(&key(&sub));
         }
     }
     ctx.metrics
@@ -738,7 +740,7 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
 
     publish_metrics(ctx, sub, &outcome);
     let new_status = build_status(sub, &old_status, &outcome, now);
-    let key = format!("{ns}/{name}");
+    let key = key(sub);
     let mut batch_until = None;
     if new_status != old_status && outcome.awaiting_quota {
         batch_until = Some(now + SignedDuration::try_from(STATUS_BATCH).unwrap_or_default());
