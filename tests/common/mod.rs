@@ -26,14 +26,16 @@ use tenant_capacity_operator::{
 
 pub const TEST_MANAGER: &str = "integration-test";
 
-/// A client for the cluster named by KUBECONFIG. Fails loudly without one:
-/// these tests must never pass by skipping.
+/// A client for the cluster named by KUBECONFIG, built as the operator binary
+/// builds its own (`controller::client`, with its cap on requests in flight),
+/// so in-process operators run with the same client. Fails loudly without
+/// one: these tests must never pass by skipping.
 pub async fn client() -> Client {
     assert!(
         std::env::var_os("KUBECONFIG").is_some(),
         "KUBECONFIG is not set: start the local cluster with hack/cluster.sh up and eval \"$(hack/cluster.sh env)\" (hack/test.sh does both)"
     );
-    Client::try_default()
+    controller::client()
         .await
         .expect("connect to the cluster in KUBECONFIG")
 }
