@@ -1,12 +1,13 @@
 //! Metering: provisioned capacity integrated over time, per tenant and
 //! module, as Prometheus counters a billing pipeline can rate() and sum.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::{
+    api::TenantSubscription,
     controller::slim::Slim,
     metrics::{Metrics, ModuleLabels},
 };
@@ -31,18 +32,55 @@ pub fn accumulate<'a>(
             module: m.module.clone(),
         };
         metrics
-            .replica_seconds
-            .get_or_create(&key)
-            .inc_by(replicas * secs);
-        metrics
-            .session_capacity_seconds
-            .get_or_create(&key)
-            .inc_by(replicas * sessions * secs);
+            .modules
+            .meter(&key, replicas * secs, replicas * sessions * secs);
     }
 }
 
-/// Meter every `interval` until dropped. Start it once the caches are synced.
-pub async fn run(deployments: Store<Slim<Deployment>>, metrics: Metrics, interval: Duration) {
+/// Forget the series of what is gone. A module's gauges go when its
+/// subscription no longer lists it or is deleted (while it lists it,
+/// reconciling keeps them right: none unless active); its
+/// counters stay while a Deployment of it still runs (provisioned capacity
+/// is billed until the pods are gone), and then the whole series goes.
+pub fn prune<'a>(
+    deployments: impl IntoIterator<Item = &'a Slim<Deployment>>,
+    listed: impl Fn(&ModuleLabels) -> bool,
+    metrics: &Metrics,
+) {
+    let running: HashSet<(&str, &str, &str)> = deployments
+        .into_iter()
+        .filter_map(|d| {
+            let m = d.facts.metering.as_ref()?;
+            Some((
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+                m.subscription.as_str(),
+                m.module.as_str(),
+            ))
+        })
+        .collect();
+    metrics.modules.retain(|l, v| {
+        if !listed(l) {
+            v.plan = None;
+        }
+        v.plan.is_some()
+            || running.contains(&(
+                l.namespace.as_str(),
+                l.subscription.as_str(),
+                l.module.as_str(),
+            ))
+    });
+}
+
+/// Meter every `interval` until dropped, then forget what is gone (see
+/// [`prune`]) and run `also` (other housekeeping on the same beat). Start
+/// it once the caches are synced.
+pub async fn run(
+    deployments: Store<Slim<Deployment>>,
+    subscriptions: Store<TenantSubscription>,
+    metrics: Metrics,
+    interval: Duration,
+    also: impl Fn(),
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -52,6 +90,17 @@ pub async fn run(deployments: Store<Slim<Deployment>>, metrics: Metrics, interva
         let now = tokio::time::Instant::now();
         let state = deployments.state();
         accumulate(state.iter().map(|d| d.as_ref()), now - last, &metrics);
+        prune(
+            state.iter().map(|d| d.as_ref()),
+            |l| {
+                subscriptions
+                    .get(&ObjectRef::new(&l.subscription).within(&l.namespace))
+                    .is_some_and(|s| s.spec.modules.iter().any(|m| m.name == l.module))
+            },
+            &metrics,
+        );
+        drop(state);
+        also();
         last = now;
     }
 }
@@ -92,14 +141,9 @@ mod tests {
             tenant: "acme".into(),
             module: "video".into(),
         };
-        assert_eq!(
-            m.replica_seconds.get_or_create(&key).get(),
-            4.0 * 15.0 + 2.0 * 30.0
-        );
-        assert_eq!(
-            m.session_capacity_seconds.get_or_create(&key).get(),
-            40.0 * (4.0 * 15.0 + 2.0 * 30.0)
-        );
+        let v = m.modules.get(&key).unwrap();
+        assert_eq!(v.replica_seconds, 4.0 * 15.0 + 2.0 * 30.0);
+        assert_eq!(v.session_capacity_seconds, 40.0 * (4.0 * 15.0 + 2.0 * 30.0));
         let text = m.encode();
         assert!(text.contains("tenant_capacity_module_replica_seconds_total{namespace=\"t\",subscription=\"acme\",tenant=\"acme\",module=\"video\"} 120.0"), "{text}");
     }
@@ -111,5 +155,50 @@ mod tests {
         d.metadata.owner_references = None;
         accumulate([&slim(d)], Duration::from_secs(15), &m);
         assert!(!m.encode().contains("replica_seconds_total{"));
+    }
+
+    #[test]
+    fn series_of_removed_modules_and_subscriptions_are_forgotten() {
+        use crate::metrics::ModulePlan;
+        let m = Metrics::default();
+        let label = |sub: &str, module: &str| ModuleLabels {
+            namespace: "t".into(),
+            subscription: sub.into(),
+            tenant: sub.into(),
+            module: module.into(),
+        };
+        let plan = Some(ModulePlan {
+            max_replicas: 4,
+            min_replicas: 1,
+            ceiling_sessions: 100,
+        });
+        // acme/video runs; acme/voice was switched off and its Deployment is
+        // gone; gone/video belongs to a deleted subscription whose
+        // Deployment is still being collected.
+        m.modules.set_plan(&label("acme", "video"), plan);
+        m.modules.meter(&label("acme", "voice"), 10.0, 100.0);
+        m.modules.set_plan(&label("gone", "video"), plan);
+        let mut d = full(4, "40");
+        d.metadata.name = Some("gone-video".into());
+        let gone = slim(
+            serde_json::from_value::<Deployment>({
+                let mut v = serde_json::to_value(&d).unwrap();
+                v["metadata"]["labels"][LABEL_SUBSCRIPTION] = "gone".into();
+                v["metadata"]["labels"][LABEL_TENANT] = "gone".into();
+                v
+            })
+            .unwrap(),
+        );
+        let running = [deployment(4, "40"), gone];
+        let listed = |l: &ModuleLabels| l.subscription == "acme";
+        prune(running.iter(), listed, &m);
+        assert_eq!(m.modules.get(&label("acme", "video")).unwrap().plan, plan);
+        assert_eq!(m.modules.get(&label("acme", "voice")), None);
+        let gone_video = m.modules.get(&label("gone", "video")).unwrap();
+        assert_eq!(gone_video.plan, None, "gauges of a deleted subscription");
+        // Once its Deployment is collected too, nothing is left of it.
+        prune([&running[0]], listed, &m);
+        assert_eq!(m.modules.get(&label("gone", "video")), None);
+        assert_eq!(m.modules.len(), 1);
     }
 }

@@ -11,6 +11,8 @@ use std::{
 };
 
 use common::*;
+use kube::Api;
+use tenant_capacity_operator::api::TenantSubscription;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -224,6 +226,20 @@ async fn run_serves_health_and_metrics_and_reconciles() {
         "{row}"
     );
     assert!(table.contains("Next transition: none"), "{table}");
+
+    // A deleted subscription's gauges leave /metrics at the next metering
+    // beat (every 15 s); nothing reconciles a subscription that is gone.
+    let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
+    subs.delete("c", &Default::default()).await.unwrap();
+    wait_for(
+        "gauges of the deleted subscription gone",
+        Duration::from_secs(60),
+        || async {
+            let (code, body) = http_get(&metrics, "/metrics")?;
+            (code == 200 && !body.contains(&want)).then_some(())
+        },
+    )
+    .await;
 
     unsafe { libc_kill(child.id() as i32) };
     let status = child.wait().unwrap();

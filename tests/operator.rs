@@ -762,3 +762,71 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     );
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_again_grows_a_series_instead_of_a_new_object() {
+    use tenant_capacity_operator::controller::events::{EventType, Events};
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "events").await;
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("capacity.tenancy.dev/v1alpha1".into()),
+        kind: Some("TenantSubscription".into()),
+        namespace: Some(ns.name.clone()),
+        name: Some("acme".into()),
+        uid: Some("00000000-0000-0000-0000-000000000001".into()),
+        ..Default::default()
+    };
+    let events = Events::new(client.clone(), "tenant-capacity-operator", None);
+    for _ in 0..3 {
+        events
+            .publish(
+                &regarding,
+                EventType::Warning,
+                "ExceedsPlan",
+                "Reconcile",
+                "too big",
+            )
+            .await
+            .unwrap();
+    }
+    events
+        .publish(
+            &regarding,
+            EventType::Normal,
+            "Available",
+            "Reconcile",
+            "ok",
+        )
+        .await
+        .unwrap();
+    let list = Api::<Event>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let by_reason = |r: &str| {
+        list.items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(r))
+            .collect::<Vec<_>>()
+    };
+    let exceeds = by_reason("ExceedsPlan");
+    assert_eq!(
+        exceeds.len(),
+        1,
+        "one object for three repeats: {exceeds:?}"
+    );
+    let series = exceeds[0].series.as_ref().expect("series");
+    assert_eq!(series.count, 3);
+    assert_eq!(exceeds[0].note.as_deref(), Some("too big"));
+    assert_eq!(exceeds[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        exceeds[0].reporting_controller.as_deref(),
+        Some("tenant-capacity-operator")
+    );
+    let available = by_reason("Available");
+    assert_eq!(available.len(), 1);
+    assert!(available[0].series.is_none());
+    assert_eq!(events.remembered(), 2);
+    ns.delete().await;
+}

@@ -3,6 +3,7 @@
 //! `dereference -> plan -> render -> apply -> drain -> status`.
 
 pub mod apply;
+pub mod events;
 pub mod slim;
 pub mod status;
 
@@ -24,7 +25,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
-        events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -39,10 +39,11 @@ use crate::{
         SubscriptionPlan, TenantSubscription, TenantSubscriptionStatus,
     },
     capacity::{self, CapacityPlan, Footprint, window::format_instant},
-    metrics::{Metrics, ModuleLabels},
+    metrics::{Metrics, ModuleLabels, ModulePlan},
     render::{self, ANNOTATION_DRAINING_SINCE, MANAGER, Owner},
     server::Readiness,
 };
+use events::{EventType, Events};
 use slim::{Slim, Slimmable};
 use status::LiveModule;
 
@@ -209,7 +210,7 @@ pub struct Context {
     pub services: Store<Slim<Service>>,
     pub quotas: Store<Slim<ResourceQuota>>,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    pub events: Events,
     pub settings: Settings,
     /// Turns true once every cache has its first full list.
     synced: tokio::sync::watch::Receiver<bool>,
@@ -374,13 +375,7 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .trigger_backoff(WatchBackoff::default());
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: None,
-        },
-    );
+    let events = Events::new(client.clone(), MANAGER, None);
     // A store wakes only one waiter of its first sync (its readiness is a
     // oneshot channel: the last task to poll it holds the only waker). So
     // exactly one task waits on each store and everyone else on this flag.
@@ -424,7 +419,7 @@ pub async fn run(
         services: services.clone(),
         quotas: quotas.clone(),
         metrics,
-        recorder,
+        events,
         settings,
         synced,
         status_written: Default::default(),
@@ -432,13 +427,16 @@ pub async fn run(
     });
 
     let metering_ctx = ctx.clone();
+    let housekeeping_subscriptions = subscription_store.clone();
     let metering = tokio::spawn(async move {
         metering_ctx.caches_ready().await;
         let c = &metering_ctx;
         crate::metering::run(
             c.deployments.clone(),
+            housekeeping_subscriptions,
             c.metrics.clone(),
             c.settings.metering_interval,
+            || c.events.forget_old(Timestamp::now()),
         )
         .await
     });
@@ -1349,20 +1347,12 @@ fn publish_metrics(ctx: &Context, sub: &TenantSubscription, o: &Outcome) {
             tenant: sub.spec.tenant_id.clone(),
             module: m.name.clone(),
         };
-        if m.state == Some(ModuleState::Active) {
-            ctx.metrics
-                .max_replicas
-                .get_or_create(&labels)
-                .set(m.max_replicas.unwrap_or(0) as i64);
-            ctx.metrics
-                .min_replicas
-                .get_or_create(&labels)
-                .set(m.min_replicas.unwrap_or(0) as i64);
-            ctx.metrics
-                .ceiling_sessions
-                .get_or_create(&labels)
-                .set(m.concurrency.unwrap_or(0));
-        }
+        let plan = (m.state == Some(ModuleState::Active)).then(|| ModulePlan {
+            max_replicas: m.max_replicas.unwrap_or(0) as i64,
+            min_replicas: m.min_replicas.unwrap_or(0) as i64,
+            ceiling_sessions: m.concurrency.unwrap_or(0),
+        });
+        ctx.metrics.modules.set_plan(&labels, plan);
     }
 }
 
@@ -1403,14 +1393,13 @@ fn publish<'a>(
     note: &'a str,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        let ev = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &sub.object_ref(&())).await {
+        let note: String = note.chars().take(1000).collect();
+        let regarding = sub.object_ref(&());
+        if let Err(e) = ctx
+            .events
+            .publish(&regarding, type_, reason, "Reconcile", &note)
+            .await
+        {
             warn!(error = %e, "could not publish event");
         } else {
             ctx.metrics.write("Event", "create");
