@@ -75,6 +75,21 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     );
     assert!(vm.ready_replicas.unwrap_or(0) >= 1);
 
+    // Becoming Available is announced; starting out Progressing is not.
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let reasons = wait_for("Available event", T, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("acme"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        reasons.iter().any(|r| r == "Available").then_some(reasons)
+    })
+    .await;
+    assert_eq!(reasons, ["Available"]);
+
     // HPA: numbers and CPU target from the profile.
     let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
     assert_eq!((h.spec.min_replicas, h.spec.max_replicas), (Some(1), 25));

@@ -1388,7 +1388,12 @@ async fn announce(
 ) {
     let before = status::reason_of(&old.conditions, status::READY);
     let after = status::reason_of(&new.conditions, status::READY);
+    // A new subscription starts Progressing: its creator knows, and the
+    // event that matters (Available, or what stops it) follows. Skipping
+    // that one is a write less per tenant on a cold start.
+    let first_progress = before.is_none() && after == Some("Progressing");
     if before != after
+        && !first_progress
         && let Some(c) = new.conditions.iter().find(|c| c.type_ == status::READY)
     {
         let type_ = match c.reason.as_str() {
