@@ -57,7 +57,7 @@ struct Sent {
 
 /// What the next publish of an event does.
 #[derive(Debug, PartialEq)]
-enum Send {
+enum Next {
     Create,
     /// Patch the series of the event `name` (in the object's namespace) to `count`.
     Repeat {
@@ -98,7 +98,7 @@ impl Events {
         let key = key(regarding, type_, reason, action, note);
         let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         match self.next(key, now) {
-            Send::Repeat { name, count } => {
+            Next::Repeat { name, count } => {
                 let patch = json!({
                     "series": {"count": count, "lastObservedTime": MicroTime(now)},
                 });
@@ -115,7 +115,7 @@ impl Events {
                     Err(e) => return Err(e),
                 }
             }
-            Send::Create => {}
+            Next::Create => {}
         }
         let name = format!(
             "{}.{:x}",
@@ -157,14 +157,14 @@ impl Events {
         self.recent.lock().unwrap().len()
     }
 
-    fn next(&self, key: u64, now: Timestamp) -> Send {
+    fn next(&self, key: u64, now: Timestamp) -> Next {
         self.forget_old(now);
         match self.recent.lock().unwrap().get(&key) {
-            Some(s) => Send::Repeat {
+            Some(s) => Next::Repeat {
                 name: s.name.clone(),
                 count: s.count + 1,
             },
-            None => Send::Create,
+            None => Next::Create,
         }
     }
 
@@ -229,12 +229,12 @@ mod tests {
         let r = reference("acme", "u1");
         let k = key(&r, EventType::Normal, "Available", "Reconcile", "ok");
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(e.next(k, t0), Send::Create);
+        assert_eq!(e.next(k, t0), Next::Create);
         e.sent(k, "acme.1", 1, t0);
         let t1 = t0 + SignedDuration::from_mins(5);
         assert_eq!(
             e.next(k, t1),
-            Send::Repeat {
+            Next::Repeat {
                 name: "acme.1".into(),
                 count: 2
             }
@@ -242,9 +242,9 @@ mod tests {
         e.sent(k, "acme.1", 2, t1);
         // The window runs from the last time it was seen.
         let t2 = t1 + SignedDuration::from_mins(5);
-        assert!(matches!(e.next(k, t2), Send::Repeat { count: 3, .. }));
+        assert!(matches!(e.next(k, t2), Next::Repeat { count: 3, .. }));
         // Quiet for longer than the window: forgotten, a new event.
-        assert_eq!(e.next(k, t1 + SERIES_WINDOW), Send::Create);
+        assert_eq!(e.next(k, t1 + SERIES_WINDOW), Next::Create);
         assert_eq!(e.remembered(), 0);
     }
 
