@@ -141,6 +141,12 @@ fn main() -> Res<()> {
         .block_on(run(args))
 }
 
+/// A time limit of `secs` per 1,000 tenants (at least `secs`): what is
+/// generous at 1,000 would cut a 10,000-tenant run short.
+fn per_thousand(n: usize, secs: u64) -> Duration {
+    Duration::from_secs(secs * (n as u64).div_ceil(1000).max(1))
+}
+
 fn log(msg: impl AsRef<str>) {
     eprintln!(
         "[bench {:>7.1}s] {}",
@@ -241,7 +247,7 @@ async fn run(args: Args) -> Res<()> {
     let audit_start = audit.mark()?;
     let t0 = Instant::now();
     let mut op = Operator::start(&kubeconfig, &args, "cold")?;
-    tracker.wait_ready(n, Duration::from_secs(1800)).await?;
+    tracker.wait_ready(n, per_thousand(n, 1800)).await?;
     let cold = t0.elapsed();
     let cold_hwm = op.memory().1;
     log(format!(
@@ -266,7 +272,7 @@ async fn run(args: Args) -> Res<()> {
     // status writes before that follow the HPAs' first real numbers.
     let settle_start = audit.mark()?;
     let t_settle = Instant::now();
-    wait_hpas_active(&client, 3 * n, Duration::from_secs(900)).await?;
+    wait_hpas_active(&client, 3 * n, per_thousand(n, 900)).await?;
     // Then until the operator has caught up with what the HPAs reported: a
     // stretch with no operator write longer than its 2 s status batching.
     let t_quiet = Instant::now();
