@@ -74,20 +74,14 @@ impl ModuleMetrics {
 
     /// Set (or with `None` withdraw) the gauges of one module.
     pub fn set_plan(&self, labels: &ModuleLabels, plan: Option<ModulePlan>) {
-        let mut series = self.series.lock().unwrap();
-        match (series.get_mut(labels), plan) {
-            (Some(v), plan) => v.plan = plan,
-            (None, Some(plan)) => {
-                series.insert(
-                    labels.clone(),
-                    ModuleValues {
-                        plan: Some(plan),
-                        ..Default::default()
-                    },
-                );
+        if plan.is_none() {
+            // Withdrawing from a module never seen creates nothing.
+            if let Some(v) = self.series.lock().unwrap().get_mut(labels) {
+                v.plan = None;
             }
-            (None, None) => {}
+            return;
         }
+        self.update(labels, |v| v.plan = plan);
     }
 
     /// Add provisioned replica-seconds and session-capacity-seconds.
