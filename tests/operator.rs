@@ -793,18 +793,22 @@ async fn the_same_event_again_grows_a_series_instead_of_a_new_object() {
         ..Default::default()
     };
     let events = Events::new(client.clone(), "tenant-capacity-operator", None);
+    let mut verbs = Vec::new();
     for _ in 0..3 {
-        events
-            .publish(
-                &regarding,
-                EventType::Warning,
-                "ExceedsPlan",
-                "Reconcile",
-                "too big",
-            )
-            .await
-            .unwrap();
+        verbs.push(
+            events
+                .publish(
+                    &regarding,
+                    EventType::Warning,
+                    "ExceedsPlan",
+                    "Reconcile",
+                    "too big",
+                )
+                .await
+                .unwrap(),
+        );
     }
+    assert_eq!(verbs, ["create", "patch", "patch"]);
     events
         .publish(
             &regarding,

@@ -84,7 +84,8 @@ impl Events {
     }
 
     /// Create the event, or count it into the series of the same event sent
-    /// less than [`SERIES_WINDOW`] ago.
+    /// less than [`SERIES_WINDOW`] ago. Returns the verb sent: `create` or
+    /// `patch`.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
@@ -92,7 +93,7 @@ impl Events {
         reason: &str,
         action: &str,
         note: &str,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<&'static str, kube::Error> {
         let now = Timestamp::now();
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let key = key(regarding, type_, reason, action, note);
@@ -108,7 +109,7 @@ impl Events {
                 {
                     Ok(_) => {
                         self.sent(key, &name, count, now);
-                        return Ok(());
+                        return Ok("patch");
                     }
                     // Deleted since (events expire): start a new one.
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -140,7 +141,7 @@ impl Events {
         };
         events.create(&PostParams::default(), &event).await?;
         self.sent(key, &name, 1, now);
-        Ok(())
+        Ok("create")
     }
 
     /// Drop the records of events that can no longer grow into a series.

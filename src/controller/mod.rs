@@ -1423,14 +1423,13 @@ fn publish<'a>(
     Box::pin(async move {
         let note: String = note.chars().take(1000).collect();
         let regarding = sub.object_ref(&());
-        if let Err(e) = ctx
+        match ctx
             .events
             .publish(&regarding, type_, reason, "Reconcile", &note)
             .await
         {
-            warn!(error = %e, "could not publish event");
-        } else {
-            ctx.metrics.write("Event", "create");
+            Ok(verb) => ctx.metrics.write("Event", verb),
+            Err(e) => warn!(error = %e, "could not publish event"),
         }
     })
 }
