@@ -4,12 +4,15 @@
 //!
 //! The crate is a pipeline: [`api`] (custom resources) → [`capacity`] (pure
 //! capacity rules) → [`render`] (desired objects) → [`controller`] (watch,
-//! apply, status). The binary in `main.rs` is a thin command line over it.
+//! decide, write, status). [`live`] is the cached form of children, shared by
+//! the controller and [`metering`]. The binary in `main.rs` is a thin command
+//! line over it; docs/architecture.md walks through it.
 
 pub mod api;
 pub mod capacity;
 pub mod controller;
 pub mod leader;
+pub mod live;
 pub mod metering;
 pub mod metrics;
 pub mod preview;

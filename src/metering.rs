@@ -8,7 +8,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::{
     api::TenantSubscription,
-    controller::slim::Slim,
+    live::Slim,
     metrics::{Metrics, ModuleLabels},
 };
 
@@ -108,7 +108,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::slim::slim;
+    use crate::live::slim;
     use crate::render::{
         ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT,
     };

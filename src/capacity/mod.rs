@@ -22,6 +22,12 @@ pub const MAX_SURGE_PERCENT: i64 = 25;
 /// Longest child object name a Service accepts (DNS-1035 label).
 pub const MAX_CHILD_NAME: usize = 63;
 
+/// The name of a module's children (Deployment, HPA, Service): the rule that
+/// [`MAX_CHILD_NAME`] is checked against.
+pub fn child_name(subscription: &str, module: &str) -> String {
+    format!("{subscription}-{module}")
+}
+
 /// Why a subscription cannot be applied. Each names the module or field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvalidSpec {
@@ -79,6 +85,31 @@ impl InvalidSpec {
             Self::ExceedsPlan { .. } => "ExceedsPlan",
             Self::CalendarNotFound { .. } => "CalendarNotFound",
         }
+    }
+
+    /// The module at fault, when the error belongs to one.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            Self::ProfileNotFound { module }
+            | Self::TierNotFound { module, .. }
+            | Self::CapacityOverflow { module }
+            | Self::BadQuantity { module, .. }
+            | Self::NameTooLong { module, .. }
+            | Self::ModuleNotInPlan { module, .. }
+            | Self::ExceedsPlan { module, .. } => Some(module),
+            Self::Window(_) | Self::PlanNotFound { .. } | Self::CalendarNotFound { .. } => None,
+        }
+    }
+
+    /// A catalogue object the subscription names does not exist (yet): it
+    /// may be applied together with the subscription and turn up any moment.
+    pub fn is_missing_reference(&self) -> bool {
+        matches!(
+            self,
+            Self::ProfileNotFound { .. }
+                | Self::PlanNotFound { .. }
+                | Self::CalendarNotFound { .. }
+        )
     }
 }
 
@@ -325,7 +356,7 @@ pub fn plan(
                 }
             },
         };
-        let child_name = format!("{subscription}-{}", m.name);
+        let child_name = child_name(subscription, &m.name);
         if child_name.len() > MAX_CHILD_NAME {
             errors.push(InvalidSpec::NameTooLong {
                 module: m.name.clone(),

@@ -29,6 +29,9 @@ use kube::{
 };
 use serde_json::json;
 
+use super::status;
+use crate::api::TenantSubscriptionStatus;
+
 /// How long an event can still grow into a series (client-go's value).
 pub const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 
@@ -45,6 +48,55 @@ impl EventType {
             Self::Warning => "Warning",
         }
     }
+}
+
+/// An Event to publish about a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Events on the status transitions a human should hear about: Ready
+/// changing its reason, and capacity becoming limited. None while nothing
+/// changes.
+pub fn announcements(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> Vec<Note> {
+    let mut notes = Vec::new();
+    let before = status::reason_of(&old.conditions, status::READY);
+    let after = status::reason_of(&new.conditions, status::READY);
+    // A new subscription starts Progressing: its creator knows, and the
+    // event that matters (Available, or what stops it) follows. Skipping
+    // that one is a write less per tenant on a cold start.
+    let first_progress = before.is_none() && after == Some("Progressing");
+    if before != after
+        && !first_progress
+        && let Some(c) = new.conditions.iter().find(|c| c.type_ == status::READY)
+    {
+        let type_ = match c.reason.as_str() {
+            "Available" | "Progressing" | "Paused" => EventType::Normal,
+            _ => EventType::Warning,
+        };
+        notes.push(Note {
+            type_,
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        });
+    }
+    let limited = |s: &TenantSubscriptionStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::CAPACITY_LIMITED && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    if let (None, Some(message)) = (limited(old), limited(new)) {
+        notes.push(Note {
+            type_: EventType::Warning,
+            reason: "CapacityLimited".into(),
+            message,
+        });
+    }
+    notes
 }
 
 /// What was sent for one recent event: enough to patch its series.

@@ -1,17 +1,15 @@
-//! Status of a subscription from its plan and the live children: what each
-//! module wants, what it has and what holds it back. Pure functions.
+//! Status of a subscription: what each module wants, what it has and what
+//! holds it back, the conditions of a reconcile's outcome, and when a
+//! changed status is written. Pure functions.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Service},
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::slim::Slim;
+use super::{decide::Outcome, facts::LiveModule};
 use crate::{
-    api::{ModuleState, ModuleStatus},
+    api::{ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionStatus},
     capacity::ModulePlan,
 };
 
@@ -19,29 +17,6 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const CAPACITY_LIMITED: &str = "CapacityLimited";
-
-/// The live children of one module, as far as this subscription owns them.
-#[derive(Debug, Clone, Default)]
-pub struct LiveModule {
-    pub deployment: Option<Arc<Slim<Deployment>>>,
-    pub hpa: Option<Arc<Slim<HorizontalPodAutoscaler>>>,
-    pub service: Option<Arc<Slim<Service>>>,
-}
-
-impl LiveModule {
-    pub fn is_empty(&self) -> bool {
-        self.deployment.is_none() && self.hpa.is_none() && self.service.is_none()
-    }
-
-    fn replicas(&self) -> (Option<i32>, Option<i32>) {
-        let f = self.deployment.as_ref().map(|d| &d.facts);
-        (f.and_then(|f| f.replicas), f.and_then(|f| f.ready_replicas))
-    }
-
-    fn hpa_desired(&self) -> Option<i32> {
-        self.hpa.as_ref().and_then(|h| h.facts.desired_replicas)
-    }
-}
 
 /// Why an active module cannot have the replicas its load asks for, if so:
 /// the ceiling bought, or the quota refusing pods.
@@ -127,6 +102,137 @@ pub fn invalid_module(name: &str, live: &LiveModule, message: String) -> ModuleS
     }
 }
 
+/// The status of `sub` after a reconcile with this outcome.
+pub fn build(
+    sub: &TenantSubscription,
+    old: &TenantSubscriptionStatus,
+    o: &Outcome,
+    now: Timestamp,
+) -> TenantSubscriptionStatus {
+    let generation = sub.metadata.generation;
+    let c = &old.conditions;
+    let cond = |type_, status, reason: &str, message: &str| {
+        condition(c, type_, status, reason, message, generation, now)
+    };
+    let mut conditions = vec![cond(
+        READY,
+        o.ready,
+        &o.ready_reason.reason,
+        &o.ready_reason.message,
+    )];
+    conditions.push(match &o.reconciling {
+        Some(r) => cond(RECONCILING, true, &r.reason, &r.message),
+        None => cond(RECONCILING, false, "Reconciled", ""),
+    });
+    conditions.push(match &o.stalled {
+        Some(r) => cond(STALLED, true, &r.reason, &r.message),
+        None => cond(STALLED, false, "Reconciled", ""),
+    });
+    conditions.push(if o.limited.is_empty() {
+        cond(CAPACITY_LIMITED, false, "WithinCeiling", "")
+    } else {
+        cond(
+            CAPACITY_LIMITED,
+            true,
+            "CeilingReached",
+            &o.limited.join("; "),
+        )
+    });
+    TenantSubscriptionStatus {
+        observed_generation: generation,
+        conditions,
+        active_windows: o.active_windows.clone(),
+        next_transition: o.next_transition.clone(),
+        modules: o.modules.clone(),
+    }
+}
+
+/// Status writes that only move replica counts are batched to one per this
+/// long while the subscription is Ready (the HPA scaling)...
+pub const STATUS_BATCH: Duration = Duration::from_secs(2);
+/// ...and to one per this long while it is not (pods of a new or changed
+/// plan starting: Ready itself is written the moment it comes, so this only
+/// thins the "2/3 replicas ready" steps, the bulk of a cold start's writes).
+pub const PROGRESS_BATCH: Duration = Duration::from_secs(10);
+
+/// When a status is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStatus {
+    /// Nothing changed.
+    Unchanged,
+    Now,
+    /// Held back this long, batched with what comes next.
+    Later(Duration),
+}
+
+/// When `new` is written over `old`: at once, unless the subscription only
+/// waits for a quota written moments ago, or only replica counts moved and
+/// the last write (`since_written` ago) was within the batch period.
+pub fn when_to_write(
+    old: &TenantSubscriptionStatus,
+    new: &TenantSubscriptionStatus,
+    awaiting_quota: bool,
+    since_written: Option<Duration>,
+) -> WriteStatus {
+    if new == old {
+        return WriteStatus::Unchanged;
+    }
+    if awaiting_quota {
+        return WriteStatus::Later(STATUS_BATCH);
+    }
+    if only_counts_changed(old, new) {
+        let period = batch_period(new);
+        if let Some(since) = since_written
+            && since < period
+        {
+            return WriteStatus::Later(period - since);
+        }
+    }
+    WriteStatus::Now
+}
+
+/// How long count-only status changes of `status` wait for the next write.
+fn batch_period(status: &TenantSubscriptionStatus) -> Duration {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    if ready { STATUS_BATCH } else { PROGRESS_BATCH }
+}
+
+/// Whether `new` differs from `old` only in what pods and autoscalers do
+/// (replica counts and the progress wording), not in any condition's state,
+/// the generation, the plan's numbers or the windows.
+fn only_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> bool {
+    let conditions = |s: &TenantSubscriptionStatus| {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    let plan = |s: &TenantSubscriptionStatus| {
+        s.modules
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.state,
+                    m.tier.clone(),
+                    m.min_replicas,
+                    m.max_replicas,
+                    m.concurrency,
+                    m.drain_deadline.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    old.observed_generation == new.observed_generation
+        && conditions(old) == conditions(new)
+        && plan(old) == plan(new)
+        && old.active_windows == new.active_windows
+        && old.next_transition == new.next_transition
+}
+
 /// One condition, keeping its last transition time when its status is unchanged.
 pub fn condition(
     old: &[Condition],
@@ -201,5 +307,69 @@ mod tests {
         let c = condition(&[], READY, false, "X", &s, None, Timestamp::UNIX_EPOCH);
         assert!(c.message.len() <= 1024);
         assert!(c.message.ends_with("..."));
+    }
+
+    fn ready_status(ready: &str, replicas: i32) -> TenantSubscriptionStatus {
+        TenantSubscriptionStatus {
+            observed_generation: Some(1),
+            conditions: vec![condition(
+                &[],
+                READY,
+                ready == "True",
+                "X",
+                "",
+                Some(1),
+                Timestamp::UNIX_EPOCH,
+            )],
+            modules: vec![ModuleStatus {
+                name: "video".into(),
+                max_replicas: Some(10),
+                replicas: Some(replicas),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replica_counts_alone_are_batched_and_everything_else_is_written_at_once() {
+        let s = Duration::from_secs;
+        let old = ready_status("True", 3);
+        let counts = ready_status("True", 4);
+        assert_eq!(
+            when_to_write(&old, &old, false, None),
+            WriteStatus::Unchanged
+        );
+        assert_eq!(when_to_write(&old, &counts, false, None), WriteStatus::Now);
+        assert_eq!(
+            when_to_write(&old, &counts, false, Some(s(3))),
+            WriteStatus::Now
+        );
+        assert_eq!(
+            when_to_write(&old, &counts, false, Some(s(1))),
+            WriteStatus::Later(s(1))
+        );
+        // Not Ready yet: pods starting are reported at most every 10 s.
+        let (old, counts) = (ready_status("False", 3), ready_status("False", 4));
+        assert_eq!(
+            when_to_write(&old, &counts, false, Some(s(3))),
+            WriteStatus::Later(s(7))
+        );
+        // A changed ceiling or condition is never held back.
+        let mut ceiling = counts.clone();
+        ceiling.modules[0].max_replicas = Some(12);
+        assert_eq!(
+            when_to_write(&old, &ceiling, false, Some(s(1))),
+            WriteStatus::Now
+        );
+        assert_eq!(
+            when_to_write(&old, &ready_status("True", 3), false, Some(s(1))),
+            WriteStatus::Now
+        );
+        // Waiting moments for a quota just written: held for the quota controller's answer.
+        assert_eq!(
+            when_to_write(&old, &ceiling, true, None),
+            WriteStatus::Later(STATUS_BATCH)
+        );
     }
 }

@@ -21,7 +21,7 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use serde::Serialize;
+use kube::core::ApiResource;
 
 use crate::capacity::{CapacityPlan, Footprint, MAX_SURGE_PERCENT, ModulePlan, quota_hard};
 
@@ -31,8 +31,6 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_SUBSCRIPTION: &str = "capacity.tenancy.dev/subscription";
 pub const LABEL_MODULE: &str = "capacity.tenancy.dev/module";
 pub const LABEL_TENANT: &str = "capacity.tenancy.dev/tenant";
-/// Hash of the rendered object, so a changed plan is told apart from drift.
-pub const ANNOTATION_HASH: &str = "capacity.tenancy.dev/spec-hash";
 /// Set on a module's Deployment when it starts draining (RFC 3339).
 pub const ANNOTATION_DRAINING_SINCE: &str = "capacity.tenancy.dev/draining-since";
 /// Sessions one replica of the module serves, for metering.
@@ -58,49 +56,79 @@ pub enum Child {
     Quota(Box<ResourceQuota>),
 }
 
-impl Child {
-    pub fn kind(&self) -> &'static str {
+/// The kinds of child the operator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChildKind {
+    Deployment,
+    Hpa,
+    Service,
+    Quota,
+}
+
+impl ChildKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::Deployment(_) => "Deployment",
-            Self::Hpa(_) => "HorizontalPodAutoscaler",
-            Self::Service(_) => "Service",
-            Self::Quota(_) => "ResourceQuota",
+            Self::Deployment => "Deployment",
+            Self::Hpa => "HorizontalPodAutoscaler",
+            Self::Service => "Service",
+            Self::Quota => "ResourceQuota",
         }
     }
 
-    pub fn name(&self) -> &str {
-        let meta = match self {
+    /// What the API calls this kind (group, version, plural), for writes.
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            Self::Deployment => ApiResource::erase::<Deployment>(&()),
+            Self::Hpa => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+            Self::Service => ApiResource::erase::<Service>(&()),
+            Self::Quota => ApiResource::erase::<ResourceQuota>(&()),
+        }
+    }
+}
+
+impl std::fmt::Display for ChildKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Child {
+    pub fn kind(&self) -> ChildKind {
+        match self {
+            Self::Deployment(_) => ChildKind::Deployment,
+            Self::Hpa(_) => ChildKind::Hpa,
+            Self::Service(_) => ChildKind::Service,
+            Self::Quota(_) => ChildKind::Quota,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
             Self::Deployment(o) => &o.metadata,
             Self::Hpa(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::Quota(o) => &o.metadata,
-        };
-        meta.name.as_deref().unwrap_or_default()
-    }
-
-    /// The object as the JSON body of an apply request.
-    pub fn to_value(&self) -> serde_json::Value {
-        match self {
-            Self::Deployment(o) => with_type(o.as_ref(), "apps/v1", "Deployment"),
-            Self::Hpa(o) => with_type(o.as_ref(), "autoscaling/v2", "HorizontalPodAutoscaler"),
-            Self::Service(o) => with_type(o.as_ref(), "v1", "Service"),
-            Self::Quota(o) => with_type(o.as_ref(), "v1", "ResourceQuota"),
         }
     }
-}
 
-fn with_type<T: Serialize>(o: &T, api_version: &str, kind: &str) -> serde_json::Value {
-    let mut v = serde_json::to_value(o).expect("k8s objects serialize");
-    if let Some(map) = v.as_object_mut() {
-        map.insert("apiVersion".into(), api_version.into());
-        map.insert("kind".into(), kind.into());
+    pub fn name(&self) -> &str {
+        self.meta().name.as_deref().unwrap_or_default()
     }
-    v
+
+    /// The object as the JSON body of an apply request (with apiVersion and
+    /// kind, as k8s-openapi serializes every resource).
+    pub fn to_value(&self) -> serde_json::Value {
+        let v = match self {
+            Self::Deployment(o) => serde_json::to_value(o),
+            Self::Hpa(o) => serde_json::to_value(o),
+            Self::Service(o) => serde_json::to_value(o),
+            Self::Quota(o) => serde_json::to_value(o),
+        };
+        v.expect("k8s objects serialize")
+    }
 }
 
-pub fn child_name(subscription: &str, module: &str) -> String {
-    format!("{subscription}-{module}")
-}
+pub use crate::capacity::child_name;
 
 pub fn quota_name(subscription: &str) -> String {
     format!("{subscription}-{QUOTA_SUFFIX}")
@@ -133,29 +161,6 @@ fn meta(owner: &Owner, name: String, module: Option<&str>) -> ObjectMeta {
         owner_references: owner.reference.clone().map(|r| vec![r]),
         ..Default::default()
     }
-}
-
-/// FNV-1a: small, stable across releases and platforms.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Stamp the hash of the object's content into its annotations.
-fn stamp(child: Child) -> Child {
-    let hash = format!("{:016x}", fnv1a(child.to_value().to_string().as_bytes()));
-    let mut child = child;
-    let meta = match &mut child {
-        Child::Deployment(o) => &mut o.metadata,
-        Child::Hpa(o) => &mut o.metadata,
-        Child::Service(o) => &mut o.metadata,
-        Child::Quota(o) => &mut o.metadata,
-    };
-    meta.annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(ANNOTATION_HASH.to_string(), hash);
-    child
 }
 
 pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
@@ -314,7 +319,7 @@ pub fn module_children(owner: &Owner, m: &ModulePlan) -> Vec<Child> {
     if let Some(s) = service(owner, m) {
         out.push(Child::Service(Box::new(s)));
     }
-    out.into_iter().map(stamp).collect()
+    out
 }
 
 /// The quota, covering the plan's modules plus `extra` footprints (modules
@@ -326,7 +331,7 @@ pub fn quota_child(owner: &Owner, plan: &CapacityPlan, extra: &[Footprint]) -> O
         .filter_map(|m| m.footprint().ok())
         .collect();
     footprints.extend_from_slice(extra);
-    quota(owner, &footprints).map(|q| stamp(Child::Quota(Box::new(q))))
+    quota(owner, &footprints).map(|q| Child::Quota(Box::new(q)))
 }
 
 /// Every object of a plan (without draining modules): what `render` prints.

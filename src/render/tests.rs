@@ -41,7 +41,10 @@ fn sample(concurrency: i64) -> CapacityPlan {
 #[test]
 fn every_child_is_labelled_named_and_owned() {
     let children = all_children(&owner(), &sample(1000));
-    let kinds: Vec<(&str, &str)> = children.iter().map(|c| (c.kind(), c.name())).collect();
+    let kinds: Vec<(&str, &str)> = children
+        .iter()
+        .map(|c| (c.kind().as_str(), c.name()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -60,13 +63,14 @@ fn every_child_is_labelled_named_and_owned() {
         assert_eq!(labels[LABEL_SUBSCRIPTION], "acme");
         assert_eq!(
             labels.get(LABEL_MODULE).is_none(),
-            c.kind() == "ResourceQuota",
+            c.kind() == ChildKind::Quota,
             "{}",
             c.kind()
         );
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "1234");
         assert_eq!(v["metadata"]["namespace"], "tenant-acme");
-        assert!(v["metadata"]["annotations"][ANNOTATION_HASH].is_string());
+        assert_eq!(v["kind"], c.kind().as_str());
+        assert_eq!(v["apiVersion"], c.kind().api_resource().api_version);
     }
 }
 
@@ -100,12 +104,12 @@ fn quota_covers_both_modules() {
 }
 
 #[test]
-fn rendering_is_deterministic_and_the_hash_follows_content() {
+fn rendering_is_deterministic_and_the_digest_follows_content() {
     let a = all_children(&owner(), &sample(1000));
     let b = all_children(&owner(), &sample(1000));
     assert_eq!(a, b);
     let c = all_children(&owner(), &sample(2000));
-    let hash = |x: &Child| x.to_value()["metadata"]["annotations"][ANNOTATION_HASH].clone();
+    let hash = |x: &Child| crate::live::digest::of_desired(&mut x.to_value());
     assert_eq!(
         hash(&a[0]),
         hash(&c[0]),
@@ -127,5 +131,5 @@ fn rendering_is_deterministic_and_the_hash_follows_content() {
 fn no_port_no_service() {
     let p = sample(10);
     let children = module_children(&owner(), &p.modules[1]);
-    assert!(children.iter().all(|c| c.kind() != "Service"));
+    assert!(children.iter().all(|c| c.kind() != ChildKind::Service));
 }

@@ -8,11 +8,7 @@
 //! another manager took over leaves our field set, so the cut-down object
 //! loses it and the digests differ: that is drift and we apply again.
 
-use std::{
-    borrow::Cow,
-    hash::{Hash, Hasher},
-    marker::PhantomData,
-};
+use std::{borrow::Cow, marker::PhantomData};
 
 use k8s_openapi::{
     api::{
@@ -24,10 +20,10 @@ use k8s_openapi::{
 };
 use kube::Resource;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::{
-    capacity::quantity::{Quantity, same_quantity},
+    capacity::quantity::same_quantity,
+    live::digest,
     render::{
         ANNOTATION_DRAINING_SINCE, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE,
         LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
@@ -44,6 +40,17 @@ pub struct Slim<K> {
     pub applied: Option<u64>,
     pub facts: Facts,
     kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Slim<K> {
+    pub fn new(metadata: ObjectMeta, applied: Option<u64>, facts: Facts) -> Self {
+        Self {
+            metadata,
+            applied,
+            facts,
+            kind: PhantomData,
+        }
+    }
 }
 
 impl<K> Clone for Slim<K> {
@@ -292,7 +299,7 @@ pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
         .map(|f| f.0.clone());
     let applied = ours.map(|fields| {
         let live = serde_json::to_value(&obj).expect("k8s objects serialize");
-        digest(&project(&live, &fields).unwrap_or(Value::Null))
+        digest::of_live(&live, &fields)
     });
     let meta = obj.meta();
     let owners: Vec<OwnerReference> = meta
@@ -318,248 +325,10 @@ pub fn slim<K: Slimmable>(obj: K) -> Slim<K> {
     }
 }
 
-/// The digest `slim` would record for a child once `desired` is applied.
-pub fn desired_digest(desired: &Value) -> u64 {
-    let mut v = desired.clone();
-    if let Value::Object(o) = &mut v {
-        o.remove("apiVersion");
-        o.remove("kind");
-        if let Some(Value::Object(m)) = o.get_mut("metadata") {
-            m.remove("name");
-            m.remove("namespace");
-        }
-    }
-    digest(&v)
-}
-
-/// `live` cut down to the fields of a `managedFields` field set (fieldsV1).
-pub fn project(live: &Value, fields: &Value) -> Option<Value> {
-    let Value::Object(set) = fields else {
-        return Some(live.clone());
-    };
-    // A leaf (or only ".") owns the whole value.
-    if set.keys().all(|k| k == ".") {
-        return Some(live.clone());
-    }
-    match live {
-        Value::Object(obj) => {
-            let mut out = serde_json::Map::new();
-            for (key, sub) in set {
-                if let Some(name) = key.strip_prefix("f:")
-                    && let Some(v) = obj.get(name)
-                    && let Some(p) = project(v, sub)
-                {
-                    out.insert(name.to_string(), p);
-                }
-            }
-            Some(Value::Object(out))
-        }
-        Value::Array(items) => {
-            let mut out = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let matched = set.iter().find(|(key, _)| {
-                    if let Some(k) = key.strip_prefix("k:") {
-                        serde_json::from_str::<serde_json::Map<String, Value>>(k)
-                            .is_ok_and(|keys| keys.iter().all(|(f, kv)| item.get(f) == Some(kv)))
-                    } else if let Some(v) = key.strip_prefix("v:") {
-                        serde_json::from_str::<Value>(v).is_ok_and(|v| &v == item)
-                    } else if let Some(n) = key.strip_prefix("i:") {
-                        n.parse::<usize>() == Ok(i)
-                    } else {
-                        false
-                    }
-                });
-                if let Some((_, sub)) = matched
-                    && let Some(p) = project(item, sub)
-                {
-                    out.push(p);
-                }
-            }
-            Some(Value::Array(out))
-        }
-        scalar => Some(scalar.clone()),
-    }
-}
-
-/// A hash of `v` that ignores what the server normalises: empty values and
-/// their absence are equal, quantities compare by amount ("1000m" is "1"),
-/// numbers by value, object keys in any order.
-pub fn digest(v: &Value) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    feed(v, false, &mut h);
-    h.finish()
-}
-
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Object(o) => o.values().all(is_empty),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
-}
-
-fn feed(v: &Value, quantities: bool, h: &mut impl Hasher) {
-    match v {
-        Value::Object(o) => {
-            0u8.hash(h);
-            let mut keys: Vec<&String> = o.keys().filter(|k| !is_empty(&o[k.as_str()])).collect();
-            keys.sort();
-            for k in keys {
-                k.hash(h);
-                feed(
-                    &o[k.as_str()],
-                    quantities || matches!(k.as_str(), "requests" | "limits" | "hard"),
-                    h,
-                );
-            }
-            1u8.hash(h);
-        }
-        Value::Array(a) => {
-            2u8.hash(h);
-            for item in a {
-                feed(item, quantities, h);
-            }
-            3u8.hash(h);
-        }
-        Value::String(s) if quantities => match Quantity::parse(s) {
-            Ok(q) => {
-                4u8.hash(h);
-                q.0.hash(h);
-            }
-            Err(_) => s.hash(h),
-        },
-        Value::String(s) => {
-            5u8.hash(h);
-            s.hash(h);
-        }
-        Value::Number(n) => {
-            6u8.hash(h);
-            n.as_f64().unwrap_or(f64::NAN).to_bits().hash(h);
-        }
-        Value::Bool(b) => b.hash(h),
-        Value::Null => 7u8.hash(h),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn fields() -> Value {
-        json!({
-            "f:metadata": {"f:labels": {"f:app": {}}, "f:ownerReferences": {"k:{\"uid\":\"u1\"}": {}}},
-            "f:spec": {
-                "f:selector": {},
-                "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {
-                    ".": {}, "f:name": {}, "f:image": {},
-                    "f:resources": {"f:requests": {"f:cpu": {}}}
-                }}}}
-            }
-        })
-    }
-
-    fn desired() -> Value {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "a", "namespace": "n", "labels": {"app": "x"},
-                         "ownerReferences": [{"uid": "u1", "kind": "TenantSubscription", "apiVersion": "v1", "name": "s"}]},
-            "spec": {"selector": {"matchLabels": {"app": "x"}},
-                     "template": {"spec": {"containers": [
-                        {"name": "app", "image": "img:1", "resources": {"requests": {"cpu": "1000m"}}}]}}}
-        })
-    }
-
-    fn live() -> Value {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "a", "namespace": "n", "uid": "d1", "resourceVersion": "9",
-                         "labels": {"app": "x", "other": "y"},
-                         "ownerReferences": [{"uid": "u0", "kind": "Other", "apiVersion": "v1", "name": "o"},
-                                             {"uid": "u1", "kind": "TenantSubscription", "apiVersion": "v1", "name": "s"}]},
-            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}},
-                     "template": {"spec": {"containers": [
-                        {"name": "app", "image": "img:1", "imagePullPolicy": "IfNotPresent",
-                         "resources": {"requests": {"cpu": "1"}}},
-                        {"name": "sidecar", "image": "s"}],
-                        "restartPolicy": "Always"}}},
-            "status": {"replicas": 3}
-        })
-    }
-
-    #[test]
-    fn a_live_object_hashes_like_what_was_applied() {
-        let p = project(&live(), &fields()).unwrap();
-        assert_eq!(digest(&p), desired_digest(&desired()));
-    }
-
-    #[test]
-    fn a_changed_owned_field_is_drift() {
-        let mut l = live();
-        l["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-        let p = project(&l, &fields()).unwrap();
-        assert_ne!(digest(&p), desired_digest(&desired()));
-    }
-
-    #[test]
-    fn a_field_another_manager_took_is_drift() {
-        // kubectl edit of the image moves it out of our field set.
-        let mut f = fields();
-        f["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"]
-            .as_object_mut()
-            .unwrap()
-            .remove("f:image");
-        let p = project(&live(), &f).unwrap();
-        assert_ne!(digest(&p), desired_digest(&desired()));
-    }
-
-    #[test]
-    fn a_missing_owner_reference_is_drift() {
-        let mut l = live();
-        l["metadata"]["ownerReferences"] =
-            json!([{"uid": "u0", "kind": "Other", "apiVersion": "v1", "name": "o"}]);
-        let p = project(&l, &fields()).unwrap();
-        assert_ne!(digest(&p), desired_digest(&desired()));
-    }
-
-    #[test]
-    fn quantities_hash_by_amount_only_under_resources() {
-        assert_eq!(
-            digest(&json!({"limits": {"memory": "1024Mi"}})),
-            digest(&json!({"limits": {"memory": "1Gi"}}))
-        );
-        assert_ne!(
-            digest(&json!({"image": "1000m"})),
-            digest(&json!({"image": "1"}))
-        );
-        assert_ne!(
-            digest(&json!({"limits": {"memory": "1Gi"}})),
-            digest(&json!({"limits": {"memory": "2Gi"}}))
-        );
-    }
-
-    #[test]
-    fn empty_values_equal_absent_ones() {
-        assert_eq!(
-            digest(&json!({"a": 1, "b": [], "c": {}, "d": null})),
-            digest(&json!({"a": 1}))
-        );
-        assert_eq!(
-            digest(&json!({"a": 1, "b": 2})),
-            digest(&json!({"b": 2, "a": 1}))
-        );
-    }
-
-    #[test]
-    fn set_and_index_keys_select_items() {
-        let f = json!({"f:finalizers": {"v:\"a\"": {}}, "f:args": {"i:1": {}}});
-        let l = json!({"finalizers": ["a", "b"], "args": ["x", "y"]});
-        assert_eq!(
-            project(&l, &f).unwrap(),
-            json!({"finalizers": ["a"], "args": ["y"]})
-        );
-    }
+    use crate::live::digest::tests::{desired, fields, live};
 
     #[test]
     fn slim_keeps_identity_and_facts_only() {
@@ -572,7 +341,7 @@ mod tests {
             ..Default::default()
         }]);
         let s = slim(d);
-        assert_eq!(s.applied, Some(desired_digest(&desired())));
+        assert_eq!(s.applied, Some(digest::of_desired(&mut desired())));
         assert_eq!(s.facts.spec_replicas, Some(3));
         assert_eq!(s.facts.replicas, Some(3));
         assert_eq!(s.metadata.resource_version, None);

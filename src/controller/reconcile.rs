@@ -1,0 +1,276 @@
+//! One subscription's reconcile: gather the facts from the caches, decide,
+//! carry out the writes, write the status when it changed. Thin on purpose:
+//! the rules are in `decide` and `status`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use jiff::{SignedDuration, Timestamp};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::warn;
+
+use super::{
+    Settings,
+    decide::{Outcome, decide},
+    error::{Error, Result, Verb, api_error},
+    events::{self, Events},
+    execute::Writer,
+    facts::Caches,
+    status::{self, PROGRESS_BATCH, WriteStatus},
+};
+use crate::{
+    api::{ModuleState, TenantSubscription},
+    metrics::{ErrorLabels, Metrics, ModuleLabels, ModulePlan},
+    render::MANAGER,
+};
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub caches: Caches,
+    pub metrics: Metrics,
+    pub events: Events,
+    pub settings: Settings,
+    /// Turns true once every cache has its first full list.
+    pub synced: tokio::sync::watch::Receiver<bool>,
+    /// When each subscription's status was last written (see `status::when_to_write`).
+    pub status_written: Mutex<HashMap<String, Instant>>,
+    /// Consecutive "not found" failures per subscription (see `retry_delay`).
+    pub not_found: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub async fn caches_ready(&self) {
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+}
+
+/// `namespace/name`: the key of a subscription in the per-subscription maps
+/// of the context.
+fn key(sub: &TenantSubscription) -> String {
+    format!("{}/{}", sub.namespace().unwrap_or_default(), sub.name_any())
+}
+
+pub async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciliations.inc();
+    let started = Instant::now();
+    // Deciding from half-filled caches would rewrite children that exist.
+    ctx.caches_ready().await;
+    let result = reconcile_subscription(&sub, &ctx).await;
+    if result.is_ok() {
+        let mut counts = ctx.not_found.lock().unwrap();
+        if !counts.is_empty() {
+            counts.remove(&key(&sub));
+        }
+    }
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Result<Action> {
+    let ns = sub.namespace().ok_or(Error::NoNamespace)?;
+    if sub.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let catalogue = ctx.caches.catalogue_for(sub);
+    let live = ctx.caches.live(sub);
+    let decision = decide(sub, &catalogue, &live, now);
+    let writer = Writer {
+        client: &ctx.client,
+        metrics: &ctx.metrics,
+        events: &ctx.events,
+        sub,
+    };
+    writer.execute(&decision.batches).await?;
+    let outcome = decision.outcome;
+    publish_metrics(&ctx.metrics, sub, &outcome);
+
+    let old = sub.status.clone().unwrap_or_default();
+    let new = status::build(sub, &old, &outcome, now);
+    let key = key(sub);
+    let since_written = ctx
+        .status_written
+        .lock()
+        .unwrap()
+        .get(&key)
+        .map(Instant::elapsed);
+    let mut batch_until = None;
+    match status::when_to_write(&old, &new, outcome.awaiting_quota, since_written) {
+        WriteStatus::Unchanged => {}
+        WriteStatus::Later(wait) => {
+            batch_until = Some(now + SignedDuration::try_from(wait).unwrap_or_default());
+        }
+        WriteStatus::Now => {
+            write_status(&ctx.client, &ns, &sub.name_any(), &new).await?;
+            ctx.metrics.write("TenantSubscription", "apply-status");
+            {
+                let mut written = ctx.status_written.lock().unwrap();
+                if written.len() > 256 {
+                    written.retain(|_, t| t.elapsed() < PROGRESS_BATCH);
+                }
+                written.insert(key, Instant::now());
+            }
+            for note in events::announcements(&old, &new) {
+                writer.announce(&note).await;
+            }
+        }
+    }
+    Ok(Action::requeue(next_look(
+        &outcome,
+        batch_until,
+        ctx.settings.resync,
+        now,
+    )))
+}
+
+async fn write_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &crate::api::TenantSubscriptionStatus,
+) -> Result<()> {
+    let body = json!({
+        "apiVersion": "capacity.tenancy.dev/v1alpha1",
+        "kind": "TenantSubscription",
+        "status": status,
+    });
+    Api::<TenantSubscription>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(api_error(Verb::ApplyStatus, "TenantSubscription", ns, name))?;
+    Ok(())
+}
+
+/// When to look at the subscription again: at the resync (spread), or
+/// sooner when the outcome or a held-back status write asks for it.
+fn next_look(
+    outcome: &Outcome,
+    batch_until: Option<Timestamp>,
+    resync: Duration,
+    now: Timestamp,
+) -> Duration {
+    let mut next =
+        now + SignedDuration::try_from(jittered(resync)).unwrap_or(SignedDuration::from_secs(300));
+    for t in outcome.requeue.into_iter().chain(batch_until) {
+        next = next.min(t);
+    }
+    next.duration_since(now)
+        .unsigned_abs()
+        .max(Duration::from_millis(200))
+}
+
+/// The resync period less up to a tenth, drawn at random each time:
+/// subscriptions reconciled together (all of them after a restart) come back
+/// spread over that tenth instead of in one burst, which would queue a plan
+/// change arriving at that moment behind every one of them.
+fn jittered(resync: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let draw = std::collections::hash_map::RandomState::new().hash_one(0u8) % 1_000;
+    resync.mul_f64(1.0 - draw as f64 / 10_000.0)
+}
+
+fn publish_metrics(metrics: &Metrics, sub: &TenantSubscription, o: &Outcome) {
+    let ns = sub.namespace().unwrap_or_default();
+    for m in &o.modules {
+        let labels = ModuleLabels {
+            namespace: ns.clone(),
+            subscription: sub.name_any(),
+            tenant: sub.spec.tenant_id.clone(),
+            module: m.name.clone(),
+        };
+        let plan = (m.state == Some(ModuleState::Active)).then(|| ModulePlan {
+            max_replicas: m.max_replicas.unwrap_or(0) as i64,
+            min_replicas: m.min_replicas.unwrap_or(0) as i64,
+            ceiling_sessions: m.concurrency.unwrap_or(0),
+        });
+        metrics.modules.set_plan(&labels, plan);
+    }
+}
+
+pub fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&ErrorLabels {
+            error: err.metric_label(),
+        })
+        .inc();
+    let key = key(&sub);
+    let not_found = {
+        let mut counts = ctx.not_found.lock().unwrap();
+        if err.is_not_found() {
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            *n
+        } else {
+            counts.remove(&key);
+            0
+        }
+    };
+    let delay = retry_delay(not_found);
+    warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// When a failed reconcile is tried again: in 5 s (an outage, a conflict, a
+/// refused write: the next try may well work), except after "not found"
+/// answers, which last (a subscription left behind in a namespace that is
+/// gone): 5 s doubled per consecutive one, at most 5 min.
+fn retry_delay(consecutive_not_found: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(5);
+    const MOST: Duration = Duration::from_secs(300);
+    let doublings = consecutive_not_found.saturating_sub(1).min(10);
+    FIRST.saturating_mul(1 << doublings).min(MOST)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn resync_is_spread_over_its_last_tenth() {
+        let resync = Duration::from_secs(300);
+        let draws: BTreeSet<Duration> = (0..200).map(|_| jittered(resync)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d <= resync && *d >= resync.mul_f64(0.9))
+        );
+        // 200 draws from 1,000 values: a constant (or nearly) would fail.
+        assert!(
+            draws.len() > 100,
+            "only {} distinct resync delays",
+            draws.len()
+        );
+        let spread = *draws.last().unwrap() - *draws.first().unwrap();
+        assert!(spread > Duration::from_secs(20), "spread {spread:?}");
+    }
+
+    #[test]
+    fn not_found_failures_back_off_to_five_minutes() {
+        let secs = |n| retry_delay(n).as_secs();
+        assert_eq!(
+            (0..=8).map(secs).collect::<Vec<_>>(),
+            [5, 5, 10, 20, 40, 80, 160, 300, 300]
+        );
+        assert_eq!(secs(u32::MAX), 300);
+    }
+}
