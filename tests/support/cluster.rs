@@ -18,7 +18,6 @@ use kube::{
     Api, Client, Resource,
     api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
     core::GroupVersionKind,
-    discovery::ApiResource,
     runtime::wait::{await_condition, conditions},
 };
 use serde::de::DeserializeOwned;
@@ -220,10 +219,6 @@ pub async fn try_apply(
         &Patch::Apply(value),
     )
     .await
-}
-
-pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
 /// A namespaced kind with a static type, as `Api::namespaced` takes it.

@@ -304,10 +304,6 @@ impl OperatorProcess {
         &self.addresses().0
     }
 
-    pub fn health_address(&self) -> &str {
-        &self.addresses().1
-    }
-
     /// The text of its /metrics, or `None` when it does not answer.
     pub fn metrics(&self) -> Option<String> {
         let (code, body) = http_get(self.metrics_address(), "/metrics")?;

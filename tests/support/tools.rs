@@ -39,11 +39,7 @@ pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
 
 /// Run and return stdout, failing the test when the command fails.
 pub fn ok(cmd: &str, args: &[&str]) -> String {
-    ok_with_input(cmd, args, None)
-}
-
-pub fn ok_with_input(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let out = run(cmd, args, stdin);
+    let out = run(cmd, args, None);
     assert!(
         out.status.success(),
         "`{cmd} {}` failed ({}):\n{}{}",
