@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
     core::v1::{ResourceQuota, Service},
 };
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use tenant_capacity_operator::{
     api::{ModuleState, TenantSubscription},
     controller,
@@ -165,30 +165,23 @@ impl Fixture {
     /// `child`) and of subscription `sub`'s quota: equal again later, none of
     /// them was written meanwhile.
     pub async fn versions(&self, sub: &str, child: &str) -> (String, String, String) {
-        let version = |v: Option<String>| v.expect("a resource version");
         (
-            version(
-                self.get::<Deployment>(child)
-                    .await
-                    .expect("the module's Deployment")
-                    .metadata
-                    .resource_version,
-            ),
-            version(
-                self.get::<HorizontalPodAutoscaler>(child)
-                    .await
-                    .expect("the module's HPA")
-                    .metadata
-                    .resource_version,
-            ),
-            version(
-                self.get::<ResourceQuota>(&format!("{sub}-capacity"))
-                    .await
-                    .expect("the subscription's quota")
-                    .metadata
-                    .resource_version,
-            ),
+            self.version::<Deployment>(child).await,
+            self.version::<HorizontalPodAutoscaler>(child).await,
+            self.version::<ResourceQuota>(&format!("{sub}-capacity"))
+                .await,
         )
+    }
+
+    async fn version<K: Namespaced>(&self, name: &str) -> String {
+        let o: K = self
+            .get(name)
+            .await
+            .unwrap_or_else(|| panic!("{} {name} missing", K::kind(&())));
+        o.meta()
+            .resource_version
+            .clone()
+            .expect("a resource version")
     }
 
     /// Wait until the subscription is `Ready=True` (`Available`) at its current generation.
