@@ -1,24 +1,18 @@
 //! The command line: `crd`, `render` offline, and `run` serving metrics and
 //! health probes while reconciling against the local cluster.
 
-mod common;
+mod support;
 
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use common::*;
 use kube::Api;
+use support::*;
 use tenant_capacity_operator::api::TenantSubscription;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(process::BIN)
         .args(args)
         .output()
         .expect("run the binary")
@@ -120,16 +114,6 @@ fn render_names_what_is_wrong() {
     );
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let code = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_health_and_metrics_and_reconciles() {
     let client = client().await;
@@ -138,36 +122,9 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     let module = unique("im");
     apply_yaml(&client, None, &profile_yaml(&module, "")).await;
 
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--metrics-bind-address",
-            "127.0.0.1:0",
-            "--health-probe-bind-address",
-            "127.0.0.1:0",
-        ])
-        .args(["--namespace", &ns.name, "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let op = OperatorProcess::launch().namespace(&ns.name).start();
     // The bound addresses are logged (port 0 picks free ports).
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .ok()
-        .into_iter()
-        .chain(rx.iter())
-        .find(|l| l.contains("serving metrics and health probes"))
-        .expect("startup log line");
-    let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let metrics = log["fields"]["metrics"].as_str().unwrap().to_string();
-    let health = log["fields"]["health"].as_str().unwrap().to_string();
+    let (metrics, health) = op.addresses().clone();
 
     assert_eq!(http_get(&health, "/healthz").map(|r| r.0), Some(200));
     wait_for("readyz 200", Duration::from_secs(30), || async {
@@ -241,18 +198,7 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     )
     .await;
 
-    unsafe { libc_kill(child.id() as i32) };
-    let status = child.wait().unwrap();
+    let status = op.stop();
     assert!(status.success(), "graceful exit on SIGTERM, got {status}");
     ns.delete().await;
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-unsafe fn libc_kill(pid: i32) {
-    unsafe {
-        kill(pid, 15);
-    }
 }

@@ -1,18 +1,22 @@
 //! Self-checks of the local control plane started by `hack/cluster.sh up`.
 //!
-//! They drive the real cluster through `kubectl` (found on PATH after
-//! `eval "$(hack/cluster.sh env)"`, which also sets KUBECONFIG) and use only
-//! std. Without KUBECONFIG they fail: a missing cluster must never look like a
-//! pass. Every test works in its own namespace, deleted at the end.
+//! They drive the real cluster through `kubectl` alone (found on PATH after
+//! `eval "$(hack/cluster.sh env)"`, which also sets KUBECONFIG). Without
+//! KUBECONFIG they fail: a missing cluster must never look like a pass.
+//! Every test works in its own namespace, deleted at the end.
+
+mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use support::{
+    TestNamespace,
+    tools::{kubectl, kubectl_apply, require_cluster, try_kubectl},
+    wait_blocking,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_millis(500);
 const KWOK_TOLERATION: &str = r#"
       tolerations:
       - key: kwok.x-k8s.io/node
@@ -20,146 +24,13 @@ const KWOK_TOLERATION: &str = r#"
         value: fake
         effect: NoSchedule"#;
 
-/// Fails the test unless the environment points at a cluster.
-fn require_cluster() {
-    match std::env::var_os("KUBECONFIG") {
-        Some(path) if !path.is_empty() => {
-            assert!(
-                std::path::Path::new(&path).is_file(),
-                "KUBECONFIG={} does not exist: start the cluster with `hack/cluster.sh up` \
-                 (or run the whole suite with hack/test.sh)",
-                path.to_string_lossy()
-            );
-        }
-        _ => panic!(
-            "KUBECONFIG is not set: these tests need the local cluster. Run \
-             `hack/cluster.sh up && eval \"$(hack/cluster.sh env)\"` first, or use hack/test.sh"
-        ),
-    }
-}
-
-fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--request-timeout=20s").args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("cannot run kubectl ({e}); put it on PATH with `eval \"$(hack/cluster.sh env)\"`")
-    });
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("kubectl stdin")
-            .write_all(input.as_bytes())
-            .expect("write to kubectl stdin");
-    }
-    child.wait_with_output().expect("wait for kubectl")
-}
-
-/// Runs kubectl and returns its stdout, failing the test if it fails.
-fn kubectl(args: &[&str]) -> String {
-    let out = run_kubectl(args, None);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs kubectl and returns stdout only if it succeeded (for polling).
-fn try_kubectl(args: &[&str]) -> Result<String, String> {
-    let out = run_kubectl(args, None);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+/// A namespace of its own for one test (deleted when dropped, also on panic).
+fn namespace(test: &str) -> TestNamespace {
+    TestNamespace::with_kubectl(&format!("selfcheck-{test}"))
 }
 
 fn apply(namespace: &str, manifest: &str) {
-    let out = run_kubectl(&["apply", "-n", namespace, "-f", "-"], Some(manifest));
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}\n---\n{manifest}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Polls `probe` every POLL until it yields a value, or fails after `timeout`
-/// with `what` and the last observation.
-fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last) => {
-                if start.elapsed() >= timeout {
-                    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-                }
-            }
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// A namespace of its own for one test; deleted when dropped (also on panic).
-struct TestNamespace(String);
-
-impl TestNamespace {
-    fn new(test: &str) -> Self {
-        require_cluster();
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "selfcheck-{test}-{}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            nanos % 100_000
-        );
-        assert!(name.len() <= 63, "namespace name too long: {name}");
-        kubectl(&["create", "namespace", &name]);
-        // Pods need the namespace's default ServiceAccount (ServiceAccount admission).
-        wait_until("the namespace's default ServiceAccount", TIMEOUT, || {
-            try_kubectl(&["get", "serviceaccount", "default", "-n", &name]).map(|_| ())
-        });
-        TestNamespace(name)
-    }
-
-    fn name(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let out = run_kubectl(
-            &[
-                "delete",
-                "namespace",
-                &self.0,
-                "--wait=false",
-                "--ignore-not-found",
-            ],
-            None,
-        );
-        if !out.status.success() {
-            eprintln!(
-                "warning: could not delete namespace {}: {}",
-                self.0,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    kubectl_apply(Some(namespace), manifest);
 }
 
 fn fake_nodes() -> BTreeSet<String> {
@@ -232,7 +103,7 @@ fn server_version_matches_pinned_kubernetes() {
 
 #[test]
 fn deployment_pods_run_on_fake_nodes() {
-    let ns = TestNamespace::new("deploy");
+    let ns = namespace("deploy");
     let nodes = fake_nodes();
     apply(
         ns.name(),
@@ -258,7 +129,7 @@ spec:
 "#
         ),
     );
-    wait_until(
+    wait_blocking(
         "2 Running pods of deployment web on fake nodes",
         TIMEOUT,
         || {
@@ -291,7 +162,7 @@ spec:
 
 #[test]
 fn resource_quota_tracks_usage() {
-    let ns = TestNamespace::new("quota");
+    let ns = namespace("quota");
     apply(
         ns.name(),
         r#"
@@ -318,7 +189,7 @@ spec:
         ])
     };
     // Until the quota controller has filled in status, admission rejects pods.
-    wait_until("ResourceQuota status.hard", TIMEOUT, || {
+    wait_blocking("ResourceQuota status.hard", TIMEOUT, || {
         let hard = quota("{.status.hard.pods}")?;
         if hard == "10" {
             Ok(())
@@ -347,7 +218,7 @@ spec:
     effect: NoSchedule
 "#,
     );
-    wait_until(
+    wait_blocking(
         "ResourceQuota status.used to count the pod",
         TIMEOUT,
         || {
@@ -365,7 +236,7 @@ spec:
 
 #[test]
 fn garbage_collector_deletes_dependents() {
-    let ns = TestNamespace::new("gc");
+    let ns = namespace("gc");
     apply(
         ns.name(),
         r#"
@@ -411,7 +282,7 @@ data: {{role: dependent}}
         ns.name(),
         "--wait=true",
     ]);
-    wait_until(
+    wait_blocking(
         "the garbage collector to delete the dependent ConfigMap",
         TIMEOUT,
         || match try_kubectl(&[
@@ -432,7 +303,7 @@ data: {{role: dependent}}
 
 #[test]
 fn top_pods_reports_annotated_cpu_usage() {
-    let ns = TestNamespace::new("top");
+    let ns = namespace("top");
     apply(
         ns.name(),
         r#"
@@ -456,7 +327,7 @@ spec:
     effect: NoSchedule
 "#,
     );
-    wait_until("pod busy Running", TIMEOUT, || {
+    wait_blocking("pod busy Running", TIMEOUT, || {
         let phase = try_kubectl(&[
             "get",
             "pod",
@@ -473,7 +344,7 @@ spec:
         }
     });
     // metrics-server needs two scrapes (10s apart) to compute a CPU rate.
-    let cpu = wait_until(
+    let cpu = wait_blocking(
         "kubectl top pods to report ~800m for pod busy",
         TIMEOUT,
         || {

@@ -1,22 +1,21 @@
 //! Plans, shared calendars, pause, safe downgrades, data retention and
 //! metering against the real local control plane.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{PersistentVolumeClaim, Pod, ResourceQuota},
+    core::v1::{PersistentVolumeClaim, Pod},
     events::v1::Event,
 };
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams},
 };
-use tenant_capacity_operator::api::ModuleState;
+use support::*;
 
 fn plan_yaml(name: &str, module: &str, max: i64) -> String {
     format!(
@@ -29,44 +28,21 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
     let f = Fixture::new("plan").await;
     let plan = unique("pro");
     let video = format!("p-{}", f.video);
-    apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 2000)).await;
-    f.apply_sub(
-        "p",
-        &format!(
-            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1500}}\n",
+    let video_only = |concurrency: i64| {
+        format!(
+            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: {concurrency}}}\n",
             f.video
-        ),
-    )
-    .await;
+        )
+    };
+    apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 2000)).await;
+    f.apply_sub("p", &video_only(1500)).await;
     f.wait_available("p").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 38)));
-    let rv = |o: Option<String>| o.unwrap();
-    let d0 = rv(f
-        .get::<Deployment>(&video)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version);
-    let h0 = rv(f
-        .get::<HorizontalPodAutoscaler>(&video)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version);
-    let q0 = rv(f
-        .get::<ResourceQuota>("p-capacity")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version);
+    let before = f.versions("p", &video).await;
 
     // The plan shrinks under the subscription: refused, named, nothing touched.
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 1000)).await;
-    let s = f
-        .wait_status("p", "ExceedsPlan", |s| {
-            is(s, "Ready", "False", "ExceedsPlan")
-        })
-        .await;
+    let s = f.wait_not_ready("p", "ExceedsPlan").await;
     let msg = condition(&s, "Ready").unwrap().message.clone();
     assert!(
         msg.contains(&f.video) && msg.contains("maxConcurrency 1000"),
@@ -82,19 +58,8 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
     })
     .await;
     // A change made while refused is not applied either.
-    f.apply_sub(
-        "p",
-        &format!(
-            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n",
-            f.video
-        ),
-    )
-    .await;
-    let s = f
-        .wait_status("p", "still ExceedsPlan", |s| {
-            is(s, "Ready", "False", "ExceedsPlan")
-        })
-        .await;
+    f.apply_sub("p", &video_only(1800)).await;
+    let s = f.wait_not_ready("p", "ExceedsPlan").await;
     assert!(
         condition(&s, "Ready")
             .unwrap()
@@ -102,28 +67,9 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
             .contains("concurrency 1800")
     );
     assert_eq!(
-        rv(f.get::<Deployment>(&video)
-            .await
-            .unwrap()
-            .metadata
-            .resource_version),
-        d0
-    );
-    assert_eq!(
-        rv(f.get::<HorizontalPodAutoscaler>(&video)
-            .await
-            .unwrap()
-            .metadata
-            .resource_version),
-        h0
-    );
-    assert_eq!(
-        rv(f.get::<ResourceQuota>("p-capacity")
-            .await
-            .unwrap()
-            .metadata
-            .resource_version),
-        q0
+        f.versions("p", &video).await,
+        before,
+        "a refused subscription's children are not touched"
     );
 
     // A module the plan does not sell.
@@ -132,27 +78,13 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
         &format!("  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 500}}\n    - {{name: {}, concurrency: 10}}\n", f.video, f.im),
     )
     .await;
-    let s = f
-        .wait_status("p", "ModuleNotInPlan", |s| {
-            is(s, "Ready", "False", "ModuleNotInPlan")
-        })
-        .await;
+    let s = f.wait_not_ready("p", "ModuleNotInPlan").await;
     assert!(condition(&s, "Ready").unwrap().message.contains(&f.im));
 
     // The plan grows: the subscription is applied at once.
-    f.apply_sub(
-        "p",
-        &format!(
-            "  tenantId: p\n  plan: {plan}\n  modules:\n    - {{name: {}, concurrency: 1800}}\n",
-            f.video
-        ),
-    )
-    .await;
+    f.apply_sub("p", &video_only(1800)).await;
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 3000)).await;
-    f.wait_status("p", "Ready on the bigger plan", |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    f.wait_available("p").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 45)));
     f.finish().await;
 }
@@ -188,30 +120,12 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
     .await;
 
     // A window starting at the next full minute, for one minute.
-    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let mut start = now
-        .round(
-            jiff::ZonedRound::new()
-                .smallest(jiff::Unit::Minute)
-                .mode(jiff::RoundMode::Ceil),
-        )
-        .unwrap();
-    if start.duration_since(&now).as_secs() < 5 {
-        start = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    }
-    let end = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    let hhmm = |z: &jiff::Zoned| {
-        if z.hour() == 0 && z.minute() == 0 {
-            "24:00".to_string()
-        } else {
-            z.strftime("%H:%M").to_string()
-        }
-    };
+    let window = Window::at_next_full_minute(Duration::from_secs(5), 1);
     let rush = format!(
         "    - {{name: rush, days: [{}], start: '{}', end: '{}', floorPercent: 40}}\n",
-        &format!("{:?}", start.weekday())[..3],
-        start.strftime("%H:%M"),
-        hhmm(&end)
+        window.day(),
+        window.start_hhmm(),
+        window.end_hhmm()
     );
     apply_yaml(&f.client, None, &calendar(150, &rush)).await;
     let s = f
@@ -221,12 +135,7 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
         .await;
     assert_eq!(
         s.status.unwrap().next_transition.as_deref(),
-        Some(
-            start
-                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
-                .to_string()
-                .as_str()
-        )
+        Some(window.start_rfc3339().as_str())
     );
     wait_for(
         "in the window: floor 40% of 15",
@@ -234,7 +143,7 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
         || async { (f.hpa_numbers(&video).await? == (6, 15)).then_some(()) },
     )
     .await;
-    assert!(jiff::Timestamp::now() >= start.timestamp());
+    assert!(jiff::Timestamp::now() >= window.start.timestamp());
     let s = f
         .wait_status("c", "rush listed", |s| {
             s.status
@@ -249,17 +158,14 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
         (f.hpa_numbers(&video).await? == (1, 15)).then_some(())
     })
     .await;
-    assert!(jiff::Timestamp::now() >= end.timestamp());
+    assert!(jiff::Timestamp::now() >= window.end.timestamp());
 
     // A calendar that disappears is named, and the children stay.
     Api::<tenant_capacity_operator::api::CapacityCalendar>::all(f.client.clone())
         .delete(&cal, &DeleteParams::default())
         .await
         .unwrap();
-    f.wait_status("c", "CalendarNotFound", |s| {
-        is(s, "Ready", "False", "CalendarNotFound")
-    })
-    .await;
+    f.wait_not_ready("c", "CalendarNotFound").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 15)));
     f.finish().await;
 }
@@ -275,14 +181,9 @@ async fn pause_freezes_children_and_unpause_converges() {
         )
     };
     f.apply_sub("z", &spec(400, false)).await;
-    f.wait_status("z", "Ready before the pause", |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    f.wait_available("z").await;
     f.apply_sub("z", &spec(800, true)).await;
-    let s = f
-        .wait_status("z", "Paused", |s| is(s, "Ready", "False", "Paused"))
-        .await;
+    let s = f.wait_not_ready("z", "Paused").await;
     assert!(condition(&s, "Ready").unwrap().message.contains("paused"));
     assert_eq!(
         f.hpa_numbers(&video).await,
@@ -301,10 +202,7 @@ async fn pause_freezes_children_and_unpause_converges() {
     .await;
     // Force a reconcile by touching the spec, and check nothing came back.
     f.apply_sub("z", &spec(900, true)).await;
-    f.wait_status("z", "Paused at generation", |s| {
-        is(s, "Ready", "False", "Paused")
-    })
-    .await;
+    f.wait_not_ready("z", "Paused").await;
     assert!(f.get::<HorizontalPodAutoscaler>(&video).await.is_none());
 
     f.apply_sub("z", &spec(900, false)).await;
@@ -312,10 +210,7 @@ async fn pause_freezes_children_and_unpause_converges() {
         (f.hpa_numbers(&video).await? == (1, 23)).then_some(())
     })
     .await;
-    f.wait_status("z", "Ready after the unpause", |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    f.wait_available("z").await;
     f.finish().await;
 }
 
@@ -372,16 +267,7 @@ async fn a_downgrade_kills_no_pod_before_the_drain_ends_and_data_follows_retenti
 
     // Switching video off: it drains for 8 seconds, every pod untouched meanwhile.
     f.apply_sub("k", &spec(false, true, "Retain")).await;
-    let s = f
-        .wait_status("k", "Draining", |s| {
-            s.status
-                .as_ref()
-                .unwrap()
-                .modules
-                .iter()
-                .any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
-        })
-        .await;
+    let s = f.wait_draining("k", &f.video).await;
     let deadline: jiff::Timestamp = s
         .status
         .unwrap()

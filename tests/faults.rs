@@ -4,69 +4,32 @@
 //! The tests here restart control-plane components, so they take a lock and
 //! run one at a time.
 
-mod common;
+mod support;
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
 use k8s_openapi::api::{
     apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::ResourceQuota,
 };
 use kube::{Api, Client, ResourceExt, api::ListParams};
+use support::*;
 use tenant_capacity_operator::api::TenantSubscription;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenant-capacity-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Operator {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Operator {
-    /// Watching one namespace, or all of them with `None`.
-    fn start(ns: Option<&str>) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "run",
-            "--metrics-bind-address",
-            "127.0.0.1:0",
-            "--health-probe-bind-address",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"]);
-        if let Some(ns) = ns {
-            cmd.args(["--namespace", ns]);
-        }
-        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
+/// The operator binary watching one namespace, or all of them with `None`.
+fn start_operator(ns: Option<&str>) -> OperatorProcess {
+    let launch = OperatorProcess::launch();
+    match ns {
+        Some(ns) => launch.namespace(ns),
+        None => launch,
     }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    .start()
 }
 
 fn cluster(args: &[&str]) {
@@ -168,7 +131,7 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
     };
     let mut kills = 0;
     for _ in 0..3 {
-        let mut op = Operator::start(None);
+        let mut op = start_operator(None);
         // Kill while some, not all, are done.
         let seen = wait_for("progress", Duration::from_secs(60), || async {
             let r = ready().await;
@@ -176,13 +139,12 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
         })
         .await;
         if seen < N {
-            unsafe { kill(op.child.id() as i32, 9) };
-            let _ = op.child.wait();
+            op.kill();
             kills += 1;
         }
         drop(op);
     }
-    let _op = Operator::start(None);
+    let _op = start_operator(None);
     wait_for(
         "all Ready after restarts",
         Duration::from_secs(120),
@@ -207,7 +169,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     apply_yaml(&client, None, &profile_yaml(&im, "")).await;
     apply_yaml(&client, Some(&ns.name), &sub_yaml("o", &video, &im, 400)).await;
     let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), &ns.name);
-    let mut op = Operator::start(Some(&ns.name));
+    let mut op = start_operator(Some(&ns.name));
     wait_for("Ready", T, || async {
         (ready_count(&subs).await == 1).then_some(())
     })
@@ -219,13 +181,14 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
         &["etcd"][..],
         &["kube-apiserver", "etcd"][..],
     ] {
-        let before = op.lines.lock().unwrap().len();
+        let before = op.line_count();
         let outage = Outage::begin(components);
         // Without the API server, the operator's watches fail: it says so and keeps running.
         // (With only etcd down the API server still serves its cache: nothing to report.)
         if components.contains(&"kube-apiserver") {
             let noticed = Instant::now();
-            while op.lines.lock().unwrap()[before..]
+            while op
+                .lines_since(before)
                 .iter()
                 .all(|l| !l.contains("WARN") && !l.contains("ERROR"))
             {
@@ -273,9 +236,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
         assert!(op.alive(), "the operator had to restart");
     }
     let warnings: Vec<String> = op
-        .lines
-        .lock()
-        .unwrap()
+        .lines()
         .iter()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .take(3)
@@ -288,8 +249,4 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     .await;
     assert_children_exact(&client, &ns.name, 1).await;
     ns.delete().await;
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }

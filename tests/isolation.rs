@@ -2,11 +2,10 @@
 //! with full rights over its own namespace still cannot run more pods than
 //! it bought.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
     core::v1::{Pod, ResourceQuota},
@@ -15,6 +14,7 @@ use kube::{
     Api, Client, Config, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cannot_exceed_its_quota_and_nothing_leaks_out_of_its_namespace() {

@@ -1,11 +1,10 @@
 //! The operator against the real local control plane: objects, numbers,
 //! plan changes, drains, garbage collection, drift and bad input.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
@@ -16,6 +15,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use support::*;
 use tenant_capacity_operator::api::ModuleState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +53,7 @@ async fn a_subscription_becomes_children_with_the_right_numbers() {
     let video = format!("acme-{}", f.video);
     let im = format!("acme-{}", f.im);
 
-    let s = f
-        .wait_status("acme", "acme Ready", |s| {
-            is(s, "Ready", "True", "Available")
-        })
-        .await;
+    let s = f.wait_available("acme").await;
     let st = s.status.unwrap();
     assert_eq!(st.observed_generation, sub.metadata.generation);
     for c in ["Ready", "Reconciling", "Stalled", "CapacityLimited"] {
@@ -268,16 +264,7 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
     assert_eq!(f.quota_hard("d", "pods").await.as_deref(), Some("17")); // 10+3 and 3+1
 
     f.apply_sub("d", &both(false)).await;
-    let s = f
-        .wait_status("d", "video Draining", |s| {
-            s.status
-                .as_ref()
-                .unwrap()
-                .modules
-                .iter()
-                .any(|m| m.name == f.video && m.state == Some(ModuleState::Draining))
-        })
-        .await;
+    let s = f.wait_draining("d", &f.video).await;
     let m = s
         .status
         .as_ref()
@@ -296,10 +283,7 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
     let drained_at = std::time::Instant::now();
 
     wait_for("video objects removed", T, || async {
-        let gone = f.get::<Deployment>(&video).await.is_none()
-            && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
-            && f.get::<Service>(&video).await.is_none();
-        gone.then_some(())
+        f.module_gone(&video).await.then_some(())
     })
     .await;
     assert!(
@@ -312,9 +296,7 @@ async fn a_switched_off_module_drains_then_only_its_objects_go() {
         (f.quota_hard("d", "pods").await? == "4").then_some(())
     })
     .await;
-    let s = f
-        .wait_status("d", "Ready again", |s| is(s, "Ready", "True", "Available"))
-        .await;
+    let s = f.wait_available("d").await;
     assert!(s.status.unwrap().modules.iter().all(|m| m.name != f.video));
 
     // Removing a module from the list drains it the same way.
@@ -354,10 +336,8 @@ async fn deleting_the_subscription_collects_every_child() {
         .await
         .unwrap();
     wait_for("garbage collection", Duration::from_secs(90), || async {
-        let gone = f.get::<Deployment>(&video).await.is_none()
-            && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
-            && f.get::<Service>(&video).await.is_none()
-            && f.get::<ResourceQuota>("g-capacity").await.is_none();
+        let gone =
+            f.module_gone(&video).await && f.get::<ResourceQuota>("g-capacity").await.is_none();
         gone.then_some(())
     })
     .await;
@@ -448,11 +428,7 @@ spec:
         &format!("  tenantId: h\n  downgrade: {{drainSeconds: 1}}\n  modules:\n    - {{name: {}, concurrency: 400}}\n    - {{name: {}, concurrency: 100}}\n", f.video, f.im),
     )
     .await;
-    let s = f
-        .wait_status("h", "ObjectConflict", |s| {
-            is(s, "Ready", "False", "ObjectConflict")
-        })
-        .await;
+    let s = f.wait_not_ready("h", "ObjectConflict").await;
     let msg = &condition(&s, "Ready").unwrap().message;
     assert!(msg.contains(&format!("h-{}", f.im)), "{msg}");
     let svc: HorizontalPodAutoscaler = f.get(&format!("h-{}", f.im)).await.unwrap();
@@ -572,24 +548,7 @@ async fn semantic_errors_leave_running_children_untouched() {
     );
     f.apply_sub("s", &good).await;
     f.wait_available("s").await;
-    let before_d = f
-        .get::<Deployment>(&video)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
-    let before_h = f
-        .get::<HorizontalPodAutoscaler>(&video)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
-    let before_q = f
-        .get::<ResourceQuota>("s-capacity")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
+    let before = f.versions("s", &video).await;
 
     let cases = [
         (
@@ -625,9 +584,7 @@ async fn semantic_errors_leave_running_children_untouched() {
     for (modules, reason, needle) in &cases {
         f.apply_sub("s", &format!("  tenantId: s\n  modules:\n{modules}"))
             .await;
-        let s = f
-            .wait_status("s", reason, |s| is(s, "Ready", "False", reason))
-            .await;
+        let s = f.wait_not_ready("s", reason).await;
         let msg = condition(&s, "Ready").unwrap().message.clone();
         assert!(msg.contains(needle), "{reason}: {msg}");
         assert!(is(&s, "Stalled", "True", reason));
@@ -645,30 +602,7 @@ async fn semantic_errors_leave_running_children_untouched() {
         })
         .await;
         // Nothing that runs was touched.
-        assert_eq!(
-            f.get::<Deployment>(&video)
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-            before_d
-        );
-        assert_eq!(
-            f.get::<HorizontalPodAutoscaler>(&video)
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-            before_h
-        );
-        assert_eq!(
-            f.get::<ResourceQuota>("s-capacity")
-                .await
-                .unwrap()
-                .metadata
-                .resource_version,
-            before_q
-        );
+        assert_eq!(f.versions("s", &video).await, before);
     }
 
     // Another tenant next to the broken one converges as usual.
@@ -680,17 +614,11 @@ async fn semantic_errors_leave_running_children_untouched() {
         ),
     )
     .await;
-    f.wait_status("other", "other Ready", |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    f.wait_available("other").await;
 
     // Fixing the input converges again.
     f.apply_sub("s", &good).await;
-    f.wait_status("s", "Ready after fix", |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    f.wait_available("s").await;
     f.finish().await;
 }
 
@@ -699,31 +627,13 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     let f = Fixture::new("season").await;
     let video = format!("w-{}", f.video);
     // A window starting at the next full minute (UTC) and lasting one minute.
-    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let start = now
-        .round(
-            jiff::ZonedRound::new()
-                .smallest(jiff::Unit::Minute)
-                .mode(jiff::RoundMode::Ceil),
-        )
-        .unwrap();
-    let start = if start.duration_since(&now).as_secs() < 5 {
-        start.checked_add(jiff::Span::new().minutes(1)).unwrap()
-    } else {
-        start
-    };
-    let end = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    let day = |z: &jiff::Zoned| format!("{:?}", z.weekday())[..3].to_string();
+    let window = Window::at_next_full_minute(Duration::from_secs(5), 1);
     let spec = format!(
         "  tenantId: w\n  modules:\n    - {{name: {}, concurrency: 400}}\n  seasons:\n    timeZone: UTC\n    windows:\n      - {{name: rush, days: [{}], start: '{}', end: '{}', concurrencyPercent: 200, floorPercent: 50}}\n",
         f.video,
-        day(&start),
-        start.strftime("%H:%M"),
-        if end.hour() == 0 && end.minute() == 0 {
-            "24:00".to_string()
-        } else {
-            end.strftime("%H:%M").to_string()
-        },
+        window.day(),
+        window.start_hhmm(),
+        window.end_hhmm(),
     );
     f.apply_sub("w", &spec).await;
     let s = f
@@ -735,12 +645,7 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     assert!(st.active_windows.is_empty());
     assert_eq!(
         st.next_transition.as_deref(),
-        Some(
-            start
-                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
-                .to_string()
-                .as_str()
-        )
+        Some(window.start_rfc3339().as_str())
     );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
 
@@ -750,7 +655,7 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     })
     .await;
     assert!(
-        jiff::Timestamp::now() >= start.timestamp(),
+        jiff::Timestamp::now() >= window.start.timestamp(),
         "window applied before it started"
     );
     let s = f
@@ -772,7 +677,7 @@ async fn a_weekly_window_raises_the_floor_on_time_and_lets_it_fall() {
     })
     .await;
     assert!(
-        jiff::Timestamp::now() >= end.timestamp(),
+        jiff::Timestamp::now() >= window.end.timestamp(),
         "window ended early"
     );
     f.finish().await;

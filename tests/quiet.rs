@@ -2,12 +2,12 @@
 //! counted by the API server itself (its audit log, so that other tests'
 //! namespaces being deleted meanwhile do not count).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use kube::{Api, Client};
+use support::*;
 use tenant_capacity_operator::{api::TenantSubscription, controller};
 
 const OUR_RESOURCES: &[&str] = &[
@@ -18,58 +18,28 @@ const OUR_RESOURCES: &[&str] = &[
     "tenantsubscriptions",
 ];
 
-/// Conflicts or throttles (409, 429) on the resources the operator writes, from
-/// kube-apiserver's own request counters. Status subresources of built-in
-/// kinds are left out: the controller manager writes those.
-/// Writes the API server's audit log records (hack/cluster.sh up writes it)
-/// to the operator's resources in `namespaces`, status subresources of
-/// built-in kinds left out (the controller manager writes those).
-fn audit_log() -> std::path::PathBuf {
-    let dir = std::env::var("TCO_CLUSTER_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".local/state/tenant-capacity-operator/cluster")
-        });
-    dir.join("logs/audit.log")
-}
-
-/// The audit log's length now: later counts read only what follows.
-fn audit_mark() -> u64 {
-    std::fs::metadata(audit_log())
-        .expect("the API server's audit log")
-        .len()
-}
-
-/// Writes to our resources in `namespaces` logged after `mark`.
-fn audit_writes(namespaces: &[String], mark: u64) -> u64 {
-    use std::io::{Read, Seek};
-    let mut f = std::fs::File::open(audit_log()).expect("read the API server's audit log");
-    // A rotated log starts again from the beginning.
-    let from = if f.metadata().expect("audit log").len() >= mark {
-        mark
-    } else {
-        0
-    };
-    f.seek(std::io::SeekFrom::Start(from)).expect("seek");
-    let mut text = String::new();
-    f.read_to_string(&mut text).expect("read the audit log");
-    text.lines()
-        .filter(|l| namespaces.iter().any(|ns| l.contains(ns.as_str())))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| {
+/// Writes the API server's audit log records after `mark` to the operator's
+/// resources in `namespaces`, status subresources of built-in kinds left out
+/// (the controller manager writes those).
+fn audit_writes(audit: &Audit, namespaces: &[String], mark: &audit::Mark) -> u64 {
+    let mentioning: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    audit
+        .writes_since(mark, &mentioning, |e| {
             let o = &e["objectRef"];
             let resource = o["resource"].as_str().unwrap_or("");
-            e["stage"] == "ResponseComplete"
-                && namespaces
-                    .iter()
-                    .any(|ns| o["namespace"].as_str() == Some(ns))
+            namespaces
+                .iter()
+                .any(|ns| o["namespace"].as_str() == Some(ns))
                 && OUR_RESOURCES.contains(&resource)
                 && (o["subresource"].is_null() || resource == "tenantsubscriptions")
         })
-        .count() as u64
+        .expect("read the API server's audit log")
+        .total()
 }
 
+/// Conflicts or throttles (409, 429) on the resources the operator writes, from
+/// kube-apiserver's own request counters. Status subresources of built-in
+/// kinds are left out: the controller manager writes those.
 async fn server_conflicts(client: &Client) -> u64 {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client
@@ -117,7 +87,8 @@ async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     const N: usize = 5;
     let resync = Duration::from_secs(2);
     let bad_before = server_conflicts(&client).await;
-    let mark = audit_mark();
+    let audit = Audit::local_cluster();
+    let mark = audit.mark().expect("the API server's audit log");
     let mut namespaces = Vec::new();
     let mut operators = Vec::new();
     for i in 0..N {
@@ -155,29 +126,30 @@ spec:
     })
     .await;
     let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+    let server_writes = || audit_writes(&audit, &names, &mark);
     let own_writes = || operators.iter().map(|o| o.writes()).sum::<u64>();
     let reconciliations = || operators.iter().map(|o| o.reconciliations()).sum::<u64>();
 
     // Let pod readiness settle: converged means a full round of resyncs without a write.
     let rounds = |n: u64| n * N as u64;
     let settled = wait_for("a quiet round", Duration::from_secs(90), || async {
-        let (w0, own0, r0) = (audit_writes(&names, mark), own_writes(), reconciliations());
+        let (w0, own0, r0) = (server_writes(), own_writes(), reconciliations());
         wait_for("a resync round", Duration::from_secs(30), || async {
             (reconciliations() >= r0 + rounds(1)).then_some(())
         })
         .await;
-        (audit_writes(&names, mark) == w0 && own_writes() == own0).then_some(())
+        (server_writes() == w0 && own_writes() == own0).then_some(())
     })
     .await;
     let _: () = settled;
 
     // Measure: several forced resyncs of every subscription.
-    let (w0, own0, r0) = (audit_writes(&names, mark), own_writes(), reconciliations());
+    let (w0, own0, r0) = (server_writes(), own_writes(), reconciliations());
     wait_for("three resync rounds", Duration::from_secs(60), || async {
         (reconciliations() >= r0 + rounds(3)).then_some(())
     })
     .await;
-    let (w1, bad_after) = (audit_writes(&names, mark), server_conflicts(&client).await);
+    let (w1, bad_after) = (server_writes(), server_conflicts(&client).await);
     let reconciles = reconciliations() - r0;
     println!(
         "quiet idle: {reconciles} reconciles, {} API writes (server count), {} (operator count)",
@@ -207,7 +179,7 @@ spec:
     // Restarted, with existing objects fetched either way (a streamed
     // WatchList, or lists in pages), the operator finds every child as it
     // left it: each subscription is reconciled and nothing is written.
-    let w0 = audit_writes(&names, mark);
+    let w0 = server_writes();
     let restarted: Vec<Operator> = names
         .iter()
         .enumerate()
@@ -233,7 +205,7 @@ spec:
     .await;
     let restart_writes: u64 = restarted.iter().map(|o| o.writes()).sum();
     assert_eq!(
-        (audit_writes(&names, mark) - w0, restart_writes),
+        (server_writes() - w0, restart_writes),
         (0, 0),
         "restarted operators (paged and streamed lists) wrote to converged subscriptions"
     );

@@ -10,14 +10,13 @@
 //!
 //! Run with `cargo test --test scenarios -- --nocapture` to see the timings.
 
-mod common;
+mod support;
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use common::*;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
@@ -27,6 +26,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
+use support::*;
 use tenant_capacity_operator::api::{ModuleState, ModuleStatus, TenantSubscription};
 
 const USAGE_CPU: &str = "kwok.x-k8s.io/usage-cpu";
@@ -234,21 +234,6 @@ fn limited_wants(s: &TenantSubscription, module: &str, ceiling: i32) -> Option<i
         .ok()
 }
 
-/// Wait until the current generation's status satisfies `check` (own timeout).
-async fn status_until(
-    f: &Fixture,
-    sub: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&TenantSubscription) -> bool,
-) -> TenantSubscription {
-    wait_for(what, timeout, || async {
-        let s = f.subs().get(sub).await.ok()?;
-        (s.status.as_ref()?.observed_generation == s.metadata.generation && check(&s)).then_some(s)
-    })
-    .await
-}
-
 /// Check `check` every 500 ms for `period`: an observation, not a synchronisation.
 async fn holds_for<F, Fut>(what: &str, period: Duration, mut check: F)
 where
@@ -297,14 +282,14 @@ async fn load_to_ceiling(
     )
     .await;
     let scaled = t0.elapsed();
-    let s = status_until(
-        f,
-        sub,
-        &format!("{sub}: CapacityLimited for {module}"),
-        SCALE,
-        |s| limited_wants(s, module, ceiling).is_some_and(|n| n > ceiling),
-    )
-    .await;
+    let s = f
+        .wait_status_within(
+            sub,
+            &format!("{sub}: CapacityLimited for {module}"),
+            SCALE,
+            |s| limited_wants(s, module, ceiling).is_some_and(|n| n > ceiling),
+        )
+        .await;
     let wants = limited_wants(&s, module, ceiling).unwrap();
     log(
         scenario,
@@ -328,7 +313,7 @@ async fn load_scales_out_to_the_ceiling_bought_and_no_further() {
     let video = format!("{sub}-{}", f.video);
     // ⌈160 / 40⌉ = 4 replicas; quota 4 + ⌈4 × 25 %⌉ surge = 5 pods.
     f.apply_sub(sub, &video_spec(&f, 160)).await;
-    let s = status_until(&f, sub, "Ready", T, |s| is(s, "Ready", "True", "Available")).await;
+    let s = f.wait_available(sub).await;
     assert!(is(&s, "CapacityLimited", "False", "WithinCeiling"));
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 4)));
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("5"));
@@ -341,10 +326,11 @@ async fn load_scales_out_to_the_ceiling_bought_and_no_further() {
     load_to_ceiling(&f, "load", sub, &f.video, 4, &load, "200m").await;
     // The first message may come from a metric still ramping up; once every
     // pod reports 200 %, it settles on about ⌈4 × 200 / 65⌉ = 13.
-    let s = status_until(&f, sub, "HPA wants about 13", SCALE, |s| {
-        limited_wants(s, &f.video, 4).is_some_and(|n| (12..=14).contains(&n))
-    })
-    .await;
+    let s = f
+        .wait_status_within(sub, "HPA wants about 13", SCALE, |s| {
+            limited_wants(s, &f.video, 4).is_some_and(|n| (12..=14).contains(&n))
+        })
+        .await;
     let wants = limited_wants(&s, &f.video, 4).unwrap();
 
     // The HPA itself says why it stopped: maxReplicas.
@@ -400,14 +386,14 @@ async fn load_scales_out_to_the_ceiling_bought_and_no_further() {
     // Load falls to what 4 replicas carry (⌈4 × 30 / 65⌉ = 2): no longer limited.
     let t0 = Instant::now();
     load.set("30m");
-    let s = status_until(
-        &f,
-        sub,
-        "CapacityLimited=False after the load fell",
-        SCALE,
-        |s| is(s, "CapacityLimited", "False", "WithinCeiling"),
-    )
-    .await;
+    let s = f
+        .wait_status_within(
+            sub,
+            "CapacityLimited=False after the load fell",
+            SCALE,
+            |s| is(s, "CapacityLimited", "False", "WithinCeiling"),
+        )
+        .await;
     let h: HorizontalPodAutoscaler = f.get(&video).await.unwrap();
     log(
         "load",
@@ -432,7 +418,7 @@ async fn an_upgrade_lifts_the_ceiling_and_the_hpa_scales_further_within_seconds(
     let sub = "edu";
     let video = format!("{sub}-{}", f.video);
     f.apply_sub(sub, &video_spec(&f, 160)).await;
-    status_until(&f, sub, "Ready", T, |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_available(sub).await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 4)));
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("5"));
     let sampler = Sampler::start(&f.client, &f.ns.name, &video, &format!("{sub}-capacity"));
@@ -480,10 +466,11 @@ async fn an_upgrade_lifts_the_ceiling_and_the_hpa_scales_further_within_seconds(
         (ready_replicas(&f, &video).await? == 6).then_some(())
     })
     .await;
-    let s = status_until(&f, sub, "CapacityLimited at the new ceiling", SCALE, |s| {
-        limited_wants(s, &f.video, 6).is_some_and(|n| n > 6)
-    })
-    .await;
+    let s = f
+        .wait_status_within(sub, "CapacityLimited at the new ceiling", SCALE, |s| {
+            limited_wants(s, &f.video, 6).is_some_and(|n| n > 6)
+        })
+        .await;
     log(
         "upgrade",
         format!(
@@ -552,49 +539,24 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
     let sub = "edu";
     let video = format!("{sub}-{}", f.video);
     // A two-minute window starting at the next full minute (UTC), at least 10 s away.
-    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let mut start = now
-        .round(
-            jiff::ZonedRound::new()
-                .smallest(jiff::Unit::Minute)
-                .mode(jiff::RoundMode::Ceil),
-        )
-        .unwrap();
-    if start.duration_since(&now).as_secs() < 10 {
-        start = start.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    }
-    let end = start.checked_add(jiff::Span::new().minutes(2)).unwrap();
-    let hhmm = |z: &jiff::Zoned| z.strftime("%H:%M").to_string();
-    // An end at midnight is written 24:00 when the window starts the day before.
-    let end_hhmm = if end.date() != start.date() && end.hour() == 0 && end.minute() == 0 {
-        "24:00".to_string()
-    } else {
-        hhmm(&end)
-    };
+    let window = Window::at_next_full_minute(Duration::from_secs(10), 2);
+    let (start, end) = (&window.start, &window.end);
     // ceiling 200 sessions → 5 replicas (quota 7); in the window 150 % → 300
     // sessions → 8 replicas (quota 10) and a floor of 50 % → 4 replicas.
     let spec = format!(
         "  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: 200}}\n  seasons:\n    timeZone: UTC\n    windows:\n      - {{name: evening, days: [{}], start: '{}', end: '{}', concurrencyPercent: 150, floorPercent: 50}}\n",
         f.video,
-        &format!("{:?}", start.weekday())[..3],
-        hhmm(&start),
-        end_hhmm,
+        window.day(),
+        window.start_hhmm(),
+        window.end_hhmm(),
     );
     f.apply_sub(sub, &spec).await;
-    let s = status_until(&f, sub, "Ready before the window", T, |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    let s = f.wait_available(sub).await;
     let st = s.status.as_ref().unwrap();
     assert!(st.active_windows.is_empty());
     assert_eq!(
         st.next_transition.as_deref(),
-        Some(
-            start
-                .strftime("%Y-%m-%dT%H:%M:%S+00:00")
-                .to_string()
-                .as_str()
-        )
+        Some(window.start_rfc3339().as_str())
     );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 5)));
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("7"));
@@ -606,8 +568,8 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
         "season",
         format!(
             "window {} → {} UTC; waiting {:.0}s for it",
-            hhmm(&start),
-            end_hhmm,
+            window.start_hhmm(),
+            window.end_hhmm(),
             start.duration_since(&jiff::Zoned::now()).as_secs_f64()
         ),
     );
@@ -648,10 +610,11 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
         "the pods came from the floor, not from load: CPU {idle}%"
     );
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("10"));
-    let s = status_until(&f, sub, "window listed", T, |s| {
-        s.status.as_ref().unwrap().active_windows == vec!["evening".to_string()]
-    })
-    .await;
+    let s = f
+        .wait_status(sub, "window listed", |s| {
+            s.status.as_ref().unwrap().active_windows == vec!["evening".to_string()]
+        })
+        .await;
     let m = module(&s, &f.video).unwrap();
     assert_eq!(
         (m.min_replicas, m.max_replicas, m.concurrency),
@@ -694,10 +657,11 @@ async fn a_season_warms_the_floor_before_load_and_lets_it_fall_after() {
         (f.quota_hard(sub, "pods").await? == "7").then_some(())
     })
     .await;
-    let s = status_until(&f, sub, "no window", T, |s| {
-        s.status.as_ref().unwrap().active_windows.is_empty()
-    })
-    .await;
+    let s = f
+        .wait_status(sub, "no window", |s| {
+            s.status.as_ref().unwrap().active_windows.is_empty()
+        })
+        .await;
     assert_eq!(module(&s, &f.video).unwrap().min_replicas, Some(1));
 
     // Nothing but the HPA's own scale-down stabilisation (300 s by default; the
@@ -753,7 +717,7 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     };
     // video 4 + 1 surge, messaging ⌈100 / 40⌉ = 3 + 1 surge: 9 pods.
     f.apply_sub(sub, &spec(true)).await;
-    status_until(&f, sub, "Ready", T, |s| is(s, "Ready", "True", "Available")).await;
+    f.wait_available(sub).await;
     assert_eq!(f.quota_hard(sub, "pods").await.as_deref(), Some("9"));
     let uid = |o: Option<String>| o.expect("uid");
     let im_uids = (
@@ -774,10 +738,7 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     // Off: Draining, still serving every replica, quota kept.
     let off = Instant::now();
     f.apply_sub(sub, &spec(false)).await;
-    let s = status_until(&f, sub, "video Draining", T, |s| {
-        module(s, &f.video).is_some_and(|m| m.state == Some(ModuleState::Draining))
-    })
-    .await;
+    let s = f.wait_draining(sub, &f.video).await;
     assert!(
         is(&s, "Reconciling", "True", "Draining"),
         "{:?}",
@@ -807,10 +768,7 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
 
     // After the drain: exactly its objects go, messaging is untouched.
     wait_for("video objects removed", T, || async {
-        let gone = f.get::<Deployment>(&video).await.is_none()
-            && f.get::<HorizontalPodAutoscaler>(&video).await.is_none()
-            && f.get::<Service>(&video).await.is_none();
-        gone.then_some(())
+        f.module_gone(&video).await.then_some(())
     })
     .await;
     let removed = off.elapsed();
@@ -842,10 +800,7 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
         im_uids
     );
     assert_eq!(f.hpa_numbers(&im).await, Some((2, 3)));
-    let s = status_until(&f, sub, "Ready without video", T, |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    let s = f.wait_available(sub).await;
     assert!(module(&s, &f.video).is_none());
     assert_eq!(module(&s, &f.im).unwrap().state, Some(ModuleState::Active));
     wait_for("video pods gone", T, || async {
@@ -891,10 +846,7 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
     );
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 4)));
     assert!(f.get::<Service>(&video).await.is_some());
-    let s = status_until(&f, sub, "Ready with video", T, |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    let s = f.wait_available(sub).await;
     assert_eq!(
         module(&s, &f.video).unwrap().state,
         Some(ModuleState::Active)
@@ -940,14 +892,8 @@ async fn a_tenant_at_its_ceiling_never_takes_capacity_from_another() {
         ),
     )
     .await;
-    status_until(&a, "a", "a Ready", T, |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
-    status_until(&b, "b", "b Ready", T, |s| {
-        is(s, "Ready", "True", "Available")
-    })
-    .await;
+    a.wait_available("a").await;
+    b.wait_available("b").await;
     // a: 4 replicas, 5 pods; b: ⌈120 / 40⌉ = 3 replicas, 4 pods.
     assert_eq!(
         (

@@ -1,0 +1,589 @@
+//! The Helm chart (charts/tenant-capacity-operator) and the GitOps health
+//! check, offline: the chart's CRDs equal crds/crds.yaml, `helm lint`
+//! passes, the values schema refuses wrong types, the RBAC is exactly the
+//! documented least privilege, and docs/argocd-health.lua gives the right
+//! verdicts in a real Lua interpreter (hack/test-argocd-health.sh).
+//!
+//! No cluster needed; helm comes from PATH (`eval "$(hack/cluster.sh env)"`,
+//! which hack/test.sh does). Without it these tests fail: a missing tool
+//! must never look like a pass. tests/helm.rs installs the chart on the
+//! local cluster.
+
+mod support;
+
+use std::{collections::BTreeSet, path::Path, process::Command};
+
+use serde_json::{Value, json};
+use support::{
+    chart::{CHART, KWOK_TOLERATION, args_of, has_pair, write},
+    tools::{ok, require_helm, run},
+};
+
+// --- rendering ----------------------------------------------------------------
+
+/// The non-default values of the lint and template checks.
+fn custom_values(profile: &str) -> String {
+    format!(
+        r#"replicaCount: 2
+image: {{repository: registry.example.com/platform/tco, tag: "1.2.3", pullPolicy: Always}}
+leaderElection: {{enabled: false}}
+watchNamespace: tenant-a
+serviceMonitor: {{enabled: true, interval: 15s, labels: {{release: prometheus}}}}
+podAnnotations: {{example.com/team: platform}}
+tolerations: [{KWOK_TOLERATION}]
+moduleProfiles:
+  {profile}:
+    image: registry.example.com/rtc/video-gateway:2.4.1
+    port: 8443
+    sessionsPerReplica: 40
+    resources: {{requests: {{cpu: "1", memory: 1Gi}}}}
+subscriptionPlans:
+  pro:
+    modules:
+      - {{name: {profile}, maxConcurrency: 2000}}
+capacityCalendars:
+  evenings:
+    timeZone: Europe/Berlin
+    windows:
+      - {{name: evening, days: [Mon, Tue], start: "18:00", end: "22:00", floorPercent: 30}}
+"#
+    )
+}
+
+fn template(release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", release, CHART, "--namespace", namespace];
+    args.extend_from_slice(extra);
+    let text = ok("helm", &args);
+    serde_saphyr::from_multiple::<Value>(&text).expect("helm template output is YAML")
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn must<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    find(docs, kind, name).unwrap_or_else(|| {
+        let have: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap_or("?"),
+                    d["metadata"]["name"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        panic!("no {kind}/{name} rendered; have {have:?}")
+    })
+}
+
+/// (apiGroup, resource, verb) triples of an RBAC rule list.
+fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for r in rules.as_array().expect("rules") {
+        let s = |k: &str| {
+            r[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        for g in s("apiGroups") {
+            for res in s("resources") {
+                for v in s("verbs") {
+                    out.insert((g.clone(), res.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn triples(spec: &[(&str, &[&str], &[&str])]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for (g, resources, verbs) in spec {
+        for r in *resources {
+            for v in *verbs {
+                out.insert((g.to_string(), r.to_string(), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// What the operator's code uses, and nothing else (see the rules' comments
+/// in templates/rbac.yaml; the cluster test proves it is enough).
+fn expected_manager_grants() -> BTreeSet<(String, String, String)> {
+    let g = "capacity.tenancy.dev";
+    triples(&[
+        (g, &["tenantsubscriptions"], &["get", "list", "watch"]),
+        (g, &["tenantsubscriptions/status"], &["patch"]),
+        (g, &["tenantsubscriptions/finalizers"], &["update"]),
+        (
+            "apps",
+            &["deployments"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "autoscaling",
+            &["horizontalpodautoscalers"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "",
+            &["services"],
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        (
+            "",
+            &["resourcequotas"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        ("", &["persistentvolumeclaims"], &["list", "delete"]),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
+    ])
+}
+
+// --- offline checks -------------------------------------------------------------
+
+#[test]
+fn chart_crds_are_the_repository_crds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = std::fs::read(root.join("crds/crds.yaml")).expect("crds/crds.yaml");
+    let chart = std::fs::read(Path::new(CHART).join("crds/crds.yaml"))
+        .expect("charts/tenant-capacity-operator/crds/crds.yaml");
+    assert!(
+        repo == chart,
+        "charts/tenant-capacity-operator/crds/crds.yaml differs from crds/crds.yaml; \
+         run `cp crds/crds.yaml charts/tenant-capacity-operator/crds/crds.yaml`"
+    );
+    let text = String::from_utf8(chart).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("CRD YAML");
+    let kinds: BTreeSet<&str> = docs
+        .iter()
+        .map(|d| d["spec"]["names"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "CapacityCalendar",
+            "ModuleProfile",
+            "SubscriptionPlan",
+            "TenantSubscription"
+        ])
+    );
+    assert!(
+        docs.iter()
+            .all(|d| d["spec"]["group"] == "capacity.tenancy.dev")
+    );
+}
+
+#[test]
+fn argocd_health_check_gives_the_right_verdicts() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/test-argocd-health.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run hack/test-argocd-health.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "hack/test-argocd-health.sh failed ({}):\n{text}",
+        out.status
+    );
+    for verdict in [
+        "-> Healthy",
+        "-> Progressing",
+        "-> Degraded",
+        "-> Suspended",
+    ] {
+        assert!(text.contains(verdict), "no case ended {verdict}:\n{text}");
+    }
+}
+
+#[test]
+fn helm_lint_passes_with_default_and_custom_values() {
+    require_helm();
+    ok("helm", &["lint", "--strict", CHART]);
+    let dir = tempfile::tempdir().unwrap();
+    let values = write(dir.path(), "values.yaml", &custom_values("video-call"));
+    ok(
+        "helm",
+        &["lint", "--strict", CHART, "-f", values.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn values_schema_refuses_wrong_types_and_unknown_keys() {
+    require_helm();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("string replicaCount", "replicaCount: two\n", "replicaCount"),
+        (
+            "string boolean",
+            "serviceMonitor: {enabled: \"yes\"}\n",
+            "enabled",
+        ),
+        (
+            "list for a map",
+            "podAnnotations: [a, b]\n",
+            "podAnnotations",
+        ),
+        (
+            "number for a namespace",
+            "watchNamespace: 7\n",
+            "watchNamespace",
+        ),
+        ("misspelt top-level key", "replicas: 2\n", "replicas"),
+        (
+            "misspelt nested key",
+            "leaderElection: {enable: false}\n",
+            "enable",
+        ),
+        ("unknown log format", "logFormat: xml\n", "logFormat"),
+        (
+            "profile spec not a map",
+            "moduleProfiles: {video: 3}\n",
+            "moduleProfiles",
+        ),
+    ];
+    for (i, (what, yaml, mentions)) in cases.iter().enumerate() {
+        let f = write(dir.path(), &format!("bad{i}.yaml"), yaml);
+        let out = run(
+            "helm",
+            &["template", "bad", CHART, "-f", f.to_str().unwrap()],
+            None,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what}: helm template accepted {yaml:?}"
+        );
+        assert!(
+            err.contains("schema"),
+            "{what}: not refused by the schema: {err}"
+        );
+        assert!(
+            err.contains(mentions),
+            "{what}: error does not name {mentions:?}: {err}"
+        );
+    }
+    // --set with a wrong type too.
+    let out = run(
+        "helm",
+        &[
+            "template",
+            "bad",
+            CHART,
+            "--set",
+            "leaderElection.enabled=maybe",
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "--set leaderElection.enabled=maybe was accepted"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("schema"));
+}
+
+#[test]
+fn default_render_is_least_privilege_and_hardened() {
+    require_helm();
+    let docs = template("rel", "ops", &[]);
+    let full = "rel-tenant-capacity-operator";
+    for d in &docs {
+        let text = serde_json::to_string(d).unwrap();
+        if matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            assert!(
+                !text.contains("\"*\""),
+                "a wildcard in {}: {text}",
+                d["metadata"]["name"]
+            );
+        }
+        assert_ne!(
+            d["kind"], "CustomResourceDefinition",
+            "CRDs belong in crds/, not templates/"
+        );
+    }
+
+    // Exactly the documented grants, each bound as intended.
+    let manager = must(&docs, "ClusterRole", &format!("{full}-manager"));
+    assert_eq!(grants(&manager["rules"]), expected_manager_grants());
+    let catalogue = must(&docs, "ClusterRole", &format!("{full}-catalogue"));
+    assert_eq!(
+        grants(&catalogue["rules"]),
+        triples(&[(
+            "capacity.tenancy.dev",
+            &["moduleprofiles", "subscriptionplans", "capacitycalendars"],
+            &["get", "list", "watch"]
+        )])
+    );
+    let leases = must(&docs, "Role", &format!("{full}-leader-election"));
+    assert_eq!(leases["metadata"]["namespace"], "ops");
+    assert_eq!(
+        grants(&leases["rules"]),
+        triples(&[(
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "create", "patch"]
+        )])
+    );
+    for (kind, name, role_kind) in [
+        (
+            "ClusterRoleBinding",
+            format!("{full}-manager"),
+            "ClusterRole",
+        ),
+        (
+            "ClusterRoleBinding",
+            format!("{full}-catalogue"),
+            "ClusterRole",
+        ),
+        ("RoleBinding", format!("{full}-leader-election"), "Role"),
+    ] {
+        let b = must(&docs, kind, &name);
+        assert_eq!(b["roleRef"]["kind"], role_kind);
+        assert_eq!(b["roleRef"]["name"], name.as_str());
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": full, "namespace": "ops"}])
+        );
+    }
+    must(&docs, "ServiceAccount", full);
+
+    // Aggregation into the built-in roles.
+    let edit = must(&docs, "ClusterRole", &format!("{full}-edit"));
+    let labels = &edit["metadata"]["labels"];
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert_eq!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        grants(&edit["rules"]),
+        triples(&[(
+            "capacity.tenancy.dev",
+            &["tenantsubscriptions"],
+            &[
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection"
+            ]
+        )])
+    );
+    let view = must(&docs, "ClusterRole", &format!("{full}-view"));
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let view_grants = grants(&view["rules"]);
+    assert!(
+        view_grants
+            .iter()
+            .all(|(_, _, v)| ["get", "list", "watch"].contains(&v.as_str())),
+        "{view_grants:?}"
+    );
+    for r in [
+        "tenantsubscriptions",
+        "moduleprofiles",
+        "subscriptionplans",
+        "capacitycalendars",
+    ] {
+        assert!(
+            view_grants.contains(&("capacity.tenancy.dev".into(), r.into(), "list".into())),
+            "view lacks {r}"
+        );
+    }
+
+    // The Deployment.
+    let d = must(&docs, "Deployment", full);
+    assert_eq!(d["spec"]["replicas"], 1);
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["image"], "ghcr.io/example/tenant-capacity-operator:0.1.0",
+        "tag defaults to appVersion"
+    );
+    let args = args_of(d);
+    assert_eq!(args[0], "run");
+    assert!(
+        has_pair(&args, "--metrics-bind-address", ":8080"),
+        "{args:?}"
+    );
+    assert!(
+        has_pair(&args, "--health-probe-bind-address", ":8081"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--leader-elect".to_string()), "{args:?}");
+    assert!(
+        has_pair(&args, "--leader-election-namespace", "$(POD_NAMESPACE)"),
+        "{args:?}"
+    );
+    assert!(has_pair(&args, "--log-format", "json"), "{args:?}");
+    assert!(
+        !args.contains(&"--namespace".to_string()),
+        "watches all namespaces by default: {args:?}"
+    );
+    let env = c["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "POD_NAMESPACE from the downward API: {env:?}"
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "50m", "memory": "64Mi"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "500m", "memory": "256Mi"})
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let ports = c["ports"].as_array().unwrap();
+    let health = ports
+        .iter()
+        .find(|p| p["name"] == c["livenessProbe"]["httpGet"]["port"])
+        .expect("probe port named");
+    assert_eq!(health["containerPort"], 8081);
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "http-metrics" && p["containerPort"] == 8080)
+    );
+    assert_eq!(pod["serviceAccountName"], full);
+
+    // Metrics Service; no ServiceMonitor and no catalogue by default.
+    let svc = must(&docs, "Service", &format!("{full}-metrics"));
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        svc["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    for kind in [
+        "ServiceMonitor",
+        "ModuleProfile",
+        "SubscriptionPlan",
+        "CapacityCalendar",
+    ] {
+        assert!(
+            docs.iter().all(|x| x["kind"] != kind),
+            "{kind} rendered by default"
+        );
+    }
+}
+
+#[test]
+fn custom_values_render_as_asked() {
+    require_helm();
+    let dir = tempfile::tempdir().unwrap();
+    let values = write(dir.path(), "values.yaml", &custom_values("video-call"));
+    let docs = template("rel", "ops", &["-f", values.to_str().unwrap()]);
+    let full = "rel-tenant-capacity-operator";
+
+    let d = must(&docs, "Deployment", full);
+    assert_eq!(d["spec"]["replicas"], 2);
+    let args = args_of(d);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--leader-elect")),
+        "leader election off: {args:?}"
+    );
+    assert!(has_pair(&args, "--namespace", "tenant-a"), "{args:?}");
+    let pod = &d["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["example.com/team"],
+        "platform"
+    );
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "kwok.x-k8s.io/node");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "registry.example.com/platform/tco:1.2.3"
+    );
+    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+
+    // watchNamespace: the namespaced grants only in that namespace, the
+    // catalogue still cluster-wide; no Lease role without leader election.
+    let rb = must(&docs, "RoleBinding", &format!("{full}-manager"));
+    assert_eq!(rb["metadata"]["namespace"], "tenant-a");
+    assert_eq!(
+        rb["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{full}-manager")})
+    );
+    assert!(find(&docs, "ClusterRoleBinding", &format!("{full}-manager")).is_none());
+    must(&docs, "ClusterRoleBinding", &format!("{full}-catalogue"));
+    assert!(find(&docs, "Role", &format!("{full}-leader-election")).is_none());
+
+    let sm = must(&docs, "ServiceMonitor", full);
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+    let svc = must(&docs, "Service", &format!("{full}-metrics"));
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "ServiceMonitor selects the metrics Service by {k}"
+        );
+    }
+
+    let p = must(&docs, "ModuleProfile", "video-call");
+    assert_eq!(p["apiVersion"], "capacity.tenancy.dev/v1alpha1");
+    assert_eq!(p["spec"]["sessionsPerReplica"], 40);
+    assert_eq!(p["spec"]["resources"]["requests"]["memory"], "1Gi");
+    assert_eq!(
+        must(&docs, "SubscriptionPlan", "pro")["spec"]["modules"][0]["maxConcurrency"],
+        2000
+    );
+    assert_eq!(
+        must(&docs, "CapacityCalendar", "evenings")["spec"]["timeZone"],
+        "Europe/Berlin"
+    );
+    assert!(p["metadata"]["annotations"]["helm.sh/resource-policy"].is_null());
+    let kept = template(
+        "rel",
+        "ops",
+        &[
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            "keepCatalogueOnUninstall=true",
+        ],
+    );
+    assert_eq!(
+        must(&kept, "ModuleProfile", "video-call")["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    // A long release name still gives valid names (a Service name is at most 63).
+    let long = "a-really-long-release-name-for-a-tenant-capacity-op";
+    let docs = template(long, "ops", &[]);
+    let svc = docs.iter().find(|x| x["kind"] == "Service").unwrap();
+    let name = svc["metadata"]["name"].as_str().unwrap();
+    assert!(name.len() <= 63 && name.ends_with("-metrics"), "{name}");
+}
