@@ -1,14 +1,9 @@
 //! The benchmark's tenants: three module profiles, one subscription per
 //! tenant, and the child objects the operator would write for it.
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{ResourceQuota, Service},
-};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{DynamicObject, Patch, PatchParams},
 };
 use serde_json::{Value, json};
 use tenant_capacity_operator::{
@@ -17,7 +12,7 @@ use tenant_capacity_operator::{
     render::{self, Child, Owner},
 };
 
-use crate::{Res, support::Namespaced};
+use crate::Res;
 
 pub const BENCH_LABEL: &str = "tenant-capacity-operator/bench";
 /// Each tenant's modules and their concurrency; the first (video) is the one
@@ -111,27 +106,15 @@ pub fn video_ceiling(children: &[Child]) -> Option<i32> {
     })
 }
 
-/// Server-side apply one child as `manager`.
+/// Server-side apply one child as `manager` (as the operator writes it:
+/// any kind through `ChildKind::api_resource`).
 pub async fn ssa(client: &Client, ns: &str, child: &Child, manager: &str) -> Res<()> {
-    async fn patch<K: Namespaced>(
-        client: &Client,
-        ns: &str,
-        child: &Child,
-        manager: &str,
-    ) -> Res<()> {
-        Api::<K>::namespaced(client.clone(), ns)
-            .patch(
-                child.name(),
-                &PatchParams::apply(manager).force(),
-                &Patch::Apply(child.to_value()),
-            )
-            .await?;
-        Ok(())
-    }
-    match child {
-        Child::Deployment(_) => patch::<Deployment>(client, ns, child, manager).await,
-        Child::Hpa(_) => patch::<HorizontalPodAutoscaler>(client, ns, child, manager).await,
-        Child::Service(_) => patch::<Service>(client, ns, child, manager).await,
-        Child::Quota(_) => patch::<ResourceQuota>(client, ns, child, manager).await,
-    }
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &child.kind().api_resource())
+        .patch(
+            child.name(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(child.to_value()),
+        )
+        .await?;
+    Ok(())
 }
