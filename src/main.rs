@@ -93,7 +93,8 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let client = kube::Client::try_default()
+                // The operator's client: its requests are bounded in time too.
+                let client = controller::client()
                     .await
                     .context("connecting to Kubernetes")?;
                 let api: kube::Api<api::TenantSubscription> =

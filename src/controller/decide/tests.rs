@@ -379,22 +379,28 @@ fn a_hand_edited_child_is_written_again() {
 }
 
 #[test]
-fn a_higher_ceiling_writes_the_autoscaler_and_the_quota_together() {
-    let mut w = World::converged(BOTH);
-    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 800}, {name: im, concurrency: 1000}]}");
-    let d = w.reconcile();
-    assert_eq!(
-        shape(&d.batches),
-        [vec![
-            apply(ChildKind::Hpa, "acme-video"),
-            apply(ChildKind::Quota, "acme-capacity"),
-        ]]
-    );
-    assert_eq!(w.module("video").max_replicas, Some(20));
-    assert!(
-        d.outcome.ready,
-        "running pods are not held back by the new quota"
-    );
+fn a_new_ceiling_writes_the_autoscaler_and_the_quota_together() {
+    // Higher or lower, running pods keep their size: the quota need not go first.
+    for (concurrency, ceiling) in [(800, 20), (40, 1)] {
+        let mut w = World::converged(BOTH);
+        w.edit(&format!(
+            "{{tenantId: acme, modules: [{{name: video, concurrency: {concurrency}}}, {{name: im, concurrency: 1000}}]}}"
+        ));
+        let d = w.reconcile();
+        assert_eq!(
+            shape(&d.batches),
+            [vec![
+                apply(ChildKind::Hpa, "acme-video"),
+                apply(ChildKind::Quota, "acme-capacity"),
+            ]],
+            "{concurrency}"
+        );
+        assert_eq!(w.module("video").max_replicas, Some(ceiling));
+        assert!(
+            d.outcome.ready,
+            "running pods are not held back by the new quota"
+        );
+    }
 }
 
 #[test]
@@ -412,21 +418,6 @@ fn pods_that_change_size_wait_for_the_quota_written_before_them() {
             ],
         ]
     );
-}
-
-#[test]
-fn a_lower_ceiling_shrinks_the_quota_with_the_autoscaler() {
-    let mut w = World::converged(BOTH);
-    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 40}, {name: im, concurrency: 1000}]}");
-    let d = w.reconcile();
-    assert_eq!(
-        shape(&d.batches),
-        [vec![
-            apply(ChildKind::Hpa, "acme-video"),
-            apply(ChildKind::Quota, "acme-capacity"),
-        ]]
-    );
-    assert_eq!(w.module("video").max_replicas, Some(1));
 }
 
 #[test]
