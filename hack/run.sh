@@ -16,6 +16,7 @@ FOLLOW=1
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
+hack/prerequisites.sh
 hack/cluster.sh up
 eval "$(hack/cluster.sh env)"
 STATE="${TCO_CLUSTER_DIR:-${HOME}/.local/state/tenant-capacity-operator/cluster}"

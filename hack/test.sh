@@ -4,9 +4,10 @@
 #   hack/test.sh                  cargo test --locked --all-targets -- --test-threads=4, then doc tests
 #   hack/test.sh <cargo args...>  cargo test --locked <cargo args...> instead
 #
-# Makes sure the local cluster (hack/cluster.sh) is built and up, points
-# KUBECONFIG and PATH at it, runs the tests, and stops the cluster again if
-# this script started it (keep it with TCO_KEEP_CLUSTER=1).
+# Makes sure the commands it needs are here (hack/prerequisites.sh) and the
+# local cluster (hack/cluster.sh) is built and up, points KUBECONFIG and PATH
+# at it, runs the tests, and stops the cluster again if this script started it
+# (keep it with TCO_KEEP_CLUSTER=1).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,8 @@ cd "${ROOT}"
 CLUSTER="${ROOT}/hack/cluster.sh"
 
 log() { printf '[test] %s\n' "$*" >&2; }
+
+"${ROOT}/hack/prerequisites.sh"
 
 if "${CLUSTER}" status >/dev/null 2>&1; then
   log "using the cluster that is already up"
