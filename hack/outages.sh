@@ -16,7 +16,7 @@ eval "$(hack/cluster.sh env)"
 out=target/outages
 mkdir -p "${out}"
 rm -f "${out}"/run-*.log
-cargo test --locked --test faults --no-run >/dev/null 2>&1
+cargo test --locked --quiet --test faults --no-run >/dev/null # build errors show on stderr
 failed=0
 for i in $(seq 1 "${runs}"); do
   if cargo test --locked --test faults api_server_and_etcd_outages -- --nocapture >"${out}/run-${i}.log" 2>&1; then

@@ -4,7 +4,7 @@
 # installed with apt-get when this runs as root, and otherwise named so that
 # you can install them.
 #
-#   hack/prerequisites.sh     (hack/test.sh and .ci/run call it)
+#   hack/prerequisites.sh     (hack/run.sh, hack/test.sh and .ci/run call it)
 set -euo pipefail
 
 log() { printf '[prerequisites] %s\n' "$*" >&2; }

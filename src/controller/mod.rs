@@ -36,7 +36,7 @@ use kube::{
 };
 use tracing::{debug, info};
 
-pub use client::{Limits, MAX_REQUESTS_IN_FLIGHT, client, client_for};
+pub use client::{MAX_REQUESTS_IN_FLIGHT, client};
 pub use error::Error;
 pub use watch::{InitialList, LIST_PAGE_SIZE, WatchBackoff};
 
