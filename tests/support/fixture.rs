@@ -61,6 +61,7 @@ impl Operator {
             concurrency: 8,
             metering_interval: Duration::from_secs(1),
             initial_list,
+            ..Default::default()
         };
         let fut = controller::run(
             client.clone(),
