@@ -38,9 +38,10 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
     f.apply_sub("p", &video_only(1500)).await;
     f.wait_available("p").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((1, 38)));
-    let before = f.versions("p", &video).await;
 
-    // The plan shrinks under the subscription: refused, named, nothing touched.
+    // The plan shrinks under the subscription: refused and named, and the
+    // ceiling comes down to what the plan now sells (1000 / 40 = 25); the
+    // Deployment is not touched.
     apply_yaml(&f.client, None, &plan_yaml(&plan, &f.video, 1000)).await;
     let s = f.wait_not_ready("p", "ExceedsPlan").await;
     let msg = condition(&s, "Ready").unwrap().message.clone();
@@ -48,6 +49,16 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
         msg.contains(&f.video) && msg.contains("maxConcurrency 1000"),
         "{msg}"
     );
+    wait_for("the ceiling lowered to the plan", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 25)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        f.quota_hard("p", "pods").await.as_deref(),
+        Some("32"),
+        "25 pods and their surge"
+    );
+    let before = f.versions("p", &video).await;
     let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns.name);
     wait_for("ExceedsPlan event", T, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
@@ -69,7 +80,7 @@ async fn editing_a_plan_rechecks_its_subscriptions_and_leaves_children_alone() {
     assert_eq!(
         f.versions("p", &video).await,
         before,
-        "a refused subscription's children are not touched"
+        "a refused subscription's children are not raised"
     );
 
     // A module the plan does not sell.
@@ -171,7 +182,7 @@ async fn a_shared_calendar_switches_tenants_in_and_out_of_its_window() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_freezes_children_and_unpause_converges() {
+async fn pause_holds_rises_lets_reductions_through_and_unpause_converges() {
     let f = Fixture::new("pause").await;
     let video = format!("z-{}", f.video);
     let spec = |c: i64, paused: bool| {
@@ -190,20 +201,24 @@ async fn pause_freezes_children_and_unpause_converges() {
         Some((1, 10)),
         "paused: the new concurrency must not be applied"
     );
-    // Even a deleted child stays deleted while paused.
+    // A child deleted while paused comes back as it was (paused holds
+    // capacity where it is; it does not give up the autoscaler).
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let uid = hpas.get(&video).await.unwrap().metadata.uid;
     hpas.delete(&video, &DeleteParams::default()).await.unwrap();
-    wait_for("HPA gone", T, || async {
-        f.get::<HorizontalPodAutoscaler>(&video)
-            .await
-            .is_none()
-            .then_some(())
+    f.apply_sub("z", &spec(900, true)).await;
+    wait_for("the HPA back, at the paused numbers", T, || async {
+        let h = f.get::<HorizontalPodAutoscaler>(&video).await?;
+        (h.metadata.uid != uid && h.spec.max_replicas == 10).then_some(())
     })
     .await;
-    // Force a reconcile by touching the spec, and check nothing came back.
-    f.apply_sub("z", &spec(900, true)).await;
     f.wait_not_ready("z", "Paused").await;
-    assert!(f.get::<HorizontalPodAutoscaler>(&video).await.is_none());
+    // A lower concurrency while paused takes effect.
+    f.apply_sub("z", &spec(200, true)).await;
+    wait_for("the ceiling lowered while paused", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 5)).then_some(())
+    })
+    .await;
 
     f.apply_sub("z", &spec(900, false)).await;
     wait_for("converged after unpause", T, || async {

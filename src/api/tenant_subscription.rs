@@ -66,7 +66,9 @@ pub struct TenantSubscriptionSpec {
     #[schemars(length(min = 1, max = 253))]
     pub plan: Option<String>,
 
-    /// Stop changing the children: they stay exactly as they are until unpaused.
+    /// Hold every rise (more concurrency, a new module or tier, a window opening) until
+    /// unpaused; reductions (a lower concurrency or plan, a window's end, a module
+    /// switched off) still take effect.
     #[serde(default)]
     pub paused: bool,
 

@@ -18,7 +18,7 @@ use super::{
     status,
 };
 use crate::{
-    api::{DataRetention, ModuleStatus, TenantSubscription},
+    api::{DataRetention, ModuleState, ModuleStatus, TenantSubscription},
     capacity::{self, CapacityPlan, Catalogue, Footprint, InvalidSpec, window::format_instant},
     live::digest,
     render::{self, Child, ChildKind, Owner},
@@ -174,18 +174,154 @@ pub fn decide(
     let mut known: BTreeSet<&str> = sub.spec.modules.iter().map(|m| m.name.as_str()).collect();
     known.extend(old.modules.iter().map(|m| m.name.as_str()));
     if sub.spec.paused {
-        return Decision {
-            batches: vec![],
-            outcome: paused(sub, &known, live),
+        return match restrained(sub, catalogue, live, now) {
+            Some(plan) => {
+                let mut d = converge(sub, &plan, &known, live, now);
+                d.outcome = as_paused(d.outcome);
+                d
+            }
+            None => Decision {
+                batches: vec![],
+                outcome: paused(sub, &known, live),
+            },
         };
     }
     match capacity::plan(&sub.name_any(), &sub.spec, catalogue, now) {
-        Err(errors) => Decision {
-            batches: vec![],
-            outcome: invalid(sub, &errors, &known, live, now),
+        Err(errors) => match restrained(sub, catalogue, live, now) {
+            Some(plan) => {
+                let mut d = converge(sub, &plan, &known, live, now);
+                d.outcome = as_invalid(d.outcome, &errors, now);
+                d
+            }
+            None => Decision {
+                batches: vec![],
+                outcome: invalid(sub, &errors, &known, live, now),
+            },
         },
         Ok(plan) => converge(sub, &plan, &known, live, now),
     }
+}
+
+/// What a paused subscription, or one whose spec cannot be applied, gets:
+/// nothing rises, reductions go through. Each module keeps the tier and at
+/// most the ceiling and floor it had (its last status: a record only the
+/// operator writes), lowered to what the subscription and its plan allow
+/// now, so a lower plan or the end of a window takes effect while a larger
+/// spec, a new module or a window opening waits; modules switched off or
+/// removed drain as usual. `None` when there is nothing to hold to (no
+/// module on record, a module serving without a record) or the spec cannot
+/// be evaluated even so (a missing profile, a bad window): then nothing is
+/// written at all.
+fn restrained(
+    sub: &TenantSubscription,
+    catalogue: &Catalogue,
+    live: &Live,
+    now: Timestamp,
+) -> Option<CapacityPlan> {
+    let old = sub.status.clone().unwrap_or_default();
+    let recorded: std::collections::BTreeMap<&str, &ModuleStatus> = old
+        .modules
+        .iter()
+        .filter(|m| m.state != Some(ModuleState::Draining))
+        .filter(|m| m.max_replicas.is_some() && m.min_replicas.is_some())
+        .map(|m| (m.name.as_str(), m))
+        .collect();
+    if recorded.is_empty() {
+        return None;
+    }
+    let sold = sub
+        .spec
+        .plan
+        .as_ref()
+        .and_then(|name| catalogue.plans.get(name));
+    let mut spec = sub.spec.clone();
+    spec.plan = None;
+    spec.paused = false;
+    for m in &spec.modules {
+        if m.enabled && !recorded.contains_key(m.name.as_str()) && !live.module(&m.name).is_empty()
+        {
+            return None;
+        }
+    }
+    spec.modules
+        .retain(|m| !m.enabled || recorded.contains_key(m.name.as_str()));
+    for m in spec.modules.iter_mut().filter(|m| m.enabled) {
+        m.tier = recorded[m.name.as_str()].tier.clone();
+        if let Some(allowed) = sold.and_then(|p| p.modules.iter().find(|a| a.name == m.name)) {
+            m.concurrency = m.concurrency.min(allowed.max_concurrency);
+        }
+    }
+    let mut plan = capacity::plan(&sub.name_any(), &spec, catalogue, now).ok()?;
+    for m in &mut plan.modules {
+        let rec = recorded[m.name.as_str()];
+        let peak = sold
+            .and_then(|p| p.modules.iter().find(|a| a.name == m.name))
+            .map(|a| a.max_peak_concurrency.unwrap_or(a.max_concurrency));
+        let peak_max = peak.map(|p| {
+            i32::try_from(
+                (p + m.sessions_per_replica as i64 - 1) / m.sessions_per_replica.max(1) as i64,
+            )
+            .unwrap_or(i32::MAX)
+            .max(1)
+        });
+        let n = &mut m.numbers;
+        n.max_replicas = n
+            .max_replicas
+            .min(rec.max_replicas.unwrap_or(i32::MAX))
+            .min(peak_max.unwrap_or(i32::MAX));
+        n.min_replicas = n
+            .min_replicas
+            .min(rec.min_replicas.unwrap_or(i32::MAX))
+            .min(n.max_replicas);
+        n.ceiling = n
+            .ceiling
+            .min(rec.concurrency.unwrap_or(i64::MAX))
+            .min(peak.unwrap_or(i64::MAX));
+    }
+    Some(plan)
+}
+
+/// A restrained converge's outcome, reported as paused.
+fn as_paused(mut o: Outcome) -> Outcome {
+    o.ready = false;
+    o.ready_reason = Reason::new(
+        "Paused",
+        "reconciliation is paused (spec.paused): nothing rises; lower ceilings (a lower plan, a window's end) and modules switched off still take effect",
+    );
+    o
+}
+
+/// A restrained converge's outcome, reported as a spec that cannot be
+/// applied: the errors on the modules they name and in Ready and Stalled.
+fn as_invalid(mut o: Outcome, errors: &[InvalidSpec], now: Timestamp) -> Outcome {
+    let reason = errors[0].reason();
+    let message = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    for m in &mut o.modules {
+        let own: Vec<String> = errors
+            .iter()
+            .filter(|e| e.module() == Some(m.name.as_str()))
+            .map(|e| e.to_string())
+            .collect();
+        if !own.is_empty() {
+            m.state = Some(ModuleState::Invalid);
+            m.message = Some(own.join("; "));
+        }
+    }
+    o.ready = false;
+    o.ready_reason = Reason::new(
+        reason,
+        format!("not applied, nothing raised (lower ceilings still apply): {message}"),
+    );
+    o.stalled = Some(Reason::new(reason, message));
+    if errors.iter().any(InvalidSpec::is_missing_reference) {
+        let soon = now + MISSING_REFERENCE_RETRY;
+        o.requeue = Some(o.requeue.map_or(soon, |r| r.min(soon)));
+    }
+    o
 }
 
 /// `spec.paused`: nothing is written; status keeps what it said, with the
@@ -261,7 +397,17 @@ fn invalid(
                 // Untouched, as it was.
                 return old.modules.iter().find(|s| s.name == *m).cloned();
             }
-            Some(status::invalid_module(m, &l, own.join("; ")))
+            let mut st = status::invalid_module(m, &l, own.join("; "));
+            // The numbers in force stay on record: a later reconcile holds to them.
+            if let Some(was) = old.modules.iter().find(|s| s.name == *m) {
+                (st.tier, st.min_replicas, st.max_replicas, st.concurrency) = (
+                    was.tier.clone(),
+                    was.min_replicas,
+                    was.max_replicas,
+                    was.concurrency,
+                );
+            }
+            Some(st)
         })
         .collect();
     // A reference that may appear any moment (the profile, plan or calendar

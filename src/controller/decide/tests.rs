@@ -559,9 +559,10 @@ fn a_quota_name_taken_by_a_stranger_keeps_new_modules_waiting() {
 }
 
 #[test]
-fn pause_writes_nothing_and_keeps_what_status_said() {
+fn pause_holds_every_rise_and_lets_reductions_through() {
     let mut w = World::converged(BOTH);
     let before = w.status().clone();
+    // A larger concurrency waits; a module switched off drains as usual.
     w.edit("{tenantId: acme, paused: true, modules: [{name: video, concurrency: 2000}, {name: im, concurrency: 1000, enabled: false}]}");
     // Pods come and go while paused: status follows the counts, not the spec.
     let l = w.live.modules.get_mut("video").unwrap();
@@ -574,7 +575,14 @@ fn pause_writes_nothing_and_keeps_what_status_said() {
         facts,
     )));
     let d = w.reconcile();
-    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(
+        shape(&d.batches),
+        [
+            vec![W::MarkDraining("im".into())],
+            vec![W::Event("Draining".into())]
+        ],
+        "video's rise is held back; im's switch-off is a reduction"
+    );
     assert!(!d.outcome.ready);
     assert_eq!(d.outcome.ready_reason.reason, "Paused");
     assert_eq!(d.outcome.stalled, None);
@@ -584,8 +592,150 @@ fn pause_writes_nothing_and_keeps_what_status_said() {
         "the old ceiling, not the paused spec's"
     );
     assert_eq!(w.module("video").ready_replicas, Some(0));
-    assert_eq!(w.module("im").state, Some(ModuleState::Active));
+    assert_eq!(w.module("im").state, Some(ModuleState::Draining));
     assert_eq!(w.status().active_windows, before.active_windows);
+
+    // A lower concurrency while paused lowers the ceiling and the quota.
+    w.edit("{tenantId: acme, paused: true, modules: [{name: video, concurrency: 200}, {name: im, concurrency: 1000, enabled: false}]}");
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![
+            apply(ChildKind::Hpa, "acme-video"),
+            apply(ChildKind::Quota, "acme-capacity")
+        ]]
+    );
+    assert_eq!(w.module("video").max_replicas, Some(5));
+    // And raising it again, still paused, changes nothing.
+    w.edit("{tenantId: acme, paused: true, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000, enabled: false}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.module("video").max_replicas, Some(5));
+    // Unpaused, the rise goes through.
+    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000, enabled: false}]}");
+    let d = w.reconcile();
+    assert!(
+        shape(&d.batches)
+            .concat()
+            .contains(&apply(ChildKind::Hpa, "acme-video")),
+        "{:?}",
+        shape(&d.batches)
+    );
+    assert_eq!(w.module("video").max_replicas, Some(10));
+}
+
+#[test]
+fn a_window_ending_while_paused_still_lowers_the_ceiling() {
+    let spec = |paused: bool| {
+        format!(
+            "{{tenantId: acme, paused: {paused}, modules: [{{name: video, concurrency: 400}}], seasons: {{timeZone: UTC, windows: [{{name: promo, from: '2026-03-01', to: '2026-03-02', concurrencyPercent: 200, floorPercent: 50}}]}}}}"
+        )
+    };
+    let mut w = World::converged(&spec(false));
+    assert_eq!(
+        (
+            w.module("video").min_replicas,
+            w.module("video").max_replicas
+        ),
+        (Some(10), Some(20))
+    );
+    w.edit(&spec(true));
+    assert!(w.reconcile().batches.is_empty());
+    w.later(24 * 3600);
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![
+            apply(ChildKind::Hpa, "acme-video"),
+            apply(ChildKind::Quota, "acme-capacity")
+        ]]
+    );
+    assert_eq!(
+        (
+            w.module("video").min_replicas,
+            w.module("video").max_replicas
+        ),
+        (Some(1), Some(10))
+    );
+    assert_eq!(d.outcome.ready_reason.reason, "Paused");
+}
+
+#[test]
+fn a_paused_subscription_restores_a_hand_raised_ceiling() {
+    let mut w = World::converged(BOTH);
+    w.edit("{tenantId: acme, paused: true, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000}]}");
+    assert!(w.reconcile().batches.is_empty());
+    // Someone in the namespace raises the autoscaler's ceiling by hand.
+    let l = w.live.modules.get_mut("video").unwrap();
+    let hpa = l.hpa.as_ref().unwrap();
+    let mut facts = hpa.facts.clone();
+    facts.max_replicas = Some(50);
+    l.hpa = Some(Arc::new(Slim::new(hpa.metadata.clone(), Some(1), facts)));
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![apply(ChildKind::Hpa, "acme-video")]]
+    );
+    assert_eq!(
+        w.live.module("video").hpa.unwrap().facts.max_replicas,
+        Some(10)
+    );
+}
+
+#[test]
+fn a_subscription_paused_before_it_ran_writes_nothing() {
+    let mut w =
+        World::new("{tenantId: acme, paused: true, modules: [{name: video, concurrency: 400}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "Paused");
+}
+
+#[test]
+fn a_lower_plan_lowers_ceilings_of_a_subscription_now_over_it() {
+    let mut w = World::converged(
+        "{tenantId: acme, plan: pro, modules: [{name: video, concurrency: 2000}, {name: im, concurrency: 1000}]}",
+    );
+    assert_eq!(w.module("video").max_replicas, Some(50));
+    // The provider lowers the plan below what the subscription asks for.
+    w.catalogue.plans.insert(
+        "pro".into(),
+        serde_saphyr::from_str(
+            "{modules: [{name: video, maxConcurrency: 400, tiers: [hd]}, {name: im, maxConcurrency: 20000}]}",
+        )
+        .unwrap(),
+    );
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![
+            apply(ChildKind::Hpa, "acme-video"),
+            apply(ChildKind::Quota, "acme-capacity")
+        ]]
+    );
+    assert_eq!(d.outcome.ready_reason.reason, "ExceedsPlan");
+    assert_eq!(w.module("video").state, Some(ModuleState::Invalid));
+    assert_eq!(w.module("video").max_replicas, Some(10));
+    assert!(
+        w.module("video")
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("maxConcurrency 400"),
+        "{:?}",
+        w.module("video").message
+    );
+    // Paused as well: the lower plan still binds.
+    w.catalogue.plans.insert(
+        "pro".into(),
+        serde_saphyr::from_str(
+            "{modules: [{name: video, maxConcurrency: 200, tiers: [hd]}, {name: im, maxConcurrency: 20000}]}",
+        )
+        .unwrap(),
+    );
+    w.edit("{tenantId: acme, plan: pro, paused: true, modules: [{name: video, concurrency: 2000}, {name: im, concurrency: 1000}]}");
+    w.reconcile();
+    assert_eq!(w.module("video").max_replicas, Some(5));
 }
 
 #[test]
@@ -599,7 +749,7 @@ fn a_spec_that_cannot_be_applied_writes_nothing_and_names_the_module() {
     assert_eq!(d.outcome.ready_reason.reason, "TierNotFound");
     assert_eq!(
         d.outcome.ready_reason.message,
-        "not applied, existing objects left as they are: video: tier \"sd\" not offered (available: hd, uhd)"
+        "not applied, nothing raised (lower ceilings still apply): video: tier \"sd\" not offered (available: hd, uhd)"
     );
     assert_eq!(d.outcome.stalled.as_ref().unwrap().reason, "TierNotFound");
     assert_eq!(w.module("video").state, Some(ModuleState::Invalid));
