@@ -11,6 +11,8 @@
 
 mod support;
 
+#[path = "tenant_boundary/children.rs"]
+mod children;
 #[path = "tenant_boundary/pause.rs"]
 mod pause;
 
