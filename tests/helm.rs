@@ -536,7 +536,7 @@ moduleProfiles:
         kubectl_get(&["service", &format!("{full}-metrics"), "-n", release_ns]).is_none(),
         "metrics Service removed"
     );
-    for role in ["manager", "catalogue", "edit", "view"] {
+    for role in ["manager", "catalogue", "provider", "view"] {
         assert!(
             kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(),
             "ClusterRole {role} removed"

@@ -64,6 +64,9 @@ pub struct Settings {
     pub metering_interval: Duration,
     /// How watches fetch the objects that exist when they start.
     pub initial_list: InitialList,
+    /// A subscription must name a SubscriptionPlan; one without is not
+    /// applied (`Ready=False`, `PlanRequired`).
+    pub require_plan: bool,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             concurrency: 16,
             metering_interval: Duration::from_secs(15),
             initial_list: InitialList::Auto,
+            require_plan: true,
         }
     }
 }

@@ -85,7 +85,8 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
-    let catalogue = ctx.caches.catalogue_for(sub);
+    let mut catalogue = ctx.caches.catalogue_for(sub);
+    catalogue.require_plan = ctx.settings.require_plan;
     let live = ctx.caches.live(sub);
     let decision = decide(sub, &catalogue, &live, now);
     let writer = Writer {

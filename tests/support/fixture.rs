@@ -55,12 +55,17 @@ impl Operator {
     ) -> Self {
         let metrics = Metrics::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Settings not named here keep their defaults (whether or not any are left).
+        #[allow(clippy::needless_update)]
         let settings = controller::Settings {
             namespace: Some(namespace.to_string()),
             resync,
             concurrency: 8,
             metering_interval: Duration::from_secs(1),
             initial_list,
+            // Most tests run subscriptions without a plan; the rule that
+            // plans are required has tests of its own.
+            require_plan: false,
             ..Default::default()
         };
         let fut = controller::run(

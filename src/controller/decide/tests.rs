@@ -684,6 +684,37 @@ fn more_than_the_plan_sells_is_refused_and_running_children_stay() {
 }
 
 #[test]
+fn without_a_plan_nothing_is_written_when_plans_are_required() {
+    // A new subscription without a plan: nothing at all.
+    let mut w = World::new(BOTH);
+    w.catalogue.require_plan = true;
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert!(!d.outcome.ready);
+    assert_eq!(d.outcome.ready_reason.reason, "PlanRequired");
+    assert!(
+        d.outcome
+            .ready_reason
+            .message
+            .contains("spec.plan: required"),
+        "{:?}",
+        d.outcome.ready_reason
+    );
+    assert_eq!(d.outcome.requeue, None, "waiting does not add a plan");
+    // A running subscription whose plan is dropped keeps what it had.
+    let mut w = World::converged(
+        "{tenantId: acme, plan: pro, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000}]}",
+    );
+    w.catalogue.require_plan = true;
+    let before = w.module("video").clone();
+    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 4000}, {name: im, concurrency: 1000}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "PlanRequired");
+    assert_eq!(*w.module("video"), before);
+}
+
+#[test]
 fn an_autoscaler_held_at_its_ceiling_is_capacity_limited() {
     let mut w = World::converged(BOTH);
     let l = w.live.modules.get_mut("video").unwrap();
