@@ -637,3 +637,95 @@ fn custom_values_render_as_asked() {
     let name = svc["metadata"]["name"].as_str().unwrap();
     assert!(name.len() <= 63 && name.ends_with("-metrics"), "{name}");
 }
+
+#[test]
+fn plans_are_required_and_checked_at_admission_by_default() {
+    require_helm();
+    let full = "rel-tenant-capacity-operator";
+    let docs = template("rel", "ops", &[]);
+    let args = args_of(must(&docs, "Deployment", full));
+    assert!(
+        args.contains(&"--require-plan=true".to_string()),
+        "{args:?}"
+    );
+    let limits = must(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(limits["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(limits["spec"]["paramKind"]["kind"], "SubscriptionPlan");
+    assert_eq!(limits["spec"]["failurePolicy"], "Fail");
+    let rules = &limits["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rules["resources"], json!(["tenantsubscriptions"]));
+    assert_eq!(rules["operations"], json!(["CREATE", "UPDATE"]));
+    let binding = must(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(binding["spec"]["policyName"], format!("{full}-plan-limits"));
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(binding["spec"]["paramRef"]["selector"], json!({}));
+    assert_eq!(
+        binding["spec"]["paramRef"]["parameterNotFoundAction"],
+        "Allow"
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({}),
+        "every namespace by default"
+    );
+    must(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-plan-required"),
+    );
+    must(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-required"),
+    );
+
+    // Scoped to labelled namespaces; plans optional; admission off.
+    let scoped = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "admission.namespaceSelector.matchLabels.tenancy=assigned",
+            "--set",
+            "requirePlan=false",
+        ],
+    );
+    let binding = must(
+        &scoped,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy": "assigned"}})
+    );
+    assert!(
+        find(
+            &scoped,
+            "ValidatingAdmissionPolicy",
+            &format!("{full}-plan-required")
+        )
+        .is_none()
+    );
+    let args = args_of(must(&scoped, "Deployment", full));
+    assert!(
+        args.contains(&"--require-plan=false".to_string()),
+        "{args:?}"
+    );
+    let off = template("rel", "ops", &["--set", "admission.enabled=false"]);
+    assert!(
+        off.iter().all(|d| !d["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")),
+        "admission.enabled=false renders no policy"
+    );
+}

@@ -16,6 +16,13 @@ use super::season::Seasons;
     shortname = "tsub",
     category = "tenancy",
     status = "TenantSubscriptionStatus",
+    // Children are named `<subscription>-<module>`, and a Service name must be
+    // a DNS-1035 label: refused at apply rather than failing at the Service.
+    validation = kube::core::Rule::new(
+        "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message(kube::core::Message::Expression(
+        "'metadata.name: ' + self.metadata.name + ' is not a valid subscription name: it must be a DNS-1035 label (at most 63 lowercase letters, digits and hyphens, starting with a letter and ending with a letter or digit), because it names the Services <subscription>-<module>'".into()
+    )),
     doc = "One tenant's capacity subscription: enabled modules, concurrency, tiers and seasonal windows.",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
     printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),

@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use super::{
+    error::Rejection,
     events::{EventType, Note},
     facts::{Live, LiveModule},
     status,
@@ -159,6 +160,24 @@ pub struct Outcome {
     /// "waiting for the quota" is not written (unless the wait outlasts
     /// `QUOTA_ANSWER_SECONDS`).
     pub awaiting_quota: bool,
+}
+
+impl Outcome {
+    /// A write of the decision was refused by the API server: the
+    /// subscription is not Ready, and says which child and why, on the
+    /// module the child belongs to too. What was decided otherwise stands.
+    pub fn child_rejected(&mut self, subscription: &str, rejection: &Rejection) {
+        let message = rejection.to_string();
+        for m in &mut self.modules {
+            if capacity::child_name(subscription, &m.name) == rejection.name {
+                m.message = Some(message.clone());
+            }
+        }
+        self.ready = false;
+        self.ready_reason = Reason::new("ChildRejected", message.clone());
+        self.stalled = Some(Reason::new("ChildRejected", message));
+        self.awaiting_quota = false;
+    }
 }
 
 /// Decide what to write for `sub`, given the catalogue it names, its

@@ -715,6 +715,41 @@ fn without_a_plan_nothing_is_written_when_plans_are_required() {
 }
 
 #[test]
+fn a_child_the_api_server_refuses_shows_in_status_on_its_module() {
+    let mut w = World::new(BOTH);
+    w.reconcile();
+    w.quota_controller_answers();
+    let mut d = w.reconcile();
+    assert!(!d.batches.is_empty());
+    let rejection = crate::controller::error::Rejection {
+        verb: crate::controller::error::Verb::Apply,
+        kind: "Deployment".into(),
+        name: "acme-video".into(),
+        code: 422,
+        message: "Deployment.apps \"acme-video\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1".into(),
+    };
+    d.outcome.child_rejected("acme", &rejection);
+    assert!(!d.outcome.ready);
+    assert_eq!(d.outcome.ready_reason.reason, "ChildRejected");
+    let expected = "apply Deployment acme-video refused by the API server (422): Deployment.apps \"acme-video\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1";
+    assert_eq!(d.outcome.ready_reason.message, expected);
+    assert_eq!(d.outcome.stalled.as_ref().unwrap().message, expected);
+    let video = d
+        .outcome
+        .modules
+        .iter()
+        .find(|m| m.name == "video")
+        .unwrap();
+    assert_eq!(video.message.as_deref(), Some(expected));
+    let im = d.outcome.modules.iter().find(|m| m.name == "im").unwrap();
+    assert_ne!(
+        im.message.as_deref(),
+        Some(expected),
+        "another module's child"
+    );
+}
+
+#[test]
 fn an_autoscaler_held_at_its_ceiling_is_capacity_limited() {
     let mut w = World::converged(BOTH);
     let l = w.live.modules.get_mut("video").unwrap();
