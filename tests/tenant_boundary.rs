@@ -11,6 +11,9 @@
 
 mod support;
 
+#[path = "tenant_boundary/admission.rs"]
+mod admission;
+
 use std::time::Duration;
 
 use serde_json::Value;
