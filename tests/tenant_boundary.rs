@@ -20,7 +20,7 @@ use serde_json::Value;
 use support::{
     Fixture,
     chart::CHART,
-    tools::{kubectl, kubectl_apply, ok, run, try_kubectl},
+    tools::{kubectl, ok, run, try_kubectl, try_kubectl_apply},
     wait_blocking,
 };
 
@@ -55,7 +55,13 @@ pub fn install_chart_rbac() {
         .map(|r| r["metadata"]["name"].as_str().unwrap())
         .collect();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": roles});
-    kubectl_apply(None, &list.to_string());
+    // Tests running at once apply the same roles: a create may lose the race
+    // to another test's (AlreadyExists); the next attempt updates instead.
+    wait_blocking(
+        "the chart's ClusterRoles applied",
+        Duration::from_secs(30),
+        || try_kubectl_apply(None, &list.to_string()).map(|_| ()),
+    );
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
     let existing = kubectl(&["get", "clusterroles", "-l", &selector, "-o", "name"]);
     for old in existing.lines() {
