@@ -68,7 +68,8 @@ pub struct TenantSubscriptionSpec {
     )]
     pub tenant_id: String,
 
-    /// Name of the SubscriptionPlan this subscription is sold under (optional).
+    /// Name of the SubscriptionPlan this subscription is sold under; required
+    /// unless the operator runs with --require-plan=false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub plan: Option<String>,
