@@ -275,6 +275,11 @@ fn give_back_free_memory() {
 mod tests {
     use super::*;
 
+    #[test]
+    fn plans_are_required_unless_turned_off() {
+        assert!(Settings::default().require_plan);
+    }
+
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_goes_back_to_the_system() {
