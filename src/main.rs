@@ -56,6 +56,10 @@ enum Command {
         /// `paged` (list in pages), or `auto` (`stream` from Kubernetes 1.34).
         #[arg(long, value_enum, default_value = "auto", env = "INITIAL_LIST")]
         initial_list: controller::InitialList,
+        /// Apply only subscriptions that name a SubscriptionPlan; others get
+        /// Ready=False (PlanRequired). `--require-plan=false` turns it off.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        require_plan: bool,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             leader_election_id,
             leader_election_lease_seconds,
             initial_list,
+            require_plan,
         } => {
             telemetry::init(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                     resync: Duration::from_secs(resync_seconds.max(1)),
                     concurrency: concurrency.max(1),
                     initial_list,
+                    require_plan,
                     ..Default::default()
                 };
                 let shutdown = async {

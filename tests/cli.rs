@@ -122,7 +122,11 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     let module = unique("im");
     apply_yaml(&client, None, &profile_yaml(&module, "")).await;
 
-    let op = OperatorProcess::launch().namespace(&ns.name).start();
+    // The subscription below names no plan.
+    let op = OperatorProcess::launch()
+        .namespace(&ns.name)
+        .args(["--require-plan=false"])
+        .start();
     // The bound addresses are logged (port 0 picks free ports).
     let (metrics, health) = op.addresses().clone();
 

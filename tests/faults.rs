@@ -24,7 +24,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The operator binary watching one namespace, or all of them with `None`.
 fn start_operator(ns: Option<&str>) -> OperatorProcess {
-    let launch = OperatorProcess::launch();
+    // Its subscriptions name no plan.
+    let launch = OperatorProcess::launch().args(["--require-plan=false"]);
     match ns {
         Some(ns) => launch.namespace(ns),
         None => launch,

@@ -173,13 +173,24 @@ fn install_run_as_its_service_account_upgrade_and_uninstall() {
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/warn=restricted",
     ]);
+    // The chart's admission policies judge only this test's tenant namespace:
+    // other tests on the cluster run subscriptions without plans.
+    let admission_label = "tco-helm-test/release";
+    kubectl(&[
+        "label",
+        "namespace",
+        tenant_ns,
+        &format!("{admission_label}={release}"),
+    ]);
+    let plan = format!("{release}-pro");
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
 
-    // --- install: the pods tolerate the fake nodes; the catalogue has one profile.
+    // --- install: the pods tolerate the fake nodes; the catalogue has one
+    // profile and one plan.
     let values = write(
         dir.path(),
         "values.yaml",
@@ -192,6 +203,13 @@ moduleProfiles:
     sessionsPerReplica: 40
     resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
     tolerations: [{KWOK_TOLERATION}]
+subscriptionPlans:
+  {plan}:
+    modules:
+      - {{name: {profile}, maxConcurrency: 1000}}
+admission:
+  namespaceSelector:
+    matchLabels: {{{admission_label}: {release}}}
 "#
         ),
     );
@@ -269,7 +287,7 @@ moduleProfiles:
         None,
         &format!(
             "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: acme, namespace: {tenant_ns}}}\n\
-             spec:\n  tenantId: acme\n  modules:\n    - {{name: {profile}, concurrency: 100}}\n"
+             spec:\n  tenantId: acme\n  plan: {plan}\n  modules:\n    - {{name: {profile}, concurrency: 100}}\n"
         ),
     );
     let sub = wait_ready(tenant_ns, "acme", &op);
@@ -290,6 +308,41 @@ moduleProfiles:
     }
     let hpa = kubectl_get(&["hpa", &child, "-n", tenant_ns]).unwrap();
     assert_eq!(hpa["spec"]["maxReplicas"], 3, "⌈100 / 40⌉");
+    // The chart's admission policies refuse more than the plan sells, and a
+    // subscription without a plan (the policies load within moments: poll).
+    for (spec, says) in [
+        (
+            format!(
+                "{{tenantId: acme, plan: {plan}, modules: [{{name: {profile}, concurrency: 5000}}]}}"
+            ),
+            format!("{profile}: concurrency 5000 is over the maxConcurrency 1000 of plan {plan}"),
+        ),
+        (
+            format!("{{tenantId: acme, modules: [{{name: {profile}, concurrency: 100}}]}}"),
+            "spec.plan: required".to_string(),
+        ),
+    ] {
+        let manifest = format!(
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: acme, namespace: {tenant_ns}}}\nspec: {spec}\n"
+        );
+        wait_blocking(&format!("admission to refuse: {says}"), TIMEOUT, || {
+            // A dry run: while the policies load, an accepted one changes nothing.
+            let out = run(
+                "kubectl",
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(&manifest),
+            );
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            (!out.status.success() && err.contains(&says))
+                .then_some(())
+                .ok_or(err)
+        });
+    }
+    let hpa = kubectl_get(&["hpa", &child, "-n", tenant_ns]).unwrap();
+    assert_eq!(
+        hpa["spec"]["maxReplicas"], 3,
+        "refused changes changed nothing"
+    );
     // The Ready transition was announced: events.k8s.io create works too.
     wait_blocking(
         "an Event from the operator about the subscription",
@@ -536,7 +589,13 @@ moduleProfiles:
         kubectl_get(&["service", &format!("{full}-metrics"), "-n", release_ns]).is_none(),
         "metrics Service removed"
     );
-    for role in ["manager", "catalogue", "edit", "view"] {
+    for policy in ["plan-limits", "plan-required"] {
+        assert!(
+            kubectl_get(&["validatingadmissionpolicy", &format!("{full}-{policy}")]).is_none(),
+            "ValidatingAdmissionPolicy {policy} removed"
+        );
+    }
+    for role in ["manager", "catalogue", "provider", "view"] {
         assert!(
             kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(),
             "ClusterRole {role} removed"

@@ -359,33 +359,83 @@ fn default_render_is_least_privilege_and_hardened() {
     }
     must(&docs, "ServiceAccount", full);
 
-    // Aggregation into the built-in roles.
-    let edit = must(&docs, "ClusterRole", &format!("{full}-edit"));
-    let labels = &edit["metadata"]["labels"];
-    assert_eq!(
-        labels["rbac.authorization.k8s.io/aggregate-to-admin"],
-        "true"
+    // Aggregation into the built-in roles: reading only. Namespace users
+    // (admin, edit, view) never write subscriptions, the entitlement.
+    assert!(
+        find(&docs, "ClusterRole", &format!("{full}-edit")).is_none(),
+        "no role aggregated into edit/admin"
     );
-    assert_eq!(
-        labels["rbac.authorization.k8s.io/aggregate-to-edit"],
-        "true"
+    for d in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        let labels = &d["metadata"]["labels"];
+        let aggregated = ["admin", "edit", "view"]
+            .iter()
+            .any(|r| labels[format!("rbac.authorization.k8s.io/aggregate-to-{r}")] == "true");
+        if aggregated {
+            let verbs: BTreeSet<String> = grants(&d["rules"]).into_iter().map(|g| g.2).collect();
+            assert!(
+                verbs
+                    .iter()
+                    .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                "{} aggregated into a built-in role with {verbs:?}",
+                d["metadata"]["name"]
+            );
+        }
+    }
+    // The provider's role: the catalogue and the subscriptions, aggregated
+    // into nothing and bound to nobody unless rbac.provider.subjects says so.
+    let provider = must(&docs, "ClusterRole", &format!("{full}-provider"));
+    assert!(
+        provider["metadata"]["labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("rbac.authorization.k8s.io/aggregate-to")),
+        "{provider}"
     );
+    let g = "capacity.tenancy.dev";
+    let mut expected = triples(&[(
+        g,
+        &[
+            "moduleprofiles",
+            "subscriptionplans",
+            "capacitycalendars",
+            "tenantsubscriptions",
+        ],
+        &[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ],
+    )]);
+    expected.extend(triples(&[(
+        g,
+        &["tenantsubscriptions/status"],
+        &["get", "list", "watch"],
+    )]));
+    assert_eq!(grants(&provider["rules"]), expected);
+    assert!(find(&docs, "ClusterRoleBinding", &format!("{full}-provider")).is_none());
+    let bound = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "rbac.provider.subjects[0].kind=Group",
+            "--set",
+            "rbac.provider.subjects[0].name=platform-team",
+            "--set",
+            "rbac.provider.subjects[0].apiGroup=rbac.authorization.k8s.io",
+        ],
+    );
+    let b = must(&bound, "ClusterRoleBinding", &format!("{full}-provider"));
+    assert_eq!(b["roleRef"]["name"], format!("{full}-provider"));
     assert_eq!(
-        grants(&edit["rules"]),
-        triples(&[(
-            "capacity.tenancy.dev",
-            &["tenantsubscriptions"],
-            &[
-                "get",
-                "list",
-                "watch",
-                "create",
-                "update",
-                "patch",
-                "delete",
-                "deletecollection"
-            ]
-        )])
+        b["subjects"],
+        json!([{"kind": "Group", "name": "platform-team", "apiGroup": "rbac.authorization.k8s.io"}])
     );
     let view = must(&docs, "ClusterRole", &format!("{full}-view"));
     assert_eq!(
@@ -586,4 +636,96 @@ fn custom_values_render_as_asked() {
     let svc = docs.iter().find(|x| x["kind"] == "Service").unwrap();
     let name = svc["metadata"]["name"].as_str().unwrap();
     assert!(name.len() <= 63 && name.ends_with("-metrics"), "{name}");
+}
+
+#[test]
+fn plans_are_required_and_checked_at_admission_by_default() {
+    require_helm();
+    let full = "rel-tenant-capacity-operator";
+    let docs = template("rel", "ops", &[]);
+    let args = args_of(must(&docs, "Deployment", full));
+    assert!(
+        args.contains(&"--require-plan=true".to_string()),
+        "{args:?}"
+    );
+    let limits = must(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(limits["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(limits["spec"]["paramKind"]["kind"], "SubscriptionPlan");
+    assert_eq!(limits["spec"]["failurePolicy"], "Fail");
+    let rules = &limits["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rules["resources"], json!(["tenantsubscriptions"]));
+    assert_eq!(rules["operations"], json!(["CREATE", "UPDATE"]));
+    let binding = must(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(binding["spec"]["policyName"], format!("{full}-plan-limits"));
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    assert_eq!(binding["spec"]["paramRef"]["selector"], json!({}));
+    assert_eq!(
+        binding["spec"]["paramRef"]["parameterNotFoundAction"],
+        "Allow"
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({}),
+        "every namespace by default"
+    );
+    must(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-plan-required"),
+    );
+    must(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-required"),
+    );
+
+    // Scoped to labelled namespaces; plans optional; admission off.
+    let scoped = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "admission.namespaceSelector.matchLabels.tenancy=assigned",
+            "--set",
+            "requirePlan=false",
+        ],
+    );
+    let binding = must(
+        &scoped,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-plan-limits"),
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy": "assigned"}})
+    );
+    assert!(
+        find(
+            &scoped,
+            "ValidatingAdmissionPolicy",
+            &format!("{full}-plan-required")
+        )
+        .is_none()
+    );
+    let args = args_of(must(&scoped, "Deployment", full));
+    assert!(
+        args.contains(&"--require-plan=false".to_string()),
+        "{args:?}"
+    );
+    let off = template("rel", "ops", &["--set", "admission.enabled=false"]);
+    assert!(
+        off.iter().all(|d| !d["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValidatingAdmissionPolicy")),
+        "admission.enabled=false renders no policy"
+    );
 }

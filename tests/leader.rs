@@ -18,6 +18,8 @@ const LEADING: &str = "leading: starting the controller";
 fn start_replica(ns: &str, name: &str) -> OperatorProcess {
     let op = OperatorProcess::launch()
         .namespace(ns)
+        // Its subscriptions name no plan.
+        .args(["--require-plan=false"])
         .args(["--leader-elect", "--leader-election-namespace", ns])
         .args([
             "--leader-election-lease-seconds",

@@ -11,6 +11,8 @@
 
 mod support;
 
+#[path = "tenant_boundary/admission.rs"]
+mod admission;
 #[path = "tenant_boundary/children.rs"]
 mod children;
 #[path = "tenant_boundary/pause.rs"]
@@ -22,7 +24,7 @@ use serde_json::Value;
 use support::{
     Fixture,
     chart::CHART,
-    tools::{kubectl, kubectl_apply, ok, run, try_kubectl},
+    tools::{kubectl, ok, run, try_kubectl, try_kubectl_apply},
     wait_blocking,
 };
 
@@ -57,7 +59,13 @@ pub fn install_chart_rbac() {
         .map(|r| r["metadata"]["name"].as_str().unwrap())
         .collect();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": roles});
-    kubectl_apply(None, &list.to_string());
+    // Tests running at once apply the same roles: a create may lose the race
+    // to another test's (AlreadyExists); the next attempt updates instead.
+    wait_blocking(
+        "the chart's ClusterRoles applied",
+        Duration::from_secs(30),
+        || try_kubectl_apply(None, &list.to_string()).map(|_| ()),
+    );
     let selector = format!("app.kubernetes.io/instance={RELEASE}");
     let existing = kubectl(&["get", "clusterroles", "-l", &selector, "-o", "name"]);
     for old in existing.lines() {

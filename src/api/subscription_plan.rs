@@ -44,12 +44,14 @@ pub struct PlanModule {
     )]
     pub name: String,
 
-    /// The most concurrency a subscription may buy for this module.
+    /// The most concurrency a subscription may buy for this module (required:
+    /// every module a plan sells has a maximum).
     #[schemars(range(min = 1, max = 100_000_000))]
     pub max_concurrency: i64,
 
     /// The most concurrent sessions in force during seasonal windows
-    /// (concurrency × concurrencyPercent); no extra limit when omitted.
+    /// (concurrency × concurrencyPercent); maxConcurrency when omitted, so
+    /// no window takes a module above what the plan sells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000_000))]
     pub max_peak_concurrency: Option<i64>,

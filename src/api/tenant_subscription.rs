@@ -16,6 +16,13 @@ use super::season::Seasons;
     shortname = "tsub",
     category = "tenancy",
     status = "TenantSubscriptionStatus",
+    // Children are named `<subscription>-<module>`, and a Service name must be
+    // a DNS-1035 label: refused at apply rather than failing at the Service.
+    validation = kube::core::Rule::new(
+        "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message(kube::core::Message::Expression(
+        "'metadata.name: ' + self.metadata.name + ' is not a valid subscription name: it must be a DNS-1035 label (at most 63 lowercase letters, digits and hyphens, starting with a letter and ending with a letter or digit), because it names the Services <subscription>-<module>'".into()
+    )),
     doc = "One tenant's capacity subscription: enabled modules, concurrency, tiers and seasonal windows.",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantId"),
     printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
@@ -61,7 +68,8 @@ pub struct TenantSubscriptionSpec {
     )]
     pub tenant_id: String,
 
-    /// Name of the SubscriptionPlan this subscription is sold under (optional).
+    /// Name of the SubscriptionPlan this subscription is sold under; required
+    /// unless the operator runs with --require-plan=false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub plan: Option<String>,

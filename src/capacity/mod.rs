@@ -55,6 +55,9 @@ pub enum InvalidSpec {
     PlanNotFound {
         plan: String,
     },
+    /// The installation sells only under plans (`--require-plan`) and the
+    /// subscription names none.
+    PlanRequired,
     ModuleNotInPlan {
         module: String,
         plan: String,
@@ -81,6 +84,7 @@ impl InvalidSpec {
             Self::BadQuantity { .. } => "InvalidProfile",
             Self::NameTooLong { .. } => "NameTooLong",
             Self::PlanNotFound { .. } => "PlanNotFound",
+            Self::PlanRequired => "PlanRequired",
             Self::ModuleNotInPlan { .. } => "ModuleNotInPlan",
             Self::ExceedsPlan { .. } => "ExceedsPlan",
             Self::CalendarNotFound { .. } => "CalendarNotFound",
@@ -97,7 +101,10 @@ impl InvalidSpec {
             | Self::NameTooLong { module, .. }
             | Self::ModuleNotInPlan { module, .. }
             | Self::ExceedsPlan { module, .. } => Some(module),
-            Self::Window(_) | Self::PlanNotFound { .. } | Self::CalendarNotFound { .. } => None,
+            Self::Window(_)
+            | Self::PlanNotFound { .. }
+            | Self::PlanRequired
+            | Self::CalendarNotFound { .. } => None,
         }
     }
 
@@ -166,6 +173,10 @@ impl fmt::Display for InvalidSpec {
             Self::PlanNotFound { plan } => {
                 write!(f, "spec.plan: SubscriptionPlan {plan:?} not found")
             }
+            Self::PlanRequired => write!(
+                f,
+                "spec.plan: required: subscriptions are applied only under a SubscriptionPlan"
+            ),
             Self::ModuleNotInPlan { module, plan } => write!(f, "{module}: not in plan {plan:?}"),
             Self::ExceedsPlan {
                 module,
@@ -263,12 +274,17 @@ pub struct CapacityPlan {
     pub time_zone: TimeZone,
 }
 
-/// The cluster-wide objects a subscription refers to, by name.
+/// The cluster-wide objects a subscription refers to, by name, and the
+/// installation's rule about plans.
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
     pub profiles: BTreeMap<String, ModuleProfileSpec>,
     pub plans: BTreeMap<String, SubscriptionPlanSpec>,
     pub calendars: BTreeMap<String, CapacityCalendarSpec>,
+    /// A subscription must name a plan (the operator's `--require-plan`,
+    /// on by default in the binary and the chart). Off in a bare catalogue,
+    /// as the offline preview and the rules' own tests use it.
+    pub require_plan: bool,
 }
 
 /// Turn a subscription into its capacity plan at `now`. Errors list every
@@ -278,6 +294,28 @@ pub fn plan(
     spec: &TenantSubscriptionSpec,
     catalogue: &Catalogue,
     now: Timestamp,
+) -> Result<CapacityPlan, Vec<InvalidSpec>> {
+    evaluate(subscription, spec, catalogue, now, true)
+}
+
+/// [`plan`] without the plan's checks (none named, none required): what
+/// the spec gives on its own, for a caller that applies the plan's limits
+/// itself (a paused subscription, one over its plan).
+pub fn plan_unchecked(
+    subscription: &str,
+    spec: &TenantSubscriptionSpec,
+    catalogue: &Catalogue,
+    now: Timestamp,
+) -> Result<CapacityPlan, Vec<InvalidSpec>> {
+    evaluate(subscription, spec, catalogue, now, false)
+}
+
+fn evaluate(
+    subscription: &str,
+    spec: &TenantSubscriptionSpec,
+    catalogue: &Catalogue,
+    now: Timestamp,
+    check: bool,
 ) -> Result<CapacityPlan, Vec<InvalidSpec>> {
     let profile = |n: &str| catalogue.profiles.get(n);
     let mut errors = Vec::new();
@@ -320,13 +358,16 @@ pub fn plan(
         }
     }
     let (active, next_transition) = window::evaluate(&windows, now);
-    if let Some(plan_name) = &spec.plan {
-        match catalogue.plans.get(plan_name) {
+    match &spec.plan {
+        _ if !check => {}
+        Some(plan_name) => match catalogue.plans.get(plan_name) {
             None => errors.push(InvalidSpec::PlanNotFound {
                 plan: plan_name.clone(),
             }),
             Some(sold) => errors.extend(check_plan(plan_name, sold, spec, &windows)),
-        }
+        },
+        None if catalogue.require_plan => errors.push(InvalidSpec::PlanRequired),
+        None => {}
     }
 
     let mut modules = Vec::new();
@@ -430,7 +471,9 @@ pub fn plan(
 
 /// Whether a subscription stays within what its plan sells. Checked against
 /// every window, not just the active ones, so a subscription that would
-/// exceed its plan next season is refused now rather than mid-season.
+/// exceed its plan next season is refused now rather than mid-season. No
+/// window takes a module above the plan's peak: its `maxPeakConcurrency`,
+/// or its `maxConcurrency` when the plan sets no peak.
 pub fn check_plan(
     plan_name: &str,
     sold: &SubscriptionPlanSpec,
@@ -471,18 +514,24 @@ pub fn check_plan(
                 ),
             ));
         }
-        if let Some(peak_limit) = allowed.max_peak_concurrency {
-            let (pct, window) = windows
-                .iter()
-                .filter(|w| w.applies_to(&m.name))
-                .filter_map(|w| w.concurrency_percent.map(|p| (p, w.name.as_str())))
-                .max_by_key(|(p, _)| *p)
-                .unwrap_or((100, ""));
+        let (peak_limit, peak_field) = match allowed.max_peak_concurrency {
+            Some(p) => (p, "maxPeakConcurrency"),
+            None => (
+                allowed.max_concurrency,
+                "maxConcurrency (it sets no maxPeakConcurrency)",
+            ),
+        };
+        if let Some((pct, window)) = windows
+            .iter()
+            .filter(|w| w.applies_to(&m.name))
+            .filter_map(|w| w.concurrency_percent.map(|p| (p, w.name.as_str())))
+            .max_by_key(|(p, _)| *p)
+        {
             let peak = div_ceil(m.concurrency as i128 * pct.max(100) as i128, 100);
             if peak > peak_limit as i128 {
                 errors.push(exceeds(
                     &m.name,
-                    format!("window {window} raises concurrency to {peak}, over the plan's maxPeakConcurrency {peak_limit}"),
+                    format!("window {window} raises concurrency to {peak}, over the plan's {peak_field} {peak_limit}"),
                 ));
             }
         }

@@ -387,6 +387,100 @@ seasons: {windows: [{name: summer, from: "07-01", to: "08-31", concurrencyPercen
 }
 
 #[test]
+fn without_a_peak_a_window_may_not_take_a_module_above_the_plans_maximum() {
+    let plan_yaml = "{modules: [{name: video-call, maxConcurrency: 1000}]}";
+    let s = |concurrency: i64, pct: i32| {
+        spec(&format!(
+            r#"
+tenantId: t
+plan: pro
+modules: [{{name: video-call, concurrency: {concurrency}}}]
+seasons: {{windows: [{{name: promo, from: "11-01", to: "11-11", concurrencyPercent: {pct}}}]}}
+"#
+        ))
+    };
+    // 1000 × 1000% = 10000 over the plan's maximum of 1000, all year.
+    let errors = plan(
+        "t",
+        &s(1000, 1000),
+        &with_plan(plan_yaml),
+        at("2026-02-10T00:00:00Z"),
+    )
+    .unwrap_err();
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{} {e}", e.reason()))
+        .collect();
+    assert_eq!(
+        text,
+        vec![
+            "ExceedsPlan video-call: exceeds plan \"pro\": window promo raises concurrency to 10000, over the plan's maxConcurrency (it sets no maxPeakConcurrency) 1000"
+        ]
+    );
+    // The same window within the maximum: 400 × 250% = 1000.
+    assert!(
+        plan(
+            "t",
+            &s(400, 250),
+            &with_plan(plan_yaml),
+            at("2026-02-10T00:00:00Z")
+        )
+        .is_ok()
+    );
+    // One session over: 401 × 250% = 1002.5, rounded up.
+    assert!(
+        plan(
+            "t",
+            &s(401, 250),
+            &with_plan(plan_yaml),
+            at("2026-02-10T00:00:00Z")
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn calendar_windows_are_held_to_the_plans_peak_too() {
+    let mut c = with_plan("{modules: [{name: video-call, maxConcurrency: 1000}]}");
+    c.calendars.insert(
+        "festival".into(),
+        serde_saphyr::from_str(
+            r#"{windows: [{name: singles-day, from: "11-11", to: "11-11", concurrencyPercent: 300}]}"#,
+        )
+        .unwrap(),
+    );
+    let s = spec(
+        "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 500}], seasons: {calendars: [festival]}}",
+    );
+    let errors = plan("t", &s, &c, at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("window festival/singles-day raises concurrency to 1500"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_subscription_without_a_plan_is_refused_when_plans_are_required() {
+    let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
+    let mut c = catalogue();
+    assert!(plan("t", &s, &c, at("2026-02-10T00:00:00Z")).is_ok());
+    c.require_plan = true;
+    let errors = plan("t", &s, &c, at("2026-02-10T00:00:00Z")).unwrap_err();
+    assert_eq!(errors, vec![InvalidSpec::PlanRequired]);
+    assert_eq!(errors[0].reason(), "PlanRequired");
+    assert!(errors[0].to_string().starts_with("spec.plan: required"));
+    // Naming a plan satisfies the rule (and the plan's limits then apply).
+    let mut c = with_plan(PRO);
+    c.require_plan = true;
+    let s = spec("{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10}]}");
+    assert!(plan("t", &s, &c, at("2026-02-10T00:00:00Z")).is_ok());
+}
+
+#[test]
 fn an_unknown_plan_or_calendar_is_named() {
     let s = spec("{tenantId: t, plan: gold, modules: [], seasons: {calendars: [cn-school]}}");
     let errors = plan("t", &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();

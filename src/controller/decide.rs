@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use super::{
+    error::Rejection,
     events::{EventType, Note},
     facts::{Live, LiveModule},
     status,
@@ -161,6 +162,24 @@ pub struct Outcome {
     pub awaiting_quota: bool,
 }
 
+impl Outcome {
+    /// A write of the decision was refused by the API server: the
+    /// subscription is not Ready, and says which child and why, on the
+    /// module the child belongs to too. What was decided otherwise stands.
+    pub fn child_rejected(&mut self, subscription: &str, rejection: &Rejection) {
+        let message = rejection.to_string();
+        for m in &mut self.modules {
+            if capacity::child_name(subscription, &m.name) == rejection.name {
+                m.message = Some(message.clone());
+            }
+        }
+        self.ready = false;
+        self.ready_reason = Reason::new("ChildRejected", message.clone());
+        self.stalled = Some(Reason::new("ChildRejected", message));
+        self.awaiting_quota = false;
+    }
+}
+
 /// Decide what to write for `sub`, given the catalogue it names, its
 /// children as cached and the time.
 pub fn decide(
@@ -235,7 +254,6 @@ fn restrained(
         .as_ref()
         .and_then(|name| catalogue.plans.get(name));
     let mut spec = sub.spec.clone();
-    spec.plan = None;
     spec.paused = false;
     for m in &spec.modules {
         if m.enabled && !recorded.contains_key(m.name.as_str()) && !live.module(&m.name).is_empty()
@@ -251,7 +269,7 @@ fn restrained(
             m.concurrency = m.concurrency.min(allowed.max_concurrency);
         }
     }
-    let mut plan = capacity::plan(&sub.name_any(), &spec, catalogue, now).ok()?;
+    let mut plan = capacity::plan_unchecked(&sub.name_any(), &spec, catalogue, now).ok()?;
     for m in &mut plan.modules {
         let rec = recorded[m.name.as_str()];
         let peak = sold

@@ -42,7 +42,53 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A write about a child that the API server refused for what it is
+/// (invalid, or forbidden by an admission rule or by RBAC), not for the
+/// moment it came at: status says so, with the API server's own words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub verb: Verb,
+    pub kind: String,
+    pub name: String,
+    pub code: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} refused by the API server ({}): {}",
+            self.verb, self.kind, self.name, self.code, self.message
+        )
+    }
+}
+
 impl Error {
+    /// The refusal of a child write: 400 Bad Request, 403 Forbidden, 422
+    /// Invalid. Not 404, 409 or 429, nor an outage: those pass by
+    /// themselves. A refused status write is no child's.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Api {
+                verb,
+                kind,
+                name,
+                source: kube::Error::Api(s),
+                ..
+            } if *verb != Verb::ApplyStatus && matches!(s.code, 400 | 403 | 422) => {
+                Some(Rejection {
+                    verb: *verb,
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    code: s.code,
+                    message: s.message.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The API server answered 404 Not Found.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { source: kube::Error::Api(s), .. } if s.code == 404)
@@ -100,5 +146,26 @@ mod tests {
         );
         assert!(!api(409).is_not_found());
         assert_eq!(Error::NoNamespace.metric_label(), "no_namespace");
+    }
+
+    #[test]
+    fn only_a_refusal_of_a_child_write_is_a_rejection() {
+        let r = api(422).rejection().expect("422 is a rejection");
+        assert_eq!(
+            r.to_string(),
+            "apply Deployment a-video refused by the API server (422): no"
+        );
+        assert!(api(403).rejection().is_some());
+        assert!(api(400).rejection().is_some());
+        for code in [404, 409, 429, 500, 503] {
+            assert!(api(code).rejection().is_none(), "{code}");
+        }
+        let status =
+            api_error(Verb::ApplyStatus, "TenantSubscription", "ns", "a")(kube::Error::Api(
+                kube::core::Status::failure("no", "Invalid")
+                    .with_code(422)
+                    .boxed(),
+            ));
+        assert!(status.rejection().is_none());
     }
 }

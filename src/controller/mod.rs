@@ -64,6 +64,9 @@ pub struct Settings {
     pub metering_interval: Duration,
     /// How watches fetch the objects that exist when they start.
     pub initial_list: InitialList,
+    /// A subscription must name a SubscriptionPlan; one without is not
+    /// applied (`Ready=False`, `PlanRequired`).
+    pub require_plan: bool,
 }
 
 impl Default for Settings {
@@ -74,6 +77,7 @@ impl Default for Settings {
             concurrency: 16,
             metering_interval: Duration::from_secs(15),
             initial_list: InitialList::Auto,
+            require_plan: true,
         }
     }
 }
@@ -270,6 +274,11 @@ fn give_back_free_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plans_are_required_unless_turned_off() {
+        assert!(Settings::default().require_plan);
+    }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]

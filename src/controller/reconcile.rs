@@ -85,7 +85,8 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
-    let catalogue = ctx.caches.catalogue_for(sub);
+    let mut catalogue = ctx.caches.catalogue_for(sub);
+    catalogue.require_plan = ctx.settings.require_plan;
     let live = ctx.caches.live(sub);
     let decision = decide(sub, &catalogue, &live, now);
     let writer = Writer {
@@ -94,8 +95,17 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         events: &ctx.events,
         sub,
     };
-    writer.execute(&decision.batches).await?;
-    let outcome = decision.outcome;
+    let mut outcome = decision.outcome;
+    // A child the API server refuses shows in status, then the reconcile
+    // fails as any other (counted, retried).
+    let mut refused = None;
+    if let Err(e) = writer.execute(&decision.batches).await {
+        let Some(rejection) = e.rejection() else {
+            return Err(e);
+        };
+        outcome.child_rejected(&sub.name_any(), &rejection);
+        refused = Some(e);
+    }
     publish_metrics(&ctx.metrics, sub, &outcome);
 
     let old = sub.status.clone().unwrap_or_default();
@@ -127,6 +137,9 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
                 writer.announce(&note).await;
             }
         }
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     Ok(Action::requeue(next_look(
         &outcome,
@@ -214,7 +227,7 @@ pub fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>
     let key = key(&sub);
     let not_found = {
         let mut counts = ctx.not_found.lock().unwrap();
-        if err.is_not_found() {
+        if err.is_not_found() || err.rejection().is_some() {
             let n = counts.entry(key).or_default();
             *n += 1;
             *n
@@ -229,9 +242,11 @@ pub fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>
 }
 
 /// When a failed reconcile is tried again: in 5 s (an outage, a conflict, a
-/// refused write: the next try may well work), except after "not found"
-/// answers, which last (a subscription left behind in a namespace that is
-/// gone): 5 s doubled per consecutive one, at most 5 min.
+/// throttled write: the next try may well work), except after "not found"
+/// answers and child writes the API server refuses, which last (a
+/// subscription left behind in a namespace that is gone, a child the API
+/// server finds invalid until the provider mends the profile): 5 s doubled
+/// per consecutive one, at most 5 min.
 fn retry_delay(consecutive_not_found: u32) -> Duration {
     const FIRST: Duration = Duration::from_secs(5);
     const MOST: Duration = Duration::from_secs(300);

@@ -53,16 +53,26 @@ impl Operator {
         resync: Duration,
         initial_list: controller::InitialList,
     ) -> Self {
-        let metrics = Metrics::default();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Settings not named here keep their defaults (whether or not any are left).
+        #[allow(clippy::needless_update)]
         let settings = controller::Settings {
             namespace: Some(namespace.to_string()),
             resync,
             concurrency: 8,
             metering_interval: Duration::from_secs(1),
             initial_list,
+            // Most tests run subscriptions without a plan; the rule that
+            // plans are required has tests of its own.
+            require_plan: false,
             ..Default::default()
         };
+        Self::start_settings(client, settings)
+    }
+
+    /// Started with exactly these settings.
+    pub fn start_settings(client: &Client, settings: controller::Settings) -> Self {
+        let metrics = Metrics::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let fut = controller::run(
             client.clone(),
             settings,
@@ -81,6 +91,10 @@ impl Operator {
 
     /// Stop gracefully and wait until it has stopped.
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn halt(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -137,6 +151,21 @@ impl Fixture {
             im,
             operator,
         }
+    }
+
+    /// Stop the fixture's operator and start it again with its settings
+    /// changed by `edit` (e.g. `require_plan: true`, the binary's default).
+    pub async fn restart_operator(&mut self, edit: impl FnOnce(&mut controller::Settings)) {
+        self.operator.halt().await;
+        let mut settings = controller::Settings {
+            namespace: Some(self.ns.name.clone()),
+            concurrency: 8,
+            metering_interval: Duration::from_secs(1),
+            require_plan: false,
+            ..Default::default()
+        };
+        edit(&mut settings);
+        self.operator = Operator::start_settings(&self.client, settings);
     }
 
     pub fn subs(&self) -> Api<TenantSubscription> {

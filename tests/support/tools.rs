@@ -135,3 +135,18 @@ pub fn require_helm() {
         ),
     }
 }
+
+/// `kubectl apply -f -` of a manifest (in `namespace` when given): stdout,
+/// or stderr when the API server refuses it.
+pub fn try_kubectl_apply(namespace: Option<&str>, manifest: &str) -> Result<String, String> {
+    let mut args = vec!["apply", "-f", "-"];
+    if let Some(ns) = namespace {
+        args.extend_from_slice(&["-n", ns]);
+    }
+    let out = run("kubectl", &with_timeout(&args), Some(manifest));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}

@@ -159,7 +159,14 @@ async fn a_namespace_admin_cannot_edit_detach_freeze_or_orphan_children() {
         ),
         (
             "give the Deployment bigger pods",
-            vec!["set", "resources", "deployment", &video, "--requests=cpu=8", "--limits=cpu=8"],
+            vec![
+                "set",
+                "resources",
+                "deployment",
+                &video,
+                "--requests=cpu=8",
+                "--limits=cpu=8",
+            ],
             REFUSED,
         ),
         (

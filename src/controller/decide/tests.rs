@@ -834,6 +834,72 @@ fn more_than_the_plan_sells_is_refused_and_running_children_stay() {
 }
 
 #[test]
+fn without_a_plan_nothing_is_written_when_plans_are_required() {
+    // A new subscription without a plan: nothing at all.
+    let mut w = World::new(BOTH);
+    w.catalogue.require_plan = true;
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert!(!d.outcome.ready);
+    assert_eq!(d.outcome.ready_reason.reason, "PlanRequired");
+    assert!(
+        d.outcome
+            .ready_reason
+            .message
+            .contains("spec.plan: required"),
+        "{:?}",
+        d.outcome.ready_reason
+    );
+    assert_eq!(d.outcome.requeue, None, "waiting does not add a plan");
+    // A running subscription whose plan is dropped keeps what it had.
+    let mut w = World::converged(
+        "{tenantId: acme, plan: pro, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000}]}",
+    );
+    w.catalogue.require_plan = true;
+    let before = w.module("video").clone();
+    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 4000}, {name: im, concurrency: 1000}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "PlanRequired");
+    assert_eq!(*w.module("video"), before);
+}
+
+#[test]
+fn a_child_the_api_server_refuses_shows_in_status_on_its_module() {
+    let mut w = World::new(BOTH);
+    w.reconcile();
+    w.quota_controller_answers();
+    let mut d = w.reconcile();
+    assert!(!d.batches.is_empty());
+    let rejection = crate::controller::error::Rejection {
+        verb: crate::controller::error::Verb::Apply,
+        kind: "Deployment".into(),
+        name: "acme-video".into(),
+        code: 422,
+        message: "Deployment.apps \"acme-video\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1".into(),
+    };
+    d.outcome.child_rejected("acme", &rejection);
+    assert!(!d.outcome.ready);
+    assert_eq!(d.outcome.ready_reason.reason, "ChildRejected");
+    let expected = "apply Deployment acme-video refused by the API server (422): Deployment.apps \"acme-video\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1";
+    assert_eq!(d.outcome.ready_reason.message, expected);
+    assert_eq!(d.outcome.stalled.as_ref().unwrap().message, expected);
+    let video = d
+        .outcome
+        .modules
+        .iter()
+        .find(|m| m.name == "video")
+        .unwrap();
+    assert_eq!(video.message.as_deref(), Some(expected));
+    let im = d.outcome.modules.iter().find(|m| m.name == "im").unwrap();
+    assert_ne!(
+        im.message.as_deref(),
+        Some(expected),
+        "another module's child"
+    );
+}
+
+#[test]
 fn an_autoscaler_held_at_its_ceiling_is_capacity_limited() {
     let mut w = World::converged(BOTH);
     let l = w.live.modules.get_mut("video").unwrap();
