@@ -8,13 +8,13 @@
 //! another manager took over leaves our field set, so the cut-down object
 //! loses it and the digests differ: that is drift and we apply again.
 
-use std::{borrow::Cow, marker::PhantomData};
+use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
 
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ResourceQuota, ResourceRequirements, Service},
+        core::v1::{LimitRange, ResourceQuota, ResourceRequirements, Service},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -22,11 +22,11 @@ use kube::Resource;
 use serde::Serialize;
 
 use crate::{
-    capacity::quantity::same_quantity,
+    capacity::{Quantity, quantity::same_quantity},
     live::digest,
     render::{
-        ANNOTATION_DRAINING_SINCE, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE,
-        LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
+        ANNOTATION_DRAINING_SINCE, ANNOTATION_HELD_UNTIL, ANNOTATION_SESSIONS_PER_REPLICA,
+        LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
     },
 };
 
@@ -99,6 +99,19 @@ pub struct Facts {
     pub unbounded_want: Option<i32>,
     /// The quota controller has taken up every limit of the quota's spec.
     pub quota_enforced: bool,
+    /// The API server's message for pods the Deployment's ReplicaSets could
+    /// not create (its `ReplicaFailure` condition): refused by the quota, a
+    /// LimitRange, pod security or any other admission.
+    pub refused: Option<Box<str>>,
+    /// Pods of an older template may still run next to new ones: the
+    /// Deployment controller has not yet seen the latest spec, or not every
+    /// pod is of the latest template yet, or pods are still terminating.
+    /// Read from status, which only Kubernetes' controllers write.
+    pub rolling_out: bool,
+    /// The quota's `spec.hard`, as the operator wrote it.
+    pub hard: Option<Box<BTreeMap<String, Quantity>>>,
+    /// The quota's held-until annotation.
+    pub held_until: Option<Box<str>>,
 }
 
 /// A metered Deployment's labels and sessions per replica.
@@ -207,6 +220,18 @@ impl Slimmable for Deployment {
                 }),
             draining_since: annotation(ANNOTATION_DRAINING_SINCE).map(Into::into),
             metering,
+            refused: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                })
+                .map(|c| c.message.as_deref().unwrap_or("pods refused").into()),
+            rolling_out: status.is_some_and(|s| {
+                s.observed_generation < self.metadata.generation
+                    || s.updated_replicas.unwrap_or(0) < s.replicas.unwrap_or(0)
+                    || s.terminating_replicas.unwrap_or(0) > 0
+            }),
             ..Default::default()
         }
     }
@@ -275,10 +300,30 @@ impl Slimmable for ResourceQuota {
             }
             _ => false,
         };
+        let hard = self.spec.as_ref().and_then(|s| s.hard.as_ref()).map(|h| {
+            Box::new(
+                h.iter()
+                    .filter_map(|(k, v)| Quantity::parse(&v.0).ok().map(|q| (k.clone(), q)))
+                    .collect(),
+            )
+        });
         Facts {
             quota_enforced: enforced,
+            hard,
+            held_until: self
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_HELD_UNTIL))
+                .map(|s| s.as_str().into()),
             ..Default::default()
         }
+    }
+}
+
+impl Slimmable for LimitRange {
+    fn facts(&self) -> Facts {
+        Facts::default()
     }
 }
 
