@@ -11,6 +11,9 @@
 
 mod support;
 
+#[path = "tenant_boundary/quota.rs"]
+mod quota;
+
 use std::time::Duration;
 
 use serde_json::Value;
