@@ -393,4 +393,81 @@ mod tests {
         assert_eq!(s.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         assert_eq!(s.metadata.uid.as_deref(), Some("d1"));
     }
+
+    #[test]
+    fn a_deployment_says_when_pods_are_refused_and_while_it_rolls_out() {
+        let deployment = |generation: i64, status: serde_json::Value| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-video", "generation": generation},
+                "spec": {"selector": {}, "template": {}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let refused = "pods \"acme-video-1\" is forbidden: exceeded quota: acme-capacity";
+        let cases = [
+            // Done: every pod of the latest template, nothing terminating.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3}),
+                false,
+                None,
+            ),
+            // The controller has not seen the latest spec yet.
+            (
+                3,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3}),
+                true,
+                None,
+            ),
+            // Old pods still run next to new ones.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1}),
+                true,
+                None,
+            ),
+            // Old pods still terminating.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "terminatingReplicas": 1}),
+                true,
+                None,
+            ),
+            // Pods refused, with the API server's words.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "conditions": [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused}]}),
+                false,
+                Some(refused),
+            ),
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "conditions": [
+                {"type": "ReplicaFailure", "status": "False", "message": "old"}]}),
+                false,
+                None,
+            ),
+        ];
+        for (generation, status, rolling, message) in cases {
+            let f = deployment(generation, status.clone()).facts();
+            assert_eq!(f.rolling_out, rolling, "{status}");
+            assert_eq!(f.refused.as_deref(), message, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_quota_keeps_its_limits_and_the_end_of_a_hold() {
+        let q: ResourceQuota = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-capacity", "annotations": {ANNOTATION_HELD_UNTIL: "2026-03-02T10:10:30Z"}},
+            "spec": {"hard": {"pods": "5", "requests.cpu": "1600m"}},
+        }))
+        .unwrap();
+        let f = q.facts();
+        let hard = f.hard.unwrap();
+        assert_eq!(hard["requests.cpu"], Quantity::parse("1.6").unwrap());
+        assert_eq!(hard["pods"], Quantity::parse("5").unwrap());
+        assert_eq!(f.held_until.as_deref(), Some("2026-03-02T10:10:30Z"));
+    }
 }
