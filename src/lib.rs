@@ -1,5 +1,5 @@
 //! Tenant Capacity Operator: turns one `TenantSubscription` per tenant into
-//! the Deployments, HorizontalPodAutoscalers, Services and ResourceQuota that
+//! the Deployments, HorizontalPodAutoscalers, Services, ResourceQuota and LimitRange that
 //! give the tenant exactly the capacity it bought.
 //!
 //! The crate is a pipeline: [`api`] (custom resources) → [`capacity`] (pure

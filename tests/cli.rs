@@ -55,6 +55,7 @@ fn render_previews_every_example_offline() {
             "{kinds:?}"
         );
         assert_eq!(kinds.iter().filter(|k| **k == "ResourceQuota").count(), 1);
+        assert_eq!(kinds.iter().filter(|k| **k == "LimitRange").count(), 1);
         seen += 1;
     }
     assert_eq!(seen, 4);

@@ -139,7 +139,7 @@ fn expected_manager_grants() -> BTreeSet<(String, String, String)> {
         ),
         (
             "",
-            &["resourcequotas"],
+            &["resourcequotas", "limitranges"],
             &["get", "list", "watch", "create", "patch"],
         ),
         ("", &["persistentvolumeclaims"], &["list", "delete"]),

@@ -15,6 +15,7 @@ const OUR_RESOURCES: &[&str] = &[
     "horizontalpodautoscalers",
     "services",
     "resourcequotas",
+    "limitranges",
     "tenantsubscriptions",
 ];
 

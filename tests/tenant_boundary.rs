@@ -17,6 +17,8 @@ mod admission;
 mod children;
 #[path = "tenant_boundary/pause.rs"]
 mod pause;
+#[path = "tenant_boundary/quota.rs"]
+mod quota;
 
 use std::time::Duration;
 

@@ -192,9 +192,12 @@ fn release_values(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i6
             "resources": container.resources,
         }));
     }
+    let mut limit_range = json!([]);
     for c in &children {
-        if let Child::Quota(q) = c {
-            quota = json!(q.spec.as_ref().and_then(|s| s.hard.clone()));
+        match c {
+            Child::Quota(q) => quota = json!(q.spec.as_ref().and_then(|s| s.hard.clone())),
+            Child::LimitRange(l) => limit_range = json!(l.spec.as_ref().map(|s| &s.limits)),
+            _ => {}
         }
     }
     json!({
@@ -202,6 +205,7 @@ fn release_values(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i6
         "subscription": "capacity",
         "modules": modules,
         "quota": quota,
+        "limitRange": limit_range,
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     })
 }

@@ -22,6 +22,20 @@ pub const MAX_SURGE_PERCENT: i64 = 25;
 /// Longest child object name a Service accepts (DNS-1035 label).
 pub const MAX_CHILD_NAME: usize = 63;
 
+/// Per-container requests the operator's LimitRange gives a container that
+/// declares none (Kubernetes copies a declared limit into a missing request
+/// first). With these, CPU and memory are always capped: the quota never has
+/// to leave them out for pods that would otherwise be refused for not
+/// declaring them.
+pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "128Mi")];
+/// Per-container limits the operator's LimitRange gives a container that
+/// declares none.
+pub const DEFAULT_LIMITS: [(&str, &str); 2] = [("cpu", "1"), ("memory", "1Gi")];
+/// Longest a quota stays at the larger of its old and new size while a
+/// rollout replaces pods (ten minutes, Kubernetes' default
+/// `progressDeadlineSeconds`), plus the modules' termination grace period.
+pub const ROLLOUT_HOLD_SECONDS: i64 = 600;
+
 /// The name of a module's children (Deployment, HPA, Service): the rule that
 /// [`MAX_CHILD_NAME`] is checked against.
 pub fn child_name(subscription: &str, module: &str) -> String {
@@ -440,9 +454,10 @@ fn evaluate(
             sessions_per_replica: sessions,
             concurrency: m.concurrency,
             numbers,
-            resources: tier
-                .and_then(|t| t.resources.clone())
-                .or_else(|| p.resources.clone()),
+            resources: with_valid_limits(
+                tier.and_then(|t| t.resources.clone())
+                    .or_else(|| p.resources.clone()),
+            ),
             scaling: p.scaling.clone(),
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             node_selector: p.node_selector.clone(),
@@ -543,7 +558,9 @@ pub fn check_plan(
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Footprint {
     pub pods: i64,
-    /// Per-pod requests and limits by resource name.
+    /// Per-pod requests and limits by resource name, as the pods get them:
+    /// what the profile declares, completed as Kubernetes and the
+    /// operator's LimitRange complete it.
     pub requests: BTreeMap<String, Quantity>,
     pub limits: BTreeMap<String, Quantity>,
 }
@@ -572,10 +589,20 @@ impl Footprint {
                 .collect::<Result<BTreeMap<_, _>, _>>()
         };
         let mut requests = parse("requests", resources.and_then(|r| r.requests.as_ref()))?;
-        let limits = parse("limits", resources.and_then(|r| r.limits.as_ref()))?;
-        // Kubernetes defaults a missing request to the limit.
+        let mut limits = parse("limits", resources.and_then(|r| r.limits.as_ref()))?;
+        // Kubernetes defaults a missing request to the limit...
         for (k, v) in &limits {
             requests.entry(k.clone()).or_insert(*v);
+        }
+        // ...then the LimitRange fills in what is still missing.
+        for (k, v) in DEFAULT_LIMITS {
+            let default = Quantity::parse(v).expect("default limits parse");
+            let at_least = requests.get(k).copied().unwrap_or_default();
+            limits.entry(k.to_string()).or_insert(default.max(at_least));
+        }
+        for (k, v) in DEFAULT_REQUESTS {
+            let default = Quantity::parse(v).expect("default requests parse");
+            requests.entry(k.to_string()).or_insert(default);
         }
         Ok(Self {
             pods: max_replicas as i64 + surge(max_replicas),
@@ -585,9 +612,40 @@ impl Footprint {
     }
 }
 
-/// ResourceQuota `spec.hard` covering every footprint. A resource is capped
-/// only when every module's pods declare it, because a quota on a resource
-/// makes the API server refuse pods that leave it out.
+/// A module's resources with a limit wherever the LimitRange's default limit
+/// would be below the request it declares: such a pod would be invalid
+/// (request above limit), so its limit is its request.
+pub fn with_valid_limits(resources: Option<ResourceRequirements>) -> Option<ResourceRequirements> {
+    let mut r = resources?;
+    for (k, v) in DEFAULT_LIMITS {
+        let default = Quantity::parse(v).expect("default limits parse");
+        let Some(request) = r.requests.as_ref().and_then(|q| q.get(k)).cloned() else {
+            continue;
+        };
+        let declared = r.limits.as_ref().is_some_and(|l| l.contains_key(k));
+        if !declared && Quantity::parse(&request.0).is_ok_and(|q| q > default) {
+            r.limits
+                .get_or_insert_with(Default::default)
+                .insert(k.to_string(), request);
+        }
+    }
+    Some(r)
+}
+
+/// Whether the quota can cap a resource's limits as well as its requests:
+/// not extended resources (`vendor.com/gpu`) nor huge pages, which a quota
+/// counts by request only.
+fn limits_capped(resource: &str) -> bool {
+    !resource.contains('/') && !resource.starts_with("hugepages-")
+}
+
+/// ResourceQuota `spec.hard` covering every footprint: pods, and every
+/// resource any module's pods get, summed over modules (a module whose pods
+/// do not declare a resource counts zero of it). CPU and memory are in every
+/// footprint (the LimitRange gives them to pods that declare none), so they
+/// are always capped; pods that leave out an extended resource or ephemeral
+/// storage are admitted and count zero, so those are capped whenever any
+/// module asks for them.
 pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>> {
     let mut hard = BTreeMap::new();
     let pods: i64 = footprints
@@ -598,32 +656,43 @@ pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>
         "pods".to_string(),
         Quantity(pods as i128).checked_mul(1_000_000_000)?,
     );
-    for (kind, pick) in [
-        (
-            "requests",
-            (|f: &Footprint| &f.requests) as fn(&Footprint) -> &BTreeMap<String, Quantity>,
-        ),
-        ("limits", |f: &Footprint| &f.limits),
-    ] {
-        let Some(first) = footprints.first() else {
-            break;
-        };
-        for resource in pick(first).keys() {
-            // Extended resources (vendor.com/gpu) can only be capped on requests.
-            if kind == "limits" && resource.contains('/') {
-                continue;
+    for f in footprints {
+        for (kind, per_pod) in [("requests", &f.requests), ("limits", &f.limits)] {
+            for (resource, q) in per_pod {
+                if kind == "limits" && !limits_capped(resource) {
+                    continue;
+                }
+                let total = hard
+                    .entry(format!("{kind}.{resource}"))
+                    .or_insert(Quantity(0));
+                *total = total.checked_add(q.checked_mul(f.pods as i128)?)?;
             }
-            if !footprints.iter().all(|f| pick(f).contains_key(resource)) {
-                continue;
-            }
-            let mut total = Quantity(0);
-            for f in footprints {
-                total = total.checked_add(pick(f)[resource].checked_mul(f.pods as i128)?)?;
-            }
-            hard.insert(format!("{kind}.{resource}"), total);
         }
     }
     Some(hard)
+}
+
+/// While pods of the old size may still run next to new ones (a rollout),
+/// each resource of the quota stays at the larger of what is `current`ly in
+/// force and what comes `next`; a resource only one of them has keeps its
+/// value.
+pub fn hold(
+    current: &BTreeMap<String, Quantity>,
+    next: &BTreeMap<String, Quantity>,
+) -> BTreeMap<String, Quantity> {
+    let mut out = next.clone();
+    for (k, v) in current {
+        let e = out.entry(k.clone()).or_insert(*v);
+        *e = (*e).max(*v);
+    }
+    out
+}
+
+/// Whether `next` lowers any resource of `current` (or drops it).
+pub fn shrinks(current: &BTreeMap<String, Quantity>, next: &BTreeMap<String, Quantity>) -> bool {
+    current
+        .iter()
+        .any(|(k, v)| next.get(k).is_none_or(|n| n < v))
 }
 
 #[cfg(test)]

@@ -286,8 +286,156 @@ fn quota_sums_every_module_at_its_ceiling_plus_surge() {
             .unwrap()
             .to_string()
     );
-    // Messaging declares no limits, so limits are not capped (pods without them would be refused).
-    assert!(!hard.contains_key("limits.cpu"));
+    // Messaging declares no limits: its pods get the LimitRange's (1 CPU,
+    // 1Gi), and limits stay capped. 32 × 2 + 5 × 1
+    assert_eq!(show["limits.cpu"], "69");
+    assert_eq!(show["limits.memory"], "69Gi");
+}
+
+fn gpu() -> ModuleProfileSpec {
+    profile(
+        "{image: ai:1, sessionsPerReplica: 10, resources: {requests: {cpu: '4', memory: 16Gi}, limits: {cpu: '4', memory: 16Gi, nvidia.com/gpu: '1'}}}",
+    )
+}
+
+fn hard_of(yaml: &str, c: &Catalogue) -> BTreeMap<String, String> {
+    let p = plan("t", &spec(yaml), c, at("2026-02-10T00:00:00Z")).unwrap();
+    let f: Vec<Footprint> = p.modules.iter().map(|m| m.footprint().unwrap()).collect();
+    quota_hard(&f)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_resource_only_one_module_asks_for_is_capped_at_that_modules_share() {
+    let mut c = catalogue();
+    c.profiles.insert("ai".into(), gpu());
+    // ai: 30 sessions / 10 = 3 replicas + 1 surge = 4 pods, one GPU each;
+    // messaging (no GPU): 4 + 1 pods.
+    let hard = hard_of(
+        "{tenantId: t, modules: [{name: ai, concurrency: 30}, {name: real-time-messaging, concurrency: 20000}]}",
+        &c,
+    );
+    assert_eq!(hard["requests.nvidia.com/gpu"], "4");
+    // A quota caps extended resources by request only.
+    assert!(!hard.contains_key("limits.nvidia.com/gpu"));
+    // CPU still covers both: 4 × 4 + 5 × 500m.
+    assert_eq!(hard["requests.cpu"], "18500m");
+    assert_eq!(hard["pods"], "9");
+}
+
+#[test]
+fn a_module_without_resources_counts_at_the_limit_range_defaults_and_caps_stay() {
+    let mut c = catalogue();
+    c.profiles.insert(
+        "bare".into(),
+        profile("{image: bare:1, sessionsPerReplica: 100}"),
+    );
+    // video: 1 + 1 pods; bare: 1 + 1 pods.
+    let hard = hard_of(
+        "{tenantId: t, modules: [{name: video-call, concurrency: 40}, {name: bare, concurrency: 100}]}",
+        &c,
+    );
+    let defaults_req: BTreeMap<&str, &str> = DEFAULT_REQUESTS.into_iter().collect();
+    let defaults_lim: BTreeMap<&str, &str> = DEFAULT_LIMITS.into_iter().collect();
+    let sum = |per_pod: &[&str]| {
+        per_pod
+            .iter()
+            .map(|q| Quantity::parse(q).unwrap().checked_mul(2).unwrap())
+            .fold(Quantity(0), |a, b| a.checked_add(b).unwrap())
+            .to_string()
+    };
+    assert_eq!(hard["requests.cpu"], sum(&["1", defaults_req["cpu"]]));
+    assert_eq!(
+        hard["requests.memory"],
+        sum(&["1Gi", defaults_req["memory"]])
+    );
+    assert_eq!(hard["limits.cpu"], sum(&["2", defaults_lim["cpu"]]));
+    assert_eq!(hard["limits.memory"], sum(&["2Gi", defaults_lim["memory"]]));
+    assert_eq!(hard["pods"], "4");
+}
+
+#[test]
+fn ephemeral_storage_asked_for_by_one_module_is_capped() {
+    let mut c = catalogue();
+    c.profiles.insert(
+        "rec".into(),
+        profile("{image: rec:1, sessionsPerReplica: 100, resources: {requests: {ephemeral-storage: 2Gi}, limits: {ephemeral-storage: 4Gi}}}"),
+    );
+    let hard = hard_of(
+        "{tenantId: t, modules: [{name: rec, concurrency: 100}, {name: video-call, concurrency: 40}]}",
+        &c,
+    );
+    assert_eq!(hard["requests.ephemeral-storage"], "4Gi");
+    assert_eq!(hard["limits.ephemeral-storage"], "8Gi");
+    // rec declares no CPU: its 2 pods count at the default request.
+    assert_eq!(hard["requests.cpu"], "2200m");
+}
+
+#[test]
+fn a_request_above_the_default_limit_becomes_the_limit_so_the_pod_is_valid() {
+    let mut c = catalogue();
+    c.profiles.insert(
+        "big".into(),
+        profile("{image: big:1, sessionsPerReplica: 100, resources: {requests: {cpu: '3', memory: 256Mi}}}"),
+    );
+    let p = plan(
+        "t",
+        &spec("{tenantId: t, modules: [{name: big, concurrency: 100}]}"),
+        &c,
+        at("2026-02-10T00:00:00Z"),
+    )
+    .unwrap();
+    let r = p.modules[0].resources.as_ref().unwrap();
+    let limits = r.limits.as_ref().unwrap();
+    // CPU: 3 is over the default limit of 1, so the limit is 3; memory's
+    // request is under the default limit, which the LimitRange fills in.
+    assert_eq!(limits["cpu"].0, "3");
+    assert!(!limits.contains_key("memory"));
+    let f = p.modules[0].footprint().unwrap();
+    assert_eq!(f.limits["cpu"].to_string(), "3");
+    assert_eq!(f.limits["memory"].to_string(), "1Gi");
+}
+
+#[test]
+fn a_held_quota_keeps_the_larger_of_old_and_new_per_resource() {
+    let q = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity::parse(v).unwrap()))
+            .collect()
+    };
+    let old = q(&[
+        ("pods", "5"),
+        ("requests.cpu", "5"),
+        ("requests.nvidia.com/gpu", "2"),
+    ]);
+    let new = q(&[
+        ("pods", "8"),
+        ("requests.cpu", "2"),
+        ("requests.memory", "1Gi"),
+    ]);
+    assert!(shrinks(&old, &new));
+    assert_eq!(
+        hold(&old, &new),
+        q(&[
+            ("pods", "8"),
+            ("requests.cpu", "5"),
+            ("requests.memory", "1Gi"),
+            ("requests.nvidia.com/gpu", "2"),
+        ])
+    );
+    let grown = q(&[
+        ("pods", "6"),
+        ("requests.cpu", "5"),
+        ("requests.nvidia.com/gpu", "2"),
+    ]);
+    assert!(
+        !shrinks(&old, &grown),
+        "nothing to hold when nothing shrinks"
+    );
 }
 
 #[test]

@@ -568,10 +568,15 @@ fn drains(
     d
 }
 
-/// The quota, covering what is enabled plus what is still draining.
+/// The quota, covering what is enabled plus what is still draining, and
+/// the LimitRange that gives pods declaring no CPU or memory their defaults.
 struct QuotaStep {
     /// The quota needs writing.
     write: Option<Desired>,
+    /// The LimitRange needs writing.
+    limit_range: Option<Desired>,
+    /// The quota holds a rollout's larger size until then.
+    held_until: Option<Timestamp>,
     /// The quota controller has taken up the quota as it is.
     in_force: bool,
     /// Written just now, or so recently that the quota controller's answer
@@ -580,31 +585,108 @@ struct QuotaStep {
     conflict: Option<Conflict>,
 }
 
+/// How long a quota may hold a rollout's larger size: the rollout's
+/// deadline plus the longest time an old pod may take to terminate.
+fn hold_for(plan: &CapacityPlan) -> SignedDuration {
+    let grace = plan
+        .modules
+        .iter()
+        .map(|m| m.termination_grace_period_seconds.unwrap_or(30))
+        .max()
+        .unwrap_or(0);
+    SignedDuration::from_secs(capacity::ROLLOUT_HOLD_SECONDS + grace.max(0))
+}
+
+/// The quota's limits and, while it holds a rollout's larger size, until
+/// when. When pods of a new template may run next to old ones (`rolling`)
+/// and the new limits are lower than those in force, each resource stays at
+/// the larger of the two, so the new pods are admitted while the old ones
+/// still hold their share. "In force" is the quota's own spec: only the
+/// operator writes it, so nobody in the namespace can raise what is held.
+/// The hold ends when the rollout does, or at the latest `hold_for` after it
+/// began (recorded on the quota), however long the rollout is kept going.
+fn held_quota(
+    next: std::collections::BTreeMap<String, capacity::Quantity>,
+    live: &Live,
+    rolling: bool,
+    hold_for: SignedDuration,
+    now: Timestamp,
+) -> (
+    std::collections::BTreeMap<String, capacity::Quantity>,
+    Option<Timestamp>,
+) {
+    let Some(q) = live.quota.as_ref().filter(|q| q.applied.is_some()) else {
+        return (next, None);
+    };
+    let Some(current) = q.facts.hard.as_deref() else {
+        return (next, None);
+    };
+    if !rolling || !capacity::shrinks(current, &next) {
+        return (next, None);
+    }
+    let until = q
+        .facts
+        .held_until
+        .as_deref()
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .unwrap_or(now + hold_for);
+    if now >= until {
+        return (next, None);
+    }
+    (capacity::hold(current, &next), Some(until))
+}
+
 fn quota_step(
     owner: &Owner,
     plan: &CapacityPlan,
     drains: &Drains,
     live: &Live,
+    rolling: bool,
     now: Timestamp,
 ) -> QuotaStep {
     let mut step = QuotaStep {
         write: None,
+        limit_range: None,
+        held_until: None,
         in_force: false,
         new: false,
         conflict: None,
     };
-    let Some(q) = render::quota_child(owner, plan, &drains.footprints) else {
-        return step;
-    };
     let current = live.quota.as_ref();
-    if current.is_none() && live.is_taken(ChildKind::Quota, q.name()) {
+    let quota_name = render::quota_name(&owner.name);
+    if current.is_none() && live.is_taken(ChildKind::Quota, &quota_name) {
         step.conflict = Some(Conflict {
             module: None,
             kind: ChildKind::Quota,
-            name: q.name().to_string(),
+            name: quota_name,
         });
         return step;
     }
+    let limits = Child::LimitRange(Box::new(render::limit_range(owner)));
+    if live.limit_range.is_none() && live.is_taken(ChildKind::LimitRange, limits.name()) {
+        step.conflict = Some(Conflict {
+            module: None,
+            kind: ChildKind::LimitRange,
+            name: limits.name().to_string(),
+        });
+        return step;
+    }
+    let limits = Desired::new(&limits, live.limit_range.as_ref().and_then(|l| l.applied));
+    let limits_in_force = live.limit_range.is_some() && !limits.needed();
+    step.limit_range = limits.needed().then_some(limits);
+    let mut footprints: Vec<Footprint> = plan
+        .modules
+        .iter()
+        .filter_map(|m| m.footprint().ok())
+        .collect();
+    footprints.extend_from_slice(&drains.footprints);
+    let Some(next) = capacity::quota_hard(&footprints) else {
+        return step;
+    };
+    let (hard, held_until) = held_quota(next, live, rolling, hold_for(plan), now);
+    step.held_until = held_until;
+    let until = held_until.map(|t| t.to_string());
+    let q = Child::Quota(Box::new(render::quota_of(owner, hard, until.as_deref())));
     step.new = current.is_none_or(|q| {
         q.metadata.creation_timestamp.as_ref().is_none_or(|t| {
             now.duration_since(t.0) < SignedDuration::from_secs(QUOTA_ANSWER_SECONDS)
@@ -615,9 +697,22 @@ fn quota_step(
         step.write = Some(desired);
         step.new = true;
     } else {
-        step.in_force = current.is_some_and(|q| q.facts.quota_enforced);
+        step.in_force = limits_in_force && current.is_some_and(|q| q.facts.quota_enforced);
     }
     step
+}
+
+/// Whether pods of a new template may run next to old ones: a module's
+/// Deployment is rolling out, or is about to be written.
+fn rolling(modules: &[(LiveModule, Vec<Desired>)]) -> bool {
+    modules.iter().any(|(l, children)| {
+        l.deployment.as_ref().is_some_and(|d| {
+            d.facts.rolling_out
+                || children
+                    .iter()
+                    .any(|c| c.kind == ChildKind::Deployment && c.needed())
+        })
+    })
 }
 
 fn converge(
@@ -640,15 +735,30 @@ fn converge(
     if let Some(deadline) = drains.earliest_deadline {
         requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
     }
-    let quota = quota_step(&owner, plan, &drains, live, now);
+    let rendered: Vec<(LiveModule, Vec<Desired>)> = plan
+        .modules
+        .iter()
+        .map(|m| {
+            let l = live.module(&m.name);
+            let children = render::module_children(&owner, m)
+                .iter()
+                .map(|child| Desired::new(child, l.applied(child.kind()).1))
+                .collect();
+            (l, children)
+        })
+        .collect();
+    let quota = quota_step(&owner, plan, &drains, live, rolling(&rendered), now);
+    if let Some(until) = quota.held_until {
+        requeue = Some(requeue.map_or(until, |r| r.min(until)));
+    }
     let mut batches = drains.batches;
     let mut conflicts: Vec<Conflict> = quota.conflict.into_iter().collect();
     let mut modules = Vec::new();
     let mut progress = Vec::new();
     let mut limited = Vec::new();
+    let mut refused = Vec::new();
     let mut writes = Vec::new();
-    for m in &plan.modules {
-        let l = live.module(&m.name);
+    for (m, (l, children)) in plan.modules.iter().zip(rendered) {
         if l.deployment.is_none() && !quota.in_force {
             // A new module waits until the quota controller has taken up the
             // quota (its status event brings us back here): no tenant pod
@@ -662,15 +772,14 @@ fn converge(
             requeue = Some(requeue.map_or(soon, |r| r.min(soon)));
             continue;
         }
-        let children = render::module_children(&owner, m);
         // Every name is checked before any is written, so a module is
         // applied whole or not at all.
         let conflict = children.iter().find_map(|child| {
-            let (cached, _) = l.applied(child.kind());
-            (!cached && live.is_taken(child.kind(), child.name())).then(|| Conflict {
+            let (cached, _) = l.applied(child.kind);
+            (!cached && live.is_taken(child.kind, &child.name)).then(|| Conflict {
                 module: Some(m.name.clone()),
-                kind: child.kind(),
-                name: child.name().to_string(),
+                kind: child.kind,
+                name: child.name.clone(),
             })
         });
         if let Some(c) = conflict {
@@ -680,8 +789,7 @@ fn converge(
         }
         writes.extend(
             children
-                .iter()
-                .map(|child| Desired::new(child, l.applied(child.kind()).1))
+                .into_iter()
                 .filter(Desired::needed)
                 .map(Write::Apply),
         );
@@ -694,6 +802,7 @@ fn converge(
             }]);
         }
         limited.extend(status::capacity_limit(m, &l));
+        refused.extend(status::refused(m, &l));
         progress.extend(status::progress(m, &l));
         modules.push(status::active_module(m, &l));
     }
@@ -701,14 +810,22 @@ fn converge(
     // The quota goes first when pods may start or change size (a new module,
     // a changed Deployment); otherwise (a new HPA ceiling) it goes together
     // with the rest. Children of different modules are independent.
-    if let Some(q) = quota.write {
+    // The LimitRange goes with the quota: pods declaring no CPU or memory
+    // need its defaults to be admitted under a quota that caps them.
+    let capacity: Vec<Write> = quota
+        .write
+        .into_iter()
+        .chain(quota.limit_range)
+        .map(Write::Apply)
+        .collect();
+    if !capacity.is_empty() {
         let pods_change = writes
             .iter()
             .any(|w| matches!(w, Write::Apply(d) if d.kind == ChildKind::Deployment));
         if pods_change {
-            batches.push(vec![Write::Apply(q)]);
+            batches.push(capacity);
         } else {
-            writes.push(Write::Apply(q));
+            writes.extend(capacity);
         }
     }
     if !writes.is_empty() {
@@ -729,6 +846,8 @@ fn converge(
         .collect();
     let (ready, ready_reason) = if !conflicts.is_empty() {
         (false, Reason::new("ObjectConflict", conflicts.join("; ")))
+    } else if !refused.is_empty() {
+        (false, Reason::new("PodsRefused", refused.join("; ")))
     } else if !progress.is_empty() || !draining.is_empty() {
         let all: Vec<&str> = progress
             .iter()

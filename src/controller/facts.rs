@@ -11,7 +11,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ResourceQuota, Service},
+        core::v1::{LimitRange, ResourceQuota, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -24,7 +24,7 @@ use crate::{
     api::TenantSubscription,
     capacity::{self, child_name},
     live::Slim,
-    render::{ChildKind, quota_name},
+    render::{ChildKind, limit_range_name, quota_name},
 };
 
 /// The live children of one module, as far as this subscription owns them.
@@ -50,7 +50,7 @@ impl LiveModule {
             ChildKind::Deployment => of(&self.deployment),
             ChildKind::Hpa => of(&self.hpa),
             ChildKind::Service => of(&self.service),
-            ChildKind::Quota => (false, None),
+            ChildKind::Quota | ChildKind::LimitRange => (false, None),
         }
     }
 
@@ -73,6 +73,8 @@ pub struct Live {
     pub modules: BTreeMap<String, LiveModule>,
     /// The subscription's ResourceQuota, when it owns it.
     pub quota: Option<Arc<Slim<ResourceQuota>>>,
+    /// The subscription's LimitRange, when it owns it.
+    pub limit_range: Option<Arc<Slim<LimitRange>>>,
     /// Names of its children that objects it does not own already hold.
     pub taken: BTreeSet<(ChildKind, String)>,
 }
@@ -102,6 +104,7 @@ pub struct Caches {
     pub hpas: Store<Slim<HorizontalPodAutoscaler>>,
     pub services: Store<Slim<Service>>,
     pub quotas: Store<Slim<ResourceQuota>>,
+    pub limit_ranges: Store<Slim<LimitRange>>,
 }
 
 impl Caches {
@@ -166,6 +169,10 @@ impl Caches {
         let quota = quota_name(&name);
         if pick(&self.quotas, &ns, &quota, uid, &mut live.quota) {
             live.taken.insert((ChildKind::Quota, quota));
+        }
+        let limits = limit_range_name(&name);
+        if pick(&self.limit_ranges, &ns, &limits, uid, &mut live.limit_range) {
+            live.taken.insert((ChildKind::LimitRange, limits));
         }
         live
     }

@@ -28,7 +28,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{ResourceQuota, Service},
+    core::v1::{LimitRange, ResourceQuota, Service},
 };
 use kube::{
     Api, Client,
@@ -118,8 +118,10 @@ pub async fn run(
     );
     let (quotas, quota_stream) = slim_cache(
         scoped::<ResourceQuota>(&client, &settings.namespace),
-        managed,
+        managed.clone(),
     );
+    let (limit_ranges, limit_range_stream) =
+        slim_cache(scoped::<LimitRange>(&client, &settings.namespace), managed);
     // The catalogue is cluster-scoped and small: cache it whole.
     let (profiles, profile_stream) =
         cache(Api::<ModuleProfile>::all(client.clone()), catalogue.clone());
@@ -160,6 +162,7 @@ pub async fn run(
             hpas.clone(),
             services.clone(),
             quotas.clone(),
+            limit_ranges.clone(),
         );
         tokio::spawn(async move {
             let _ = tokio::join!(
@@ -170,6 +173,7 @@ pub async fn run(
                 stores.4.wait_until_ready(),
                 stores.5.wait_until_ready(),
                 stores.6.wait_until_ready(),
+                stores.7.wait_until_ready(),
             );
             info!("caches synced");
             readiness.set_ready();
@@ -186,6 +190,7 @@ pub async fn run(
             hpas,
             services,
             quotas,
+            limit_ranges,
         },
         metrics,
         events,
@@ -218,6 +223,7 @@ pub async fn run(
         .owns_stream(hpa_stream)
         .owns_stream(service_stream)
         .owns_stream(quota_stream)
+        .owns_stream(limit_range_stream)
         // A changed profile, plan or calendar re-plans every subscription that uses it.
         .watches_stream(
             profile_stream,

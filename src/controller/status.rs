@@ -40,6 +40,13 @@ pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
     })
 }
 
+/// The API server's refusal of pods the module's Deployment tried to
+/// create (the quota, a LimitRange, pod security, any admission), if any.
+pub fn refused(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
+    let message = live.deployment.as_ref()?.facts.refused.as_deref()?;
+    Some(format!("{}: pods refused: {message}", plan.name))
+}
+
 /// Progress message of an active module, `None` when it is at its floor or better.
 pub fn progress(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
     let (_, ready) = live.replicas();
@@ -69,7 +76,9 @@ pub fn active_module(plan: &ModulePlan, live: &LiveModule) -> ModuleStatus {
         ready_replicas: ready,
         concurrency: Some(plan.numbers.ceiling),
         drain_deadline: None,
-        message: capacity_limit(plan, live).or_else(|| progress(plan, live)),
+        message: refused(plan, live)
+            .or_else(|| capacity_limit(plan, live))
+            .or_else(|| progress(plan, live)),
     }
 }
 

@@ -8,13 +8,13 @@
 //! another manager took over leaves our field set, so the cut-down object
 //! loses it and the digests differ: that is drift and we apply again.
 
-use std::{borrow::Cow, marker::PhantomData};
+use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
 
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ResourceQuota, ResourceRequirements, Service},
+        core::v1::{LimitRange, ResourceQuota, ResourceRequirements, Service},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -22,11 +22,11 @@ use kube::Resource;
 use serde::Serialize;
 
 use crate::{
-    capacity::quantity::same_quantity,
+    capacity::{Quantity, quantity::same_quantity},
     live::digest,
     render::{
-        ANNOTATION_DRAINING_SINCE, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE,
-        LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
+        ANNOTATION_DRAINING_SINCE, ANNOTATION_HELD_UNTIL, ANNOTATION_SESSIONS_PER_REPLICA,
+        LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
     },
 };
 
@@ -99,6 +99,19 @@ pub struct Facts {
     pub unbounded_want: Option<i32>,
     /// The quota controller has taken up every limit of the quota's spec.
     pub quota_enforced: bool,
+    /// The API server's message for pods the Deployment's ReplicaSets could
+    /// not create (its `ReplicaFailure` condition): refused by the quota, a
+    /// LimitRange, pod security or any other admission.
+    pub refused: Option<Box<str>>,
+    /// Pods of an older template may still run next to new ones: the
+    /// Deployment controller has not yet seen the latest spec, or not every
+    /// pod is of the latest template yet, or pods are still terminating.
+    /// Read from status, which only Kubernetes' controllers write.
+    pub rolling_out: bool,
+    /// The quota's `spec.hard`, as the operator wrote it.
+    pub hard: Option<Box<BTreeMap<String, Quantity>>>,
+    /// The quota's held-until annotation.
+    pub held_until: Option<Box<str>>,
 }
 
 /// A metered Deployment's labels and sessions per replica.
@@ -207,6 +220,18 @@ impl Slimmable for Deployment {
                 }),
             draining_since: annotation(ANNOTATION_DRAINING_SINCE).map(Into::into),
             metering,
+            refused: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                })
+                .map(|c| c.message.as_deref().unwrap_or("pods refused").into()),
+            rolling_out: status.is_some_and(|s| {
+                s.observed_generation < self.metadata.generation
+                    || s.updated_replicas.unwrap_or(0) < s.replicas.unwrap_or(0)
+                    || s.terminating_replicas.unwrap_or(0) > 0
+            }),
             ..Default::default()
         }
     }
@@ -275,10 +300,30 @@ impl Slimmable for ResourceQuota {
             }
             _ => false,
         };
+        let hard = self.spec.as_ref().and_then(|s| s.hard.as_ref()).map(|h| {
+            Box::new(
+                h.iter()
+                    .filter_map(|(k, v)| Quantity::parse(&v.0).ok().map(|q| (k.clone(), q)))
+                    .collect(),
+            )
+        });
         Facts {
             quota_enforced: enforced,
+            hard,
+            held_until: self
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_HELD_UNTIL))
+                .map(|s| s.as_str().into()),
             ..Default::default()
         }
+    }
+}
+
+impl Slimmable for LimitRange {
+    fn facts(&self) -> Facts {
+        Facts::default()
     }
 }
 
@@ -347,5 +392,82 @@ mod tests {
         assert_eq!(s.metadata.resource_version, None);
         assert_eq!(s.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         assert_eq!(s.metadata.uid.as_deref(), Some("d1"));
+    }
+
+    #[test]
+    fn a_deployment_says_when_pods_are_refused_and_while_it_rolls_out() {
+        let deployment = |generation: i64, status: serde_json::Value| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-video", "generation": generation},
+                "spec": {"selector": {}, "template": {}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let refused = "pods \"acme-video-1\" is forbidden: exceeded quota: acme-capacity";
+        let cases = [
+            // Done: every pod of the latest template, nothing terminating.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3}),
+                false,
+                None,
+            ),
+            // The controller has not seen the latest spec yet.
+            (
+                3,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3}),
+                true,
+                None,
+            ),
+            // Old pods still run next to new ones.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1}),
+                true,
+                None,
+            ),
+            // Old pods still terminating.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "terminatingReplicas": 1}),
+                true,
+                None,
+            ),
+            // Pods refused, with the API server's words.
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "conditions": [
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused}]}),
+                false,
+                Some(refused),
+            ),
+            (
+                2,
+                serde_json::json!({"observedGeneration": 2, "conditions": [
+                {"type": "ReplicaFailure", "status": "False", "message": "old"}]}),
+                false,
+                None,
+            ),
+        ];
+        for (generation, status, rolling, message) in cases {
+            let f = deployment(generation, status.clone()).facts();
+            assert_eq!(f.rolling_out, rolling, "{status}");
+            assert_eq!(f.refused.as_deref(), message, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_quota_keeps_its_limits_and_the_end_of_a_hold() {
+        let q: ResourceQuota = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "acme-capacity", "annotations": {ANNOTATION_HELD_UNTIL: "2026-03-02T10:10:30Z"}},
+            "spec": {"hard": {"pods": "5", "requests.cpu": "1600m"}},
+        }))
+        .unwrap();
+        let f = q.facts();
+        let hard = f.hard.unwrap();
+        assert_eq!(hard["requests.cpu"], Quantity::parse("1.6").unwrap());
+        assert_eq!(hard["pods"], Quantity::parse("5").unwrap());
+        assert_eq!(f.held_until.as_deref(), Some("2026-03-02T10:10:30Z"));
     }
 }

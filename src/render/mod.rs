@@ -11,8 +11,8 @@ use k8s_openapi::{
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, ResourceQuota,
-            ResourceQuotaSpec, Service, ServicePort, ServiceSpec,
+            Container, ContainerPort, EnvVar, LimitRange, LimitRangeItem, LimitRangeSpec, PodSpec,
+            PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -23,7 +23,10 @@ use k8s_openapi::{
 };
 use kube::core::ApiResource;
 
-use crate::capacity::{CapacityPlan, Footprint, MAX_SURGE_PERCENT, ModulePlan, quota_hard};
+use crate::capacity::{
+    CapacityPlan, DEFAULT_LIMITS, DEFAULT_REQUESTS, Footprint, MAX_SURGE_PERCENT, ModulePlan,
+    Quantity, quota_hard,
+};
 
 /// Field manager of every write, and value of the managed-by label.
 pub const MANAGER: &str = "tenant-capacity-operator";
@@ -36,6 +39,10 @@ pub const ANNOTATION_DRAINING_SINCE: &str = "capacity.tenancy.dev/draining-since
 /// Sessions one replica of the module serves, for metering.
 pub const ANNOTATION_SESSIONS_PER_REPLICA: &str = "capacity.tenancy.dev/sessions-per-replica";
 pub const QUOTA_SUFFIX: &str = "capacity";
+/// Set on the quota while it holds the larger of its old and new size for a
+/// rollout: until when at most (RFC 3339). Only the operator writes quotas.
+pub const ANNOTATION_HELD_UNTIL: &str = "capacity.tenancy.dev/held-until";
+pub const LIMIT_RANGE_SUFFIX: &str = "defaults";
 
 /// Who the children belong to.
 #[derive(Debug, Clone)]
@@ -54,6 +61,7 @@ pub enum Child {
     Hpa(Box<HorizontalPodAutoscaler>),
     Service(Box<Service>),
     Quota(Box<ResourceQuota>),
+    LimitRange(Box<LimitRange>),
 }
 
 /// The kinds of child the operator writes.
@@ -63,6 +71,7 @@ pub enum ChildKind {
     Hpa,
     Service,
     Quota,
+    LimitRange,
 }
 
 impl ChildKind {
@@ -72,6 +81,7 @@ impl ChildKind {
             Self::Hpa => "HorizontalPodAutoscaler",
             Self::Service => "Service",
             Self::Quota => "ResourceQuota",
+            Self::LimitRange => "LimitRange",
         }
     }
 
@@ -82,6 +92,7 @@ impl ChildKind {
             Self::Hpa => ApiResource::erase::<HorizontalPodAutoscaler>(&()),
             Self::Service => ApiResource::erase::<Service>(&()),
             Self::Quota => ApiResource::erase::<ResourceQuota>(&()),
+            Self::LimitRange => ApiResource::erase::<LimitRange>(&()),
         }
     }
 }
@@ -99,6 +110,7 @@ impl Child {
             Self::Hpa(_) => ChildKind::Hpa,
             Self::Service(_) => ChildKind::Service,
             Self::Quota(_) => ChildKind::Quota,
+            Self::LimitRange(_) => ChildKind::LimitRange,
         }
     }
 
@@ -108,6 +120,7 @@ impl Child {
             Self::Hpa(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::Quota(o) => &o.metadata,
+            Self::LimitRange(o) => &o.metadata,
         }
     }
 
@@ -123,6 +136,7 @@ impl Child {
             Self::Hpa(o) => serde_json::to_value(o),
             Self::Service(o) => serde_json::to_value(o),
             Self::Quota(o) => serde_json::to_value(o),
+            Self::LimitRange(o) => serde_json::to_value(o),
         };
         v.expect("k8s objects serialize")
     }
@@ -132,6 +146,10 @@ pub use crate::capacity::child_name;
 
 pub fn quota_name(subscription: &str) -> String {
     format!("{subscription}-{QUOTA_SUFFIX}")
+}
+
+pub fn limit_range_name(subscription: &str) -> String {
+    format!("{subscription}-{LIMIT_RANGE_SUFFIX}")
 }
 
 fn labels(owner: &Owner, module: Option<&str>) -> BTreeMap<String, String> {
@@ -295,9 +313,21 @@ pub fn service(owner: &Owner, m: &ModulePlan) -> Option<Service> {
 }
 
 pub fn quota(owner: &Owner, footprints: &[Footprint]) -> Option<ResourceQuota> {
-    let hard = quota_hard(footprints)?;
-    Some(ResourceQuota {
-        metadata: meta(owner, quota_name(&owner.name), None),
+    Some(quota_of(owner, quota_hard(footprints)?, None))
+}
+
+/// The quota with these limits; `held_until` while it holds a rollout's
+/// larger size (see [`crate::capacity::hold`]).
+pub fn quota_of(
+    owner: &Owner,
+    hard: BTreeMap<String, Quantity>,
+    held_until: Option<&str>,
+) -> ResourceQuota {
+    let mut metadata = meta(owner, quota_name(&owner.name), None);
+    metadata.annotations =
+        held_until.map(|t| BTreeMap::from([(ANNOTATION_HELD_UNTIL.to_string(), t.to_string())]));
+    ResourceQuota {
+        metadata,
         spec: Some(ResourceQuotaSpec {
             hard: Some(
                 hard.into_iter()
@@ -307,7 +337,29 @@ pub fn quota(owner: &Owner, footprints: &[Footprint]) -> Option<ResourceQuota> {
             ..Default::default()
         }),
         status: None,
-    })
+    }
+}
+
+/// The defaults a container that declares no CPU or memory gets in the
+/// subscription's namespace ([`DEFAULT_REQUESTS`], [`DEFAULT_LIMITS`]): so
+/// the quota can always cap them, and such a pod is counted, not refused.
+pub fn limit_range(owner: &Owner) -> LimitRange {
+    let list = |l: &[(&str, &str)]| {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), K8sQuantity(v.to_string())))
+            .collect()
+    };
+    LimitRange {
+        metadata: meta(owner, limit_range_name(&owner.name), None),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default: Some(list(&DEFAULT_LIMITS)),
+                default_request: Some(list(&DEFAULT_REQUESTS)),
+                ..Default::default()
+            }],
+        }),
+    }
 }
 
 /// The children of one enabled module, in apply order.
@@ -342,6 +394,7 @@ pub fn all_children(owner: &Owner, plan: &CapacityPlan) -> Vec<Child> {
         .flat_map(|m| module_children(owner, m))
         .collect();
     out.extend(quota_child(owner, plan, &[]));
+    out.push(Child::LimitRange(Box::new(limit_range(owner))));
     out
 }
 

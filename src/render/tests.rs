@@ -54,6 +54,7 @@ fn every_child_is_labelled_named_and_owned() {
             ("Deployment", "acme-real-time-messaging"),
             ("HorizontalPodAutoscaler", "acme-real-time-messaging"),
             ("ResourceQuota", "acme-capacity"),
+            ("LimitRange", "acme-defaults"),
         ]
     );
     for c in &children {
@@ -63,7 +64,7 @@ fn every_child_is_labelled_named_and_owned() {
         assert_eq!(labels[LABEL_SUBSCRIPTION], "acme");
         assert_eq!(
             labels.get(LABEL_MODULE).is_none(),
-            c.kind() == ChildKind::Quota,
+            matches!(c.kind(), ChildKind::Quota | ChildKind::LimitRange),
             "{}",
             c.kind()
         );
@@ -97,10 +98,41 @@ fn deployment_leaves_replicas_to_the_hpa() {
 #[test]
 fn quota_covers_both_modules() {
     let children = all_children(&owner(), &sample(1000));
-    let q = children.last().unwrap().to_value();
+    let q = children
+        .iter()
+        .find(|c| c.kind() == ChildKind::Quota)
+        .unwrap()
+        .to_value();
     // video 25 + 7 surge, messaging 1 + 1 surge
     assert_eq!(q["spec"]["hard"]["pods"], "34");
     assert_eq!(q["spec"]["hard"]["requests.cpu"], "34");
+    // Neither declares memory nor limits: they count at the LimitRange's defaults.
+    assert_eq!(q["spec"]["hard"]["requests.memory"], "4352Mi");
+    assert_eq!(q["spec"]["hard"]["limits.cpu"], "34");
+    assert_eq!(q["spec"]["hard"]["limits.memory"], "34Gi");
+    assert!(q["metadata"].get("annotations").is_none());
+}
+
+#[test]
+fn the_limit_range_gives_pods_that_declare_nothing_the_defaults() {
+    let children = all_children(&owner(), &sample(10));
+    let l = children
+        .iter()
+        .find(|c| c.kind() == ChildKind::LimitRange)
+        .unwrap()
+        .to_value();
+    assert_eq!(l["metadata"]["name"], "acme-defaults");
+    let item = &l["spec"]["limits"][0];
+    assert_eq!(item["type"], "Container");
+    assert_eq!(
+        item["defaultRequest"],
+        serde_json::json!({"cpu": "100m", "memory": "128Mi"})
+    );
+    assert_eq!(
+        item["default"],
+        serde_json::json!({"cpu": "1", "memory": "1Gi"})
+    );
+    assert!(item.get("max").is_none() && item.get("min").is_none());
 }
 
 #[test]

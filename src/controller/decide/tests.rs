@@ -213,7 +213,29 @@ impl World {
                     }
                     // A new quota spec is not in force until the quota controller says so.
                     (ChildKind::Quota, None) => {
-                        self.live.quota =
+                        let hard = d.body["spec"]["hard"]
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    capacity::Quantity::parse(v.as_str().unwrap()).unwrap(),
+                                )
+                            })
+                            .collect();
+                        let facts = Facts {
+                            hard: Some(Box::new(hard)),
+                            held_until: d.body["metadata"]["annotations"]
+                                [crate::render::ANNOTATION_HELD_UNTIL]
+                                .as_str()
+                                .map(Into::into),
+                            ..Default::default()
+                        };
+                        self.live.quota = Some(Arc::new(Slim::new(meta, Some(d.digest), facts)));
+                    }
+                    (ChildKind::LimitRange, None) => {
+                        self.live.limit_range =
                             Some(Arc::new(Slim::new(meta, Some(d.digest), Facts::default())));
                     }
                     (kind, _) => panic!("{kind} {} in the wrong place", d.name),
@@ -231,7 +253,9 @@ impl World {
                     ChildKind::Deployment => l.deployment = None,
                     ChildKind::Hpa => l.hpa = None,
                     ChildKind::Service => l.service = None,
-                    ChildKind::Quota => panic!("the quota is never deleted"),
+                    ChildKind::Quota | ChildKind::LimitRange => {
+                        panic!("the quota and the LimitRange are never deleted")
+                    }
                 }
             }
             Write::DeleteData { .. } | Write::Announce(_) => {}
@@ -297,7 +321,11 @@ fn a_new_subscription_writes_its_quota_first_and_its_pods_wait_until_the_quota_i
     let d = w.reconcile();
     assert_eq!(
         shape(&d.batches),
-        [vec![apply(ChildKind::Quota, "acme-capacity")]]
+        [vec![
+            apply(ChildKind::Quota, "acme-capacity"),
+            apply(ChildKind::LimitRange, "acme-defaults"),
+        ]],
+        "the quota and the defaults it relies on, before any pod"
     );
     assert!(!d.outcome.ready);
     assert_eq!(d.outcome.ready_reason.reason, "Progressing");
@@ -774,7 +802,10 @@ fn a_missing_profile_is_looked_for_again_soon() {
     let d = w.reconcile();
     assert_eq!(
         shape(&d.batches),
-        [vec![apply(ChildKind::Quota, "acme-capacity")]]
+        [vec![
+            apply(ChildKind::Quota, "acme-capacity"),
+            apply(ChildKind::LimitRange, "acme-defaults"),
+        ]]
     );
 }
 
@@ -951,5 +982,163 @@ fn children_carry_the_subscription_as_owner() {
     assert_eq!(
         q.body["metadata"]["labels"][crate::render::LABEL_SUBSCRIPTION],
         "acme"
+    );
+}
+
+impl World {
+    fn set_deployment(&mut self, module: &str, edit: impl FnOnce(&mut Facts)) {
+        self.edit_deployment(module, edit)
+    }
+
+    fn quota(&self) -> (BTreeMap<String, String>, Option<String>) {
+        let q = self.live.quota.as_ref().unwrap();
+        let hard = q
+            .facts
+            .hard
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        (hard, q.facts.held_until.as_deref().map(String::from))
+    }
+}
+
+use std::collections::BTreeMap;
+
+const UHD: &str = "{tenantId: acme, modules: [{name: video, concurrency: 400, tier: uhd}, {name: im, concurrency: 1000}]}";
+const HD: &str = "{tenantId: acme, modules: [{name: video, concurrency: 400, tier: hd}, {name: im, concurrency: 1000}]}";
+
+#[test]
+fn smaller_pods_keep_the_larger_quota_until_their_rollout_completes() {
+    let mut w = World::converged(UHD);
+    let (before, held) = w.quota();
+    assert_eq!(held, None);
+    // uhd: 27 + 7 video pods of 2 CPU; hd: 10 + 3 of 1 CPU.
+    w.edit(HD);
+    let start = w.now;
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [
+            vec![apply(ChildKind::Quota, "acme-capacity")],
+            vec![
+                apply(ChildKind::Deployment, "acme-video"),
+                apply(ChildKind::Hpa, "acme-video"),
+            ],
+        ],
+        "the quota first, still at the old size, then the new pods"
+    );
+    let hold = SignedDuration::from_secs(capacity::ROLLOUT_HOLD_SECONDS + 30);
+    let (during, held) = w.quota();
+    assert_eq!(during, before, "every resource stays at the old size");
+    assert_eq!(held, Some((start + hold).to_string()));
+    assert!(d.outcome.requeue.is_some_and(|r| r <= start + hold));
+
+    // The Deployment controller replaces pods: the quota stays as it is.
+    w.set_deployment("video", |f| f.rolling_out = true);
+    w.later(60);
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.quota().0, before);
+
+    // Every pod is new: the quota comes down to the new size.
+    w.set_deployment("video", |f| f.rolling_out = false);
+    w.later(60);
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![apply(ChildKind::Quota, "acme-capacity")]]
+    );
+    let (after, held) = w.quota();
+    assert_eq!(held, None);
+    assert_eq!(after["pods"], "15", "10 + 3 video and 1 + 1 im");
+    assert_eq!(after["requests.cpu"], "14", "13 × 1 + 2 × 500m");
+    assert!(w.reconcile().batches.is_empty());
+}
+
+#[test]
+fn a_hold_ends_at_its_deadline_however_long_the_rollout_is_kept_going() {
+    let mut w = World::converged(UHD);
+    let (before, _) = w.quota();
+    w.edit(HD);
+    w.reconcile();
+    let (_, held) = w.quota();
+    let until: Timestamp = held.unwrap().parse().unwrap();
+    // Someone in the namespace keeps the rollout from finishing (a failing
+    // readiness probe added to the pods, a paused Deployment).
+    w.set_deployment("video", |f| f.rolling_out = true);
+    w.now = until - SignedDuration::from_secs(1);
+    assert!(w.reconcile().batches.is_empty());
+    assert_eq!(w.quota().0, before);
+    w.now = until;
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![apply(ChildKind::Quota, "acme-capacity")]]
+    );
+    let (after, held) = w.quota();
+    assert_eq!((after["requests.cpu"].as_str(), held), ("14", None));
+    // Still "rolling out", but nothing shrinks any more: no new hold.
+    w.later(1);
+    assert!(w.reconcile().batches.is_empty());
+    assert_eq!(w.quota().1, None);
+}
+
+#[test]
+fn a_rollout_that_grows_the_pods_or_a_lower_ceiling_alone_holds_nothing() {
+    // Larger pods: the new quota is larger anyway.
+    let mut w = World::converged(HD);
+    w.edit(UHD);
+    w.reconcile();
+    assert_eq!(w.quota().1, None);
+    assert_eq!(w.quota().0["requests.cpu"], "69", "34 × 2 + 2 × 500m");
+    // A lower ceiling with no rollout: running pods keep their size.
+    let mut w = World::converged(HD);
+    w.edit("{tenantId: acme, modules: [{name: video, concurrency: 40, tier: hd}, {name: im, concurrency: 1000}]}");
+    w.reconcile();
+    assert_eq!(w.quota().1, None);
+    assert_eq!(w.quota().0["pods"], "4", "1 + 1 video and 1 + 1 im");
+}
+
+#[test]
+fn pods_refused_at_admission_show_in_status_with_the_api_servers_message() {
+    let refusals = [
+        "pods \"acme-video-7d9f-x2k4p\" is forbidden: exceeded quota: acme-capacity, requested: requests.cpu=1, used: requests.cpu=13, limited: requests.cpu=13",
+        "pods \"acme-video-7d9f-x2k4p\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false",
+        "pods \"acme-video-7d9f-x2k4p\" is forbidden: maximum cpu usage per Container is 500m, but limit is 1",
+    ];
+    for message in refusals {
+        let mut w = World::converged(BOTH);
+        w.set_deployment("video", |f| f.refused = Some(message.into()));
+        let d = w.reconcile();
+        assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+        let expected = format!("video: pods refused: {message}");
+        assert!(!d.outcome.ready);
+        assert_eq!(d.outcome.ready_reason.reason, "PodsRefused");
+        assert_eq!(d.outcome.ready_reason.message, expected);
+        assert_eq!(
+            w.module("video").message.as_deref(),
+            Some(expected.as_str())
+        );
+        assert_eq!(w.module("im").message, None);
+        // Admitted again: Ready again.
+        w.set_deployment("video", |f| f.refused = None);
+        let d = w.reconcile();
+        assert!(d.outcome.ready, "{:?}", d.outcome.ready_reason);
+        assert_eq!(w.module("video").message, None);
+    }
+}
+
+#[test]
+fn a_limit_range_name_taken_by_a_stranger_is_a_conflict_and_no_pod_starts() {
+    let mut w = World::new(BOTH);
+    w.stranger(ChildKind::LimitRange, "acme-defaults");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "ObjectConflict");
+    assert_eq!(
+        d.outcome.ready_reason.message,
+        "LimitRange acme-defaults exists and is not owned by this subscription"
     );
 }
