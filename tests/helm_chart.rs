@@ -725,7 +725,91 @@ fn plans_are_required_and_checked_at_admission_by_default() {
         off.iter().all(|d| !d["kind"]
             .as_str()
             .unwrap()
-            .starts_with("ValidatingAdmissionPolicy")),
-        "admission.enabled=false renders no policy"
+            .starts_with("ValidatingAdmissionPolicy")
+            || !d["metadata"]["name"].as_str().unwrap().contains("-plan-")),
+        "admission.enabled=false renders no plan policy"
     );
+}
+
+#[test]
+fn children_are_protected_by_default_and_the_operator_is_exempt() {
+    require_helm();
+    let full = "rel-tenant-capacity-operator";
+    let policies = |extra: &[&str]| -> Vec<Value> {
+        template("rel", "ops", extra)
+            .into_iter()
+            .filter(|d| {
+                d["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+                    && !d["metadata"]["name"].as_str().unwrap().contains("-plan-")
+            })
+            .collect()
+    };
+    let on = policies(&[]);
+    let names: BTreeSet<(String, String)> = on
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = ["children", "owners"]
+        .iter()
+        .flat_map(|p| {
+            [
+                (
+                    "ValidatingAdmissionPolicy".to_string(),
+                    format!("{full}-{p}"),
+                ),
+                (
+                    "ValidatingAdmissionPolicyBinding".to_string(),
+                    format!("{full}-{p}"),
+                ),
+            ]
+        })
+        .collect();
+    assert_eq!(names, expected);
+    let children = must(
+        &on,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-children"),
+    );
+    let exempt = children["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        exempt.contains(&format!("system:serviceaccount:ops:{full}")),
+        "the operator's ServiceAccount is exempt: {exempt}"
+    );
+    assert!(exempt.contains("system:masters"), "{exempt}");
+    let scoped = policies(&[
+        "--set",
+        "childProtection.namespaceSelector.matchLabels.tenancy=assigned",
+        "--set-json",
+        "childProtection.exemptGroups=[]",
+    ]);
+    let binding = must(
+        &scoped,
+        "ValidatingAdmissionPolicyBinding",
+        &format!("{full}-owners"),
+    );
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"],
+        json!({"matchLabels": {"tenancy": "assigned"}})
+    );
+    let children = must(
+        &scoped,
+        "ValidatingAdmissionPolicy",
+        &format!("{full}-children"),
+    );
+    assert!(
+        !children["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("system:masters")
+    );
+    assert!(policies(&["--set", "childProtection.enabled=false"]).is_empty());
 }
