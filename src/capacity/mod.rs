@@ -656,6 +656,12 @@ pub fn quota_hard(footprints: &[Footprint]) -> Option<BTreeMap<String, Quantity>
         "pods".to_string(),
         Quantity(pods as i128).checked_mul(1_000_000_000)?,
     );
+    // Modules are reached through ClusterIP Services; a load balancer or a
+    // node port (billed by the cloud, or taken from a range the whole
+    // cluster shares) is nothing a plan sells.
+    for kind in ["services.loadbalancers", "services.nodeports"] {
+        hard.insert(kind.to_string(), Quantity(0));
+    }
     for f in footprints {
         for (kind, per_pod) in [("requests", &f.requests), ("limits", &f.limits)] {
             for (resource, q) in per_pod {

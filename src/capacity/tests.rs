@@ -698,3 +698,13 @@ seasons:
         }
     );
 }
+
+#[test]
+fn the_quota_allows_no_load_balancer_and_no_node_port() {
+    let f = Footprint::new("im", 2, None).unwrap();
+    let hard = quota_hard(&[f]).unwrap();
+    assert_eq!(hard["services.loadbalancers"], Quantity(0));
+    assert_eq!(hard["services.nodeports"], Quantity(0));
+    let none = quota_hard(&[]).unwrap();
+    assert_eq!(none["services.nodeports"], Quantity(0));
+}

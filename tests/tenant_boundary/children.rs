@@ -2,7 +2,8 @@
 //! neither edit, detach, freeze nor orphan them, nor make objects that
 //! claim the subscription as owner (the chart's child-protection policies,
 //! templates/child-protection.yaml). Without them every attack below
-//! succeeds and keeps capacity the subscription no longer grants.
+//! succeeds and keeps capacity the subscription no longer grants. Nor can
+//! it open load balancers or node ports (the quota allows none).
 
 use serde_json::Value;
 
@@ -228,6 +229,20 @@ async fn a_namespace_admin_cannot_edit_detach_freeze_or_orphan_children() {
         e.contains("only tenant-capacity-operator makes objects owned by a TenantSubscription"),
         "{e}"
     );
+    // Load balancers and node ports are nothing a plan sells: the quota
+    // refuses them; a ClusterIP Service of the tenant's own is fine.
+    for type_ in ["LoadBalancer", "NodePort"] {
+        let svc = format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{}"}},"spec":{{"type":"{type_}","selector":{{"app":"mine"}},"ports":[{{"port":80}}]}}}}"#,
+            type_.to_lowercase()
+        );
+        let e = t.apply_as_admin(&svc).expect_err(type_);
+        assert!(e.contains("exceeded quota"), "{type_}: {e}");
+    }
+    t.apply_as_admin(
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"internal"},"spec":{"selector":{"app":"mine"},"ports":[{"port":80}]}}"#,
+    )
+    .expect("a ClusterIP Service");
     // Restarting a pod stays possible: its ReplicaSet replaces it.
     t.as_admin(&["delete", &pod, "--wait=false"])
         .expect("a namespace admin may delete (restart) a module pod");
