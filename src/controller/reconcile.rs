@@ -19,7 +19,8 @@ use tracing::warn;
 
 use super::{
     Settings,
-    decide::{Outcome, decide},
+    decide::{self, Outcome, decide},
+    drain,
     error::{Error, Result, Verb, api_error},
     events::{self, Events},
     execute::Writer,
@@ -94,13 +95,30 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         events: &ctx.events,
         sub,
     };
-    writer.execute(&decision.batches).await?;
-    let outcome = decision.outcome;
+    let key = key(sub);
+    let mut old = sub.status.clone().unwrap_or_default();
+    let mut outcome = decision.outcome;
+    // A drain begun in this decision is recorded before anything is
+    // written: the record is what the drain is decided from, and a write
+    // failing below must not lose it (nor restart the drain later).
+    let recorded = status::build(sub, &old, &outcome, now);
+    if drain::new_records(&old.modules, &recorded.modules) {
+        write_status(&ctx.client, &ns, &sub.name_any(), &recorded).await?;
+        ctx.metrics.write("TenantSubscription", "apply-status");
+        ctx.status_written
+            .lock()
+            .unwrap()
+            .insert(key.clone(), Instant::now());
+        for note in events::announcements(&old, &recorded) {
+            writer.announce(&note).await;
+        }
+        old = recorded;
+    }
+    let data_left = writer.execute(&decision.batches).await?;
+    decide::settle_data(&mut outcome, &data_left, now);
     publish_metrics(&ctx.metrics, sub, &outcome);
 
-    let old = sub.status.clone().unwrap_or_default();
     let new = status::build(sub, &old, &outcome, now);
-    let key = key(sub);
     let since_written = ctx
         .status_written
         .lock()
