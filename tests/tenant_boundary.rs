@@ -11,6 +11,9 @@
 
 mod support;
 
+#[path = "tenant_boundary/drain.rs"]
+mod drain;
+
 use std::time::Duration;
 
 use serde_json::Value;
