@@ -51,7 +51,7 @@ pub enum Write {
     Delete {
         module: String,
         kind: ChildKind,
-        object: ObjectMeta,
+        object: Box<ObjectMeta>,
     },
     /// Delete a drained module's PersistentVolumeClaims (its recorded
     /// `dataRetention` is Delete): those carrying the subscription's and the
@@ -371,7 +371,7 @@ fn drains(
                     d.batches.push(vec![Write::Delete {
                         module: m.to_string(),
                         kind,
-                        object: object.clone(),
+                        object: Box::new(object.clone()),
                     }]);
                 }
             }

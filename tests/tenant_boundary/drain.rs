@@ -188,9 +188,9 @@ spec:
     );
 
     // The tenant's own StatefulSet, owning a claim that carries messaging's labels.
-    t.apply_as_admin(&format!(
-        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: archiver}}\nspec:\n  replicas: 0\n  serviceName: archiver\n  selector: {{matchLabels: {{app: archiver}}}}\n  template:\n    metadata: {{labels: {{app: archiver}}}}\n    spec: {{containers: [{{name: a, image: registry.example.com/archiver:1}}]}}\n"
-    ))
+    t.apply_as_admin(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: archiver}\nspec:\n  replicas: 0\n  serviceName: archiver\n  selector: {matchLabels: {app: archiver}}\n  template:\n    metadata: {labels: {app: archiver}}\n    spec: {containers: [{name: a, image: registry.example.com/archiver:1}]}\n",
+    )
     .expect("the admin may create a StatefulSet");
     let sts_uid = t
         .as_admin(&[
