@@ -65,7 +65,20 @@ async fn a_namespace_admin_cannot_grow_or_prolong_a_drain() {
     let deadline = deadline_of(&s, &video);
     assert_eq!(quota(&t, "acme").await, bought, "the drain keeps the share");
 
-    // The attacks, as the namespace admin.
+    // The attacks, as the namespace admin. The record itself is out of reach:
+    let rewrite = t.as_admin(&[
+        "patch",
+        "tsub",
+        "acme",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"modules":[]}}"#,
+    ]);
+    assert!(
+        rewrite.as_ref().is_err_and(|e| e.contains("forbidden")),
+        "the admin rewrote the subscription's status: {rewrite:?}"
+    );
     t.as_admin(&[
         "patch",
         "hpa",
