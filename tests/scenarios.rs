@@ -749,9 +749,10 @@ async fn a_module_switched_off_drains_goes_and_comes_back_with_the_quota_followi
         .await
         .expect("still there while draining");
     assert_eq!(counts(&d).2, 4, "draining keeps every serving replica");
+    let record = module(&s, &f.video).unwrap();
     assert!(
-        d.annotations()
-            .contains_key("capacity.tenancy.dev/draining-since")
+        record.draining_since.is_some() && record.max_replicas == Some(4),
+        "the drain is recorded in status: {record:?}"
     );
     assert!(
         f.get::<HorizontalPodAutoscaler>(&video).await.is_some()

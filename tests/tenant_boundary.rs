@@ -15,6 +15,8 @@ mod support;
 mod admission;
 #[path = "tenant_boundary/children.rs"]
 mod children;
+#[path = "tenant_boundary/drain.rs"]
+mod drain;
 #[path = "tenant_boundary/pause.rs"]
 mod pause;
 #[path = "tenant_boundary/quota.rs"]

@@ -1,4 +1,6 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements, apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -227,9 +229,23 @@ pub struct ModuleStatus {
     /// Session ceiling in force (concurrency bought, scaled by active windows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i64>,
-    /// When a draining module's objects are removed (RFC 3339).
+    /// When a draining module's objects are removed (RFC 3339), fixed when
+    /// its drain began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_deadline: Option<String>,
+    /// When a draining module's drain began (RFC 3339). With the drain
+    /// deadline, the data retention and the numbers and resources below,
+    /// the record the operator drains from: nothing in the namespace moves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<String>,
+    /// What happens to a draining module's data at its deadline: the
+    /// subscription's `downgrade.dataRetention` when its drain began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_retention: Option<DataRetention>,
+    /// Per-replica resources of a draining module when its drain began: with
+    /// `maxReplicas`, its share of the quota until it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
     /// What holds the module back, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -275,6 +275,49 @@ impl ModulePlan {
     }
 }
 
+/// A module whose drain has begun, as the operator recorded it then: the
+/// tier, concurrency, replica numbers and per-replica resources it ran with.
+/// The profile supplies the rest (image, port, scaling, placement); a tier
+/// the profile no longer offers falls back to the profile's defaults.
+pub fn draining_plan(
+    name: &str,
+    profile: &ModuleProfileSpec,
+    tier: Option<&str>,
+    concurrency: i64,
+    numbers: Numbers,
+    resources: Option<ResourceRequirements>,
+) -> ModulePlan {
+    let t = tier.and_then(|t| profile.tiers.get(t));
+    ModulePlan {
+        name: name.to_string(),
+        tier: tier.map(String::from),
+        image: t
+            .and_then(|t| t.image.clone())
+            .unwrap_or_else(|| profile.image.clone()),
+        port: profile.port,
+        sessions_per_replica: t
+            .and_then(|t| t.sessions_per_replica)
+            .unwrap_or(profile.sessions_per_replica),
+        concurrency,
+        numbers,
+        resources,
+        scaling: profile.scaling.clone(),
+        termination_grace_period_seconds: profile.termination_grace_period_seconds,
+        node_selector: profile.node_selector.clone(),
+        tolerations: profile.tolerations.clone(),
+    }
+}
+
+/// Per-replica resources of a module at `tier` (the tier's, else the profile's).
+pub fn tier_resources(
+    profile: &ModuleProfileSpec,
+    tier: Option<&str>,
+) -> Option<ResourceRequirements> {
+    tier.and_then(|t| profile.tiers.get(t))
+        .and_then(|t| t.resources.clone())
+        .or_else(|| profile.resources.clone())
+}
+
 /// A subscription's capacity at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapacityPlan {

@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use super::{
+    drain::DrainRecord,
     error::Rejection,
     events::{EventType, Note},
     facts::{Live, LiveModule},
@@ -45,26 +46,18 @@ pub struct Decision {
 /// One write to the cluster.
 #[derive(Debug)]
 pub enum Write {
-    /// Record on a switched-off module's Deployment when its drain began.
-    MarkDraining {
-        module: String,
-        deployment: ObjectMeta,
-        since: Timestamp,
-    },
-    /// The module is enabled again: its drain is cancelled.
-    ClearDraining {
-        module: String,
-        deployment: ObjectMeta,
-    },
     /// Server-side apply of a child.
     Apply(Desired),
     /// Delete a drained module's child, guarded by its uid.
     Delete {
         module: String,
         kind: ChildKind,
-        object: ObjectMeta,
+        object: Box<ObjectMeta>,
     },
-    /// Delete a drained module's PersistentVolumeClaims (`dataRetention: Delete`).
+    /// Delete a drained module's PersistentVolumeClaims (its recorded
+    /// `dataRetention` is Delete): those carrying the subscription's and the
+    /// module's labels that no other object owns. Reported back as a
+    /// [`DataLeft`], tried again until none is left.
     DeleteData { module: String },
     /// An Event on the subscription.
     Announce(Note),
@@ -195,7 +188,7 @@ pub fn decide(
     if sub.spec.paused {
         return match restrained(sub, catalogue, live, now) {
             Some(plan) => {
-                let mut d = converge(sub, &plan, &known, live, now);
+                let mut d = converge(sub, &plan, catalogue, &known, live, now);
                 d.outcome = as_paused(d.outcome);
                 d
             }
@@ -208,7 +201,7 @@ pub fn decide(
     match capacity::plan(&sub.name_any(), &sub.spec, catalogue, now) {
         Err(errors) => match restrained(sub, catalogue, live, now) {
             Some(plan) => {
-                let mut d = converge(sub, &plan, &known, live, now);
+                let mut d = converge(sub, &plan, catalogue, &known, live, now);
                 d.outcome = as_invalid(d.outcome, &errors, now);
                 d
             }
@@ -217,7 +210,7 @@ pub fn decide(
                 outcome: invalid(sub, &errors, &known, live, now),
             },
         },
-        Ok(plan) => converge(sub, &plan, &known, live, now),
+        Ok(plan) => converge(sub, &plan, catalogue, &known, live, now),
     }
 }
 
@@ -452,26 +445,16 @@ fn invalid(
     }
 }
 
-/// What a draining module may still occupy, read from its live objects.
-fn footprint_of_live(module: &str, l: &LiveModule) -> Footprint {
-    let max = l
-        .hpa
-        .as_ref()
-        .and_then(|h| h.facts.max_replicas)
-        .or_else(|| l.deployment.as_ref().and_then(|d| d.facts.spec_replicas))
-        .unwrap_or(1);
-    let resources = l.deployment.as_ref().and_then(|d| d.facts.resources());
-    Footprint::new(module, max, resources.as_ref()).unwrap_or(Footprint {
-        pods: max as i64 + capacity::surge(max),
-        ..Default::default()
-    })
-}
-
-/// Modules switched off or removed that still have children: each drains
-/// for `downgrade.drainSeconds` from the moment it was first seen off, then
-/// its children (and, with `dataRetention: Delete`, its data) are removed.
+/// Modules switched off or removed that still have children (or data to
+/// delete): each drains from the record its status holds (see
+/// [`DrainRecord`]), begun the first time it is seen off; its children are
+/// kept as they were when the drain began, and at the recorded deadline
+/// they (and, when the recorded retention says Delete, its data) are removed.
 struct Drains {
     batches: Vec<Vec<Write>>,
+    /// Draining modules' children that differ from what they were when the
+    /// drain began (a hand edit), to apply again.
+    applies: Vec<Write>,
     /// Quota shares of the modules still draining.
     footprints: Vec<Footprint>,
     statuses: Vec<ModuleStatus>,
@@ -482,15 +465,18 @@ struct Drains {
 
 fn drains(
     sub: &TenantSubscription,
+    owner: &Owner,
     plan: &CapacityPlan,
+    catalogue: &Catalogue,
     known: &BTreeSet<&str>,
     live: &Live,
     now: Timestamp,
 ) -> Drains {
-    let drain = SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
+    let old = sub.status.clone().unwrap_or_default();
     let enabled: BTreeSet<&str> = plan.modules.iter().map(|m| m.name.as_str()).collect();
     let mut d = Drains {
         batches: vec![],
+        applies: vec![],
         footprints: vec![],
         statuses: vec![],
         until: vec![],
@@ -498,37 +484,43 @@ fn drains(
     };
     for m in known.iter().filter(|m| !enabled.contains(*m)) {
         let l = live.module(m);
+        let last = old.modules.iter().find(|s| s.name == *m);
+        let recorded = last.and_then(DrainRecord::read);
         if l.is_empty() {
+            // Children gone; data the record says to delete may be left.
+            if let Some(r) = recorded
+                && r.retention == DataRetention::Delete
+                && now >= r.deadline
+            {
+                d.batches.push(vec![Write::DeleteData {
+                    module: m.to_string(),
+                }]);
+                d.statuses
+                    .push(r.status(m, &l, &plan.time_zone, deleting_data(m)));
+            }
             continue;
         }
-        let recorded = l
-            .deployment
-            .as_ref()
-            .and_then(|d| d.facts.draining_since.as_deref())
-            .and_then(|s| s.parse::<Timestamp>().ok());
-        let since = match (recorded, &l.deployment) {
-            (Some(t), _) => t,
-            (None, Some(dep)) => {
-                d.batches.push(vec![Write::MarkDraining {
-                    module: m.to_string(),
-                    deployment: dep.metadata.clone(),
-                    since: now,
-                }]);
-                d.batches.push(vec![Write::Announce(Note {
-                    type_: EventType::Normal,
-                    reason: "Draining".into(),
-                    message: format!(
-                        "{m}: draining for {}s before removal",
-                        sub.spec.downgrade.drain_seconds
-                    ),
-                })]);
-                now
+        let record = match recorded {
+            Some(r) => r,
+            None => {
+                let mut r = DrainRecord::begin(sub, m, last, catalogue, &l, now);
+                if l.deployment.is_some() {
+                    d.batches.push(vec![Write::Announce(Note {
+                        type_: EventType::Normal,
+                        reason: "Draining".into(),
+                        message: format!(
+                            "{m}: draining until {}",
+                            r.shown_deadline(&plan.time_zone)
+                        ),
+                    })]);
+                } else {
+                    // Without a Deployment nothing serves: remove the rest now.
+                    r.deadline = now;
+                }
+                r
             }
-            // Without a Deployment nothing serves: remove the rest now.
-            (None, None) => now - drain - SignedDuration::from_secs(1),
         };
-        let deadline = since + drain;
-        if now >= deadline {
+        if now >= record.deadline {
             // The autoscaler first, so it does not act on a vanishing Deployment.
             let children = [
                 (ChildKind::Hpa, l.hpa.as_ref().map(|o| &o.metadata)),
@@ -543,14 +535,21 @@ fn drains(
                     d.batches.push(vec![Write::Delete {
                         module: m.to_string(),
                         kind,
-                        object: object.clone(),
+                        object: Box::new(object.clone()),
                     }]);
                 }
             }
-            if sub.spec.downgrade.data_retention == DataRetention::Delete {
+            if record.retention == DataRetention::Delete {
                 d.batches.push(vec![Write::DeleteData {
                     module: m.to_string(),
                 }]);
+                // Kept in status, with its record, until its data is gone.
+                d.statuses.push(record.status(
+                    m,
+                    &LiveModule::default(),
+                    &plan.time_zone,
+                    deleting_data(m),
+                ));
             }
             d.batches.push(vec![Write::Announce(Note {
                 type_: EventType::Normal,
@@ -559,13 +558,91 @@ fn drains(
             })]);
             continue;
         }
-        d.earliest_deadline = Some(d.earliest_deadline.map_or(deadline, |r| r.min(deadline)));
-        d.footprints.push(footprint_of_live(m, &l));
-        let shown = format_instant(deadline, &plan.time_zone);
-        d.statuses.push(status::draining_module(m, &l, &shown));
+        d.earliest_deadline = Some(
+            d.earliest_deadline
+                .map_or(record.deadline, |r| r.min(record.deadline)),
+        );
+        d.footprints.push(record.footprint(m));
+        // Children as they were when the drain began, restored like any
+        // module's; names a stranger holds are left alone.
+        if let Some(module_plan) = record.plan(m, catalogue) {
+            d.applies.extend(
+                render::module_children(owner, &module_plan)
+                    .iter()
+                    .filter(|child| {
+                        l.applied(child.kind()).0 || !live.is_taken(child.kind(), child.name())
+                    })
+                    .map(|child| Desired::new(child, l.applied(child.kind()).1))
+                    .filter(Desired::needed)
+                    .map(Write::Apply),
+            );
+        }
+        let shown = record.shown_deadline(&plan.time_zone);
+        d.statuses.push(record.status(
+            m,
+            &l,
+            &plan.time_zone,
+            format!("{m}: draining until {shown}"),
+        ));
         d.until.push(format!("{m} until {shown}"));
     }
     d
+}
+
+fn deleting_data(module: &str) -> String {
+    format!("{module}: removed; deleting data")
+}
+
+/// How soon data still being deleted is looked at again.
+pub const DATA_RETRY: SignedDuration = SignedDuration::from_secs(5);
+
+/// What a `DeleteData` write left: the claims still there (deleted but
+/// held by a finalizer or a pod, or whose delete failed) and the API
+/// server's answer to the last failed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLeft {
+    pub module: String,
+    /// `None` when the claims could not even be listed.
+    pub left: Option<usize>,
+    pub error: Option<String>,
+}
+
+/// The outcome once the data deletes of this reconcile are known: a module
+/// whose data is gone leaves status; one with data left stays, says how
+/// much and why, and is looked at again in [`DATA_RETRY`].
+pub fn settle_data(outcome: &mut Outcome, reports: &[DataLeft], now: Timestamp) {
+    let mut pending = Vec::new();
+    for r in reports {
+        if r.left == Some(0) && r.error.is_none() {
+            outcome.modules.retain(|s| s.name != r.module);
+            continue;
+        }
+        let mut message = match r.left {
+            Some(n) => format!(
+                "{}: removed; deleting data: {n} PersistentVolumeClaim{} left",
+                r.module,
+                if n == 1 { "" } else { "s" }
+            ),
+            None => format!("{}: removed; deleting data", r.module),
+        };
+        if let Some(e) = &r.error {
+            message.push_str(&format!(": {e}"));
+        }
+        if let Some(s) = outcome.modules.iter_mut().find(|s| s.name == r.module) {
+            s.message = Some(message.clone());
+        }
+        pending.push(message);
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let soon = now + DATA_RETRY;
+    outcome.requeue = Some(outcome.requeue.map_or(soon, |r| r.min(soon)));
+    let pending = pending.join("; ");
+    outcome.reconciling = Some(match outcome.reconciling.take() {
+        Some(r) => Reason::new(r.reason, format!("{}; {pending}", r.message)),
+        None => Reason::new("DeletingData", pending),
+    });
 }
 
 /// The quota, covering what is enabled plus what is still draining, and
@@ -718,6 +795,7 @@ fn rolling(modules: &[(LiveModule, Vec<Desired>)]) -> bool {
 fn converge(
     sub: &TenantSubscription,
     plan: &CapacityPlan,
+    catalogue: &Catalogue,
     known: &BTreeSet<&str>,
     live: &Live,
     now: Timestamp,
@@ -731,7 +809,7 @@ fn converge(
     let mut requeue = plan
         .next_transition
         .map(|t| t + SignedDuration::from_millis(500));
-    let drains = drains(sub, plan, known, live, now);
+    let drains = drains(sub, &owner, plan, catalogue, known, live, now);
     if let Some(deadline) = drains.earliest_deadline {
         requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
     }
@@ -793,20 +871,13 @@ fn converge(
                 .filter(Desired::needed)
                 .map(Write::Apply),
         );
-        if let Some(d) = &l.deployment
-            && d.facts.draining_since.is_some()
-        {
-            batches.push(vec![Write::ClearDraining {
-                module: m.name.clone(),
-                deployment: d.metadata.clone(),
-            }]);
-        }
         limited.extend(status::capacity_limit(m, &l));
         refused.extend(status::refused(m, &l));
         progress.extend(status::progress(m, &l));
         modules.push(status::active_module(m, &l));
     }
 
+    writes.extend(drains.applies);
     // The quota goes first when pods may start or change size (a new module,
     // a changed Deployment); otherwise (a new HPA ceiling) it goes together
     // with the rest. Children of different modules are independent.

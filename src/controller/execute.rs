@@ -4,8 +4,7 @@
 //! place and never fail a reconcile.
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::PersistentVolumeClaim},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    api::core::v1::PersistentVolumeClaim, apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -18,14 +17,15 @@ use kube::{
 use tracing::{debug, info, warn};
 
 use super::{
-    decide::{Desired, Write},
+    decide::{DataLeft, Desired, Write},
+    drain::claim_is_ours,
     error::{Result, Verb, api_error},
-    events::{Events, Note},
+    events::{EventType, Events, Note},
 };
 use crate::{
     api::TenantSubscription,
     metrics::Metrics,
-    render::{ANNOTATION_DRAINING_SINCE, LABEL_MODULE, LABEL_SUBSCRIPTION, MANAGER},
+    render::{LABEL_MODULE, LABEL_SUBSCRIPTION, MANAGER},
 };
 
 /// What the writes of one subscription need.
@@ -41,34 +41,22 @@ impl Writer<'_> {
         self.sub.namespace().unwrap_or_default()
     }
 
-    /// Every batch in order; the first failure ends the reconcile.
-    pub async fn execute(&self, batches: &[Vec<Write>]) -> Result<()> {
+    /// Every batch in order; the first failure ends the reconcile. Data
+    /// deletes do not fail it: what they left is returned, for status.
+    pub async fn execute(&self, batches: &[Vec<Write>]) -> Result<Vec<DataLeft>> {
+        let mut left = Vec::new();
         for batch in batches {
-            futures::future::try_join_all(batch.iter().map(|w| self.write(w))).await?;
+            let done = futures::future::try_join_all(batch.iter().map(|w| self.write(w))).await?;
+            left.extend(done.into_iter().flatten());
         }
-        Ok(())
+        Ok(left)
     }
 
-    async fn write(&self, write: &Write) -> Result<()> {
+    async fn write(&self, write: &Write) -> Result<Option<DataLeft>> {
         let sub = self.sub.name_any();
         let ns = self.namespace();
         match write {
-            Write::Apply(d) => self.apply(d).await,
-            Write::MarkDraining {
-                module,
-                deployment,
-                since,
-            } => {
-                self.annotate_draining(deployment, Some(&since.to_string()))
-                    .await?;
-                info!(subscription = %sub, namespace = %ns, module = %module, "module switched off; draining");
-                Ok(())
-            }
-            Write::ClearDraining { module, deployment } => {
-                self.annotate_draining(deployment, None).await?;
-                info!(subscription = %sub, namespace = %ns, module = %module, "module re-enabled; drain cancelled");
-                Ok(())
-            }
+            Write::Apply(d) => self.apply(d).await?,
             Write::Delete {
                 module,
                 kind,
@@ -76,14 +64,11 @@ impl Writer<'_> {
             } => {
                 self.delete(&kind.api_resource(), object).await?;
                 info!(subscription = %sub, namespace = %ns, module = %module, kind = %kind, "drain finished; child removed");
-                Ok(())
             }
-            Write::DeleteData { module } => self.delete_data(module).await,
-            Write::Announce(note) => {
-                self.announce(note).await;
-                Ok(())
-            }
+            Write::DeleteData { module } => return Ok(Some(self.delete_data(module).await)),
+            Write::Announce(note) => self.announce(note).await,
         }
+        Ok(None)
     }
 
     fn api(&self, resource: &ApiResource, ns: &str) -> Api<DynamicObject> {
@@ -128,41 +113,83 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Set or clear the draining-since annotation of a Deployment with a
-    /// merge patch, leaving every other field alone.
-    async fn annotate_draining(&self, meta: &ObjectMeta, value: Option<&str>) -> Result<()> {
-        let ns = meta.namespace.as_deref().unwrap_or_default();
-        let name = meta.name.as_deref().unwrap_or_default();
-        let kind = Deployment::kind(&());
-        let body =
-            serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINING_SINCE: value}}});
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
-        Api::<Deployment>::namespaced(self.client.clone(), ns)
-            .patch(name, &pp, &Patch::Merge(&body))
-            .await
-            .map_err(api_error(Verb::Annotate, &kind, ns, name))?;
-        self.metrics.write(&kind, "patch");
-        Ok(())
-    }
-
-    /// The retention policy says Delete: remove the module's PersistentVolumeClaims.
-    async fn delete_data(&self, module: &str) -> Result<()> {
+    /// The recorded retention says Delete: remove the module's
+    /// PersistentVolumeClaims (both labels, no other owner; see
+    /// `drain::claim_is_ours`), each guarded by its uid. Claims still
+    /// there afterwards (a finalizer, a pod using them, a refused delete)
+    /// are counted, with the API server's message of the last refusal.
+    async fn delete_data(&self, module: &str) -> DataLeft {
         let ns = self.namespace();
         let sub = self.sub.name_any();
-        let resource = ApiResource::erase::<PersistentVolumeClaim>(&());
+        let uid = self.sub.uid().unwrap_or_default();
+        let kind = PersistentVolumeClaim::kind(&());
         let selector = format!("{LABEL_SUBSCRIPTION}={sub},{LABEL_MODULE}={module}");
-        let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(api_error(Verb::List, &resource.kind, &ns, &selector))?;
+        let api = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns);
+        let mut report = DataLeft {
+            module: module.to_string(),
+            left: None,
+            error: None,
+        };
+        let claims = match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                warn!(namespace = %ns, subscription = %sub, module, error = %e, "could not list the module's data");
+                report.error = Some(api_message(&e));
+                return report;
+            }
+        };
+        let mut left = 0;
+        let mut kept = Vec::new();
         for pvc in claims {
-            self.delete(&resource, &pvc.metadata).await?;
-            info!(namespace = %ns, subscription = %sub, module, claim = %pvc.name_any(), "data deleted (dataRetention: Delete)");
+            let name = pvc.name_any();
+            if !claim_is_ours(&pvc.metadata, &uid) {
+                kept.push(name);
+                continue;
+            }
+            if pvc.metadata.deletion_timestamp.is_some() {
+                left += 1;
+                continue;
+            }
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: pvc.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(gone) => {
+                    self.metrics.write(&kind, "delete");
+                    info!(namespace = %ns, subscription = %sub, module, claim = %name, "data deleted (dataRetention: Delete)");
+                    if gone.is_left() {
+                        // Deleted, still held (pvc-protection while a pod uses it).
+                        left += 1;
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    warn!(namespace = %ns, subscription = %sub, module, claim = %name, error = %e, "could not delete the module's data");
+                    left += 1;
+                    report.error = Some(format!(
+                        "delete PersistentVolumeClaim {name}: {}",
+                        api_message(&e)
+                    ));
+                }
+            }
         }
-        Ok(())
+        report.left = Some(left);
+        if left == 0 && !kept.is_empty() {
+            self.announce(&Note {
+                type_: EventType::Normal,
+                reason: "DataKept".into(),
+                message: format!(
+                    "{module}: kept PersistentVolumeClaim(s) {} owned by another object",
+                    kept.join(", ")
+                ),
+            })
+            .await;
+        }
+        report
     }
 
     /// Publish an Event about the subscription; a failure is logged, not returned.
@@ -177,5 +204,13 @@ impl Writer<'_> {
             Ok(verb) => self.metrics.write("Event", verb),
             Err(e) => warn!(error = %e, "could not publish event"),
         }
+    }
+}
+
+/// What the API server said, without the client's wrapping.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        e => e.to_string(),
     }
 }

@@ -108,12 +108,15 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// The profiles, plan and calendars a subscription names.
+    /// The profiles, plan and calendars a subscription names, and the
+    /// profiles of modules its status still reports (a module removed from
+    /// the spec drains from its profile too).
     pub fn catalogue_for(&self, sub: &TenantSubscription) -> capacity::Catalogue {
         let mut c = capacity::Catalogue::default();
-        for m in &sub.spec.modules {
-            if let Some(p) = self.profiles.get(&ObjectRef::new(&m.name)) {
-                c.profiles.insert(m.name.clone(), p.spec.clone());
+        let reported = sub.status.iter().flat_map(|s| &s.modules).map(|m| &m.name);
+        for name in sub.spec.modules.iter().map(|m| &m.name).chain(reported) {
+            if let Some(p) = self.profiles.get(&ObjectRef::new(name)) {
+                c.profiles.insert(name.clone(), p.spec.clone());
             }
         }
         if let Some(name) = &sub.spec.plan

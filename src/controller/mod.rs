@@ -5,6 +5,7 @@
 //! - [`watch`]: caches and the streams that trigger reconciles.
 //! - [`facts`]: what the caches hold of one subscription.
 //! - [`decide`]: the pure decision of one reconcile.
+//! - [`drain`]: the record a draining module is drained from.
 //! - [`execute`]: the writes of a decision.
 //! - [`status`]: status from an outcome, and when to write it.
 //! - [`events`]: Events about subscriptions.
@@ -13,6 +14,7 @@
 
 mod client;
 pub mod decide;
+pub mod drain;
 pub mod error;
 pub mod events;
 mod execute;

@@ -19,7 +19,8 @@ use tracing::warn;
 
 use super::{
     Settings,
-    decide::{Outcome, decide},
+    decide::{self, Outcome, decide},
+    drain,
     error::{Error, Result, Verb, api_error},
     events::{self, Events},
     execute::Writer,
@@ -95,22 +96,41 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         events: &ctx.events,
         sub,
     };
+    let key = key(sub);
+    let mut old = sub.status.clone().unwrap_or_default();
     let mut outcome = decision.outcome;
+    // A drain begun in this decision is recorded before anything is
+    // written: the record is what the drain is decided from, and a write
+    // failing below must not lose it (nor restart the drain later).
+    let recorded = status::build(sub, &old, &outcome, now);
+    if drain::new_records(&old.modules, &recorded.modules) {
+        write_status(&ctx.client, &ns, &sub.name_any(), &recorded).await?;
+        ctx.metrics.write("TenantSubscription", "apply-status");
+        ctx.status_written
+            .lock()
+            .unwrap()
+            .insert(key.clone(), Instant::now());
+        for note in events::announcements(&old, &recorded) {
+            writer.announce(&note).await;
+        }
+        old = recorded;
+    }
     // A child the API server refuses shows in status, then the reconcile
     // fails as any other (counted, retried).
     let mut refused = None;
-    if let Err(e) = writer.execute(&decision.batches).await {
-        let Some(rejection) = e.rejection() else {
-            return Err(e);
-        };
-        outcome.child_rejected(&sub.name_any(), &rejection);
-        refused = Some(e);
+    match writer.execute(&decision.batches).await {
+        Ok(data_left) => decide::settle_data(&mut outcome, &data_left, now),
+        Err(e) => {
+            let Some(rejection) = e.rejection() else {
+                return Err(e);
+            };
+            outcome.child_rejected(&sub.name_any(), &rejection);
+            refused = Some(e);
+        }
     }
     publish_metrics(&ctx.metrics, sub, &outcome);
 
-    let old = sub.status.clone().unwrap_or_default();
     let new = status::build(sub, &old, &outcome, now);
-    let key = key(sub);
     let since_written = ctx
         .status_written
         .lock()

@@ -75,26 +75,9 @@ pub fn active_module(plan: &ModulePlan, live: &LiveModule) -> ModuleStatus {
         replicas,
         ready_replicas: ready,
         concurrency: Some(plan.numbers.ceiling),
-        drain_deadline: None,
         message: refused(plan, live)
             .or_else(|| capacity_limit(plan, live))
             .or_else(|| progress(plan, live)),
-    }
-}
-
-pub fn draining_module(name: &str, live: &LiveModule, deadline: &str) -> ModuleStatus {
-    let (replicas, ready) = live.replicas();
-    let hpa = live.hpa.as_ref().map(|h| &h.facts);
-    ModuleStatus {
-        name: name.to_string(),
-        state: Some(ModuleState::Draining),
-        min_replicas: hpa.and_then(|h| h.min_replicas),
-        max_replicas: hpa.and_then(|h| h.max_replicas),
-        desired_replicas: live.hpa_desired(),
-        replicas,
-        ready_replicas: ready,
-        drain_deadline: Some(deadline.to_string()),
-        message: Some(format!("{name}: draining until {deadline}")),
         ..Default::default()
     }
 }
@@ -185,6 +168,10 @@ pub fn when_to_write(
 ) -> WriteStatus {
     if new == old {
         return WriteStatus::Unchanged;
+    }
+    // A drain's record is the only one there is: never held back.
+    if super::drain::new_records(&old.modules, &new.modules) {
+        return WriteStatus::Now;
     }
     if awaiting_quota {
         return WriteStatus::Later(STATUS_BATCH);

@@ -25,8 +25,8 @@ use crate::{
     capacity::{Quantity, quantity::same_quantity},
     live::digest,
     render::{
-        ANNOTATION_DRAINING_SINCE, ANNOTATION_HELD_UNTIL, ANNOTATION_SESSIONS_PER_REPLICA,
-        LABEL_MODULE, LABEL_SUBSCRIPTION, LABEL_TENANT, MANAGER,
+        ANNOTATION_HELD_UNTIL, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION,
+        LABEL_TENANT, MANAGER,
     },
 };
 
@@ -86,8 +86,6 @@ pub struct Facts {
     /// Resources of the Deployment's first container, as JSON (a few dozen
     /// bytes, where the typed maps take a kilobyte).
     pub resources: Option<Box<str>>,
-    /// The Deployment's draining-since annotation.
-    pub draining_since: Option<Box<str>>,
     /// What metering needs of a Deployment a subscription owns.
     pub metering: Option<Box<Metered>>,
     /// HPA `spec.minReplicas` / `spec.maxReplicas`.
@@ -218,7 +216,6 @@ impl Slimmable for Deployment {
                         .expect("resources serialize")
                         .into_boxed_str()
                 }),
-            draining_since: annotation(ANNOTATION_DRAINING_SINCE).map(Into::into),
             metering,
             refused: status
                 .and_then(|s| s.conditions.as_ref())

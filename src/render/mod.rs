@@ -34,8 +34,6 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_SUBSCRIPTION: &str = "capacity.tenancy.dev/subscription";
 pub const LABEL_MODULE: &str = "capacity.tenancy.dev/module";
 pub const LABEL_TENANT: &str = "capacity.tenancy.dev/tenant";
-/// Set on a module's Deployment when it starts draining (RFC 3339).
-pub const ANNOTATION_DRAINING_SINCE: &str = "capacity.tenancy.dev/draining-since";
 /// Sessions one replica of the module serves, for metering.
 pub const ANNOTATION_SESSIONS_PER_REPLICA: &str = "capacity.tenancy.dev/sessions-per-replica";
 pub const QUOTA_SUFFIX: &str = "capacity";

@@ -3,11 +3,12 @@
 //! server and the caches would), and the status written becomes the next
 //! reconcile's old status.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 
 use super::*;
+use crate::controller::drain;
 use crate::{
     api::{ModuleState, TenantSubscriptionStatus},
     controller::status,
@@ -73,8 +74,6 @@ const BOTH: &str =
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum W {
     Apply(ChildKind, String),
-    MarkDraining(String),
-    ClearDraining(String),
     Delete(ChildKind, String),
     DeleteData(String),
     Event(String),
@@ -87,8 +86,6 @@ fn shape(batches: &[Vec<Write>]) -> Vec<Vec<W>> {
             b.iter()
                 .map(|w| match w {
                     Write::Apply(d) => W::Apply(d.kind, d.name.clone()),
-                    Write::MarkDraining { module, .. } => W::MarkDraining(module.clone()),
-                    Write::ClearDraining { module, .. } => W::ClearDraining(module.clone()),
                     Write::Delete { kind, object, .. } => {
                         W::Delete(*kind, object.name.clone().unwrap_or_default())
                     }
@@ -111,6 +108,10 @@ struct World {
     live: Live,
     now: Timestamp,
     uids: u32,
+    /// PersistentVolumeClaims of each module that are its data.
+    data: BTreeMap<String, usize>,
+    /// The API server refuses to delete data, with this message.
+    data_refused: Option<String>,
 }
 
 impl World {
@@ -121,6 +122,8 @@ impl World {
             live: Live::default(),
             now: t0(),
             uids: 0,
+            data: BTreeMap::new(),
+            data_refused: None,
         }
     }
 
@@ -150,10 +153,12 @@ impl World {
 
     /// Decide, carry out the writes on the cached children, record the status.
     fn reconcile(&mut self) -> Decision {
-        let d = decide(&self.sub, &self.catalogue, &self.live, self.now);
+        let mut d = decide(&self.sub, &self.catalogue, &self.live, self.now);
+        let mut left = Vec::new();
         for w in d.batches.iter().flatten() {
-            self.carry_out(w);
+            left.extend(self.carry_out(w));
         }
+        settle_data(&mut d.outcome, &left, self.now);
         let old = self.sub.status.clone().unwrap_or_default();
         self.sub.status = Some(status::build(&self.sub, &old, &d.outcome, self.now));
         d
@@ -175,7 +180,7 @@ impl World {
         }
     }
 
-    fn carry_out(&mut self, w: &Write) {
+    fn carry_out(&mut self, w: &Write) -> Option<DataLeft> {
         match w {
             Write::Apply(d) => {
                 let module = d.body["metadata"]["labels"][LABEL_MODULE]
@@ -241,12 +246,6 @@ impl World {
                     (kind, _) => panic!("{kind} {} in the wrong place", d.name),
                 }
             }
-            Write::MarkDraining { module, since, .. } => self.edit_deployment(module, |f| {
-                f.draining_since = Some(since.to_string().into())
-            }),
-            Write::ClearDraining { module, .. } => {
-                self.edit_deployment(module, |f| f.draining_since = None)
-            }
             Write::Delete { module, kind, .. } => {
                 let l = self.live.modules.get_mut(module).unwrap();
                 match kind {
@@ -258,22 +257,39 @@ impl World {
                     }
                 }
             }
-            Write::DeleteData { .. } | Write::Announce(_) => {}
+            Write::DeleteData { module } => {
+                let n = self.data.entry(module.clone()).or_default();
+                if self.data_refused.is_none() {
+                    *n = 0;
+                }
+                return Some(DataLeft {
+                    module: module.clone(),
+                    left: Some(*n),
+                    error: self.data_refused.clone(),
+                });
+            }
+            Write::Announce(_) => {}
         }
+        None
     }
 
-    fn edit_deployment(&mut self, module: &str, edit: impl FnOnce(&mut Facts)) {
-        let d = self
-            .live
-            .modules
-            .get_mut(module)
-            .unwrap()
-            .deployment
-            .as_mut()
-            .unwrap();
-        let mut slim = (**d).clone();
-        edit(&mut slim.facts);
-        *d = Arc::new(slim);
+    /// The namespace admin edits a module's Deployment: the fields we
+    /// applied no longer hash the same.
+    fn tenant_edits_deployment(&mut self, module: &str, edit: impl FnOnce(&mut Facts)) {
+        let l = self.live.modules.get_mut(module).unwrap();
+        let d = l.deployment.as_ref().unwrap();
+        let mut facts = d.facts.clone();
+        edit(&mut facts);
+        l.deployment = Some(Arc::new(Slim::new(d.metadata.clone(), Some(1), facts)));
+    }
+
+    /// The namespace admin edits a module's HPA.
+    fn tenant_edits_hpa(&mut self, module: &str, edit: impl FnOnce(&mut Facts)) {
+        let l = self.live.modules.get_mut(module).unwrap();
+        let h = l.hpa.as_ref().unwrap();
+        let mut facts = h.facts.clone();
+        edit(&mut facts);
+        l.hpa = Some(Arc::new(Slim::new(h.metadata.clone(), Some(2), facts)));
     }
 
     fn quota_controller_answers(&mut self) {
@@ -463,11 +479,12 @@ fn a_switched_off_module_drains_keeps_its_quota_share_and_is_removed_at_the_dead
         let d = w.reconcile();
         assert_eq!(
             shape(&d.batches),
-            [
-                vec![W::MarkDraining("video".into())],
-                vec![W::Event("Draining".into())],
-            ],
-            "{retention}"
+            [vec![W::Event("Draining".into())]],
+            "{retention}: nothing but the record in status"
+        );
+        assert_eq!(
+            w.module("video").draining_since.as_deref(),
+            Some("2026-03-02T10:00:00+00:00")
         );
         assert_eq!(
             w.live.quota.as_ref().unwrap().applied,
@@ -510,8 +527,9 @@ fn a_module_removed_from_the_spec_drains_like_a_switched_off_one() {
     let mut w = World::converged(BOTH);
     w.edit("{tenantId: acme, modules: [{name: im, concurrency: 1000}]}");
     let d = w.reconcile();
-    assert_eq!(shape(&d.batches)[0], [W::MarkDraining("video".into())]);
+    assert_eq!(shape(&d.batches), [vec![W::Event("Draining".into())]]);
     assert_eq!(w.module("video").state, Some(ModuleState::Draining));
+    assert_eq!(w.module("video").max_replicas, Some(10), "recorded");
 }
 
 #[test]
@@ -522,8 +540,13 @@ fn a_module_switched_on_again_while_draining_is_kept() {
     w.later(60);
     w.edit(BOTH);
     let d = w.reconcile();
-    assert_eq!(shape(&d.batches), [vec![W::ClearDraining("video".into())]]);
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
     assert_eq!(w.module("video").state, Some(ModuleState::Active));
+    assert_eq!(
+        w.module("video").draining_since,
+        None,
+        "the record is dropped"
+    );
     assert!(d.outcome.ready);
     assert!(w.reconcile().batches.is_empty());
 }
@@ -605,10 +628,7 @@ fn pause_holds_every_rise_and_lets_reductions_through() {
     let d = w.reconcile();
     assert_eq!(
         shape(&d.batches),
-        [
-            vec![W::MarkDraining("im".into())],
-            vec![W::Event("Draining".into())]
-        ],
+        [vec![W::Event("Draining".into())]],
         "video's rise is held back; im's switch-off is a reduction"
     );
     assert!(!d.outcome.ready);
@@ -986,8 +1006,13 @@ fn children_carry_the_subscription_as_owner() {
 }
 
 impl World {
+    /// What the Deployment controller reports changes (not a drift).
     fn set_deployment(&mut self, module: &str, edit: impl FnOnce(&mut Facts)) {
-        self.edit_deployment(module, edit)
+        let l = self.live.modules.get_mut(module).unwrap();
+        let d = l.deployment.as_ref().unwrap();
+        let mut slim = (**d).clone();
+        edit(&mut slim.facts);
+        l.deployment = Some(Arc::new(slim));
     }
 
     fn quota(&self) -> (BTreeMap<String, String>, Option<String>) {
@@ -1003,8 +1028,6 @@ impl World {
         (hard, q.facts.held_until.as_deref().map(String::from))
     }
 }
-
-use std::collections::BTreeMap;
 
 const UHD: &str = "{tenantId: acme, modules: [{name: video, concurrency: 400, tier: uhd}, {name: im, concurrency: 1000}]}";
 const HD: &str = "{tenantId: acme, modules: [{name: video, concurrency: 400, tier: hd}, {name: im, concurrency: 1000}]}";
@@ -1130,6 +1153,85 @@ fn pods_refused_at_admission_show_in_status_with_the_api_servers_message() {
     }
 }
 
+fn video_off(retention: &str, drain_seconds: i64) -> String {
+    format!(
+        "{{tenantId: acme, downgrade: {{drainSeconds: {drain_seconds}, dataRetention: {retention}}}, modules: [{{name: video, concurrency: 400, enabled: false}}, {{name: im, concurrency: 1000}}]}}"
+    )
+}
+
+fn video_on(retention: &str) -> String {
+    format!(
+        "{{tenantId: acme, downgrade: {{drainSeconds: 300, dataRetention: {retention}}}, modules: [{{name: video, concurrency: 400}}, {{name: im, concurrency: 1000}}]}}"
+    )
+}
+
+const VIDEO_REMOVED: &str = "{tenantId: acme, modules: [{name: im, concurrency: 1000}]}";
+
+fn quota_digest(w: &World) -> Option<u64> {
+    w.live.quota.as_ref().unwrap().applied
+}
+
+#[test]
+fn a_draining_modules_quota_share_is_its_recorded_footprint_whatever_its_live_objects_say() {
+    type Edit = fn(&mut World);
+    let edits: [(&str, Edit, ChildKind); 2] = [
+        (
+            "HPA maxReplicas raised to 500",
+            |w| w.tenant_edits_hpa("video", |f| f.max_replicas = Some(500)),
+            ChildKind::Hpa,
+        ),
+        (
+            "Deployment resources raised to 64 CPUs",
+            |w| {
+                w.tenant_edits_deployment("video", |f| {
+                    f.resources = Some(r#"{"requests":{"cpu":"64","memory":"256Gi"}}"#.into())
+                })
+            },
+            ChildKind::Deployment,
+        ),
+    ];
+    let off = video_off("Retain", 300);
+    for spec in [off.as_str(), VIDEO_REMOVED] {
+        for (what, edit, kind) in edits {
+            let mut w = World::converged(&video_on("Retain"));
+            let quota = quota_digest(&w);
+            w.edit(spec);
+            w.reconcile();
+            assert_eq!(quota_digest(&w), quota, "{what}: the drain keeps the share");
+            w.later(60);
+            edit(&mut w);
+            let d = w.reconcile();
+            assert_eq!(
+                shape(&d.batches),
+                [vec![apply(kind, "acme-video")]],
+                "{what}: the edit is undone, the quota is not rewritten"
+            );
+            assert_eq!(quota_digest(&w), quota, "{what}");
+            let restored = d.batches[0]
+                .iter()
+                .find_map(|w| match w {
+                    Write::Apply(d) => Some(&d.body),
+                    _ => None,
+                })
+                .unwrap();
+            if kind == ChildKind::Hpa {
+                assert_eq!(restored["spec"]["maxReplicas"], 10, "{what}");
+            } else {
+                let r = &restored["spec"]["template"]["spec"]["containers"][0]["resources"];
+                assert_eq!(r["requests"]["cpu"], "1", "{what}");
+            }
+            let m = w.module("video");
+            assert_eq!(m.state, Some(ModuleState::Draining));
+            assert_eq!((m.min_replicas, m.max_replicas), (Some(1), Some(10)));
+            // The edit comes back before the deadline: still the recorded share.
+            edit(&mut w);
+            w.later(60);
+            w.reconcile();
+            assert_eq!(quota_digest(&w), quota, "{what}");
+        }
+    }
+}
+
 #[test]
 fn a_limit_range_name_taken_by_a_stranger_is_a_conflict_and_no_pod_starts() {
     let mut w = World::new(BOTH);
@@ -1141,4 +1243,211 @@ fn a_limit_range_name_taken_by_a_stranger_is_a_conflict_and_no_pod_starts() {
         d.outcome.ready_reason.message,
         "LimitRange acme-defaults exists and is not owned by this subscription"
     );
+}
+
+#[test]
+fn a_drain_is_decided_from_its_record_in_status() {
+    // (what, drainSeconds when it began, then, status as an older version left it)
+    let cases = [
+        (
+            "recorded deadline kept when drainSeconds grows",
+            300,
+            3600,
+            false,
+        ),
+        (
+            "recorded deadline kept when drainSeconds shrinks",
+            300,
+            10,
+            false,
+        ),
+        (
+            "an older version's status: the record begins now",
+            300,
+            300,
+            true,
+        ),
+    ];
+    for (what, first, then, older) in cases {
+        let mut w = World::converged(&video_on("Retain"));
+        w.edit(&video_off("Retain", first));
+        let began = w.now;
+        w.reconcile();
+        let mut deadline = began + SignedDuration::from_secs(first);
+        if older {
+            // An older version recorded the drain on the Deployment (which a
+            // namespace admin can rewrite) and reported only what live
+            // objects said: no record in status.
+            let st = w.sub.status.as_mut().unwrap();
+            let m = st.modules.iter_mut().find(|m| m.name == "video").unwrap();
+            (m.draining_since, m.data_retention, m.resources) = (None, None, None);
+            w.later(200);
+            deadline = w.now + SignedDuration::from_secs(then);
+        }
+        w.edit(&video_off("Retain", then));
+        let d = w.reconcile();
+        assert_eq!(d.outcome.requeue, Some(deadline), "{what}");
+        assert_eq!(
+            w.module("video").drain_deadline.as_deref(),
+            Some(format_instant(deadline, &jiff::tz::TimeZone::UTC).as_str()),
+            "{what}"
+        );
+        w.now = deadline - SignedDuration::from_secs(1);
+        assert_eq!(
+            w.reconcile().batches.len(),
+            0,
+            "{what}: nothing before the deadline"
+        );
+        w.now = deadline;
+        let d = w.reconcile();
+        assert!(
+            shape(&d.batches)
+                .contains(&vec![W::Delete(ChildKind::Deployment, "acme-video".into())]),
+            "{what}: {:?}",
+            shape(&d.batches)
+        );
+        assert!(
+            w.status().modules.iter().all(|m| m.name != "video"),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn the_retention_recorded_when_a_drain_began_decides_the_fate_of_its_data() {
+    // (retention when the drain began, retention in the spec at the deadline, data deleted)
+    let cases = [
+        ("Retain", "Retain", false),
+        ("Retain", "Delete", false),
+        ("Delete", "Retain", true),
+        ("Delete", "Delete", true),
+    ];
+    for (began, later, deleted) in cases {
+        let mut w = World::converged(&video_on(began));
+        w.edit(&video_off(began, 300));
+        w.reconcile();
+        assert_eq!(
+            w.module("video").data_retention,
+            Some(if began == "Delete" {
+                DataRetention::Delete
+            } else {
+                DataRetention::Retain
+            })
+        );
+        w.later(100);
+        w.edit(&video_off(later, 300));
+        w.reconcile();
+        w.later(200);
+        let d = w.reconcile();
+        assert_eq!(
+            shape(&d.batches).contains(&vec![W::DeleteData("video".into())]),
+            deleted,
+            "began {began}, spec says {later} at the deadline: {:?}",
+            shape(&d.batches)
+        );
+    }
+
+    // The issue's case: video drains under Retain; the spec then switches to
+    // Delete to drop messaging with its data. Only messaging's data goes.
+    let both_off = "{tenantId: acme, downgrade: {drainSeconds: 300, dataRetention: Delete}, modules: [{name: video, concurrency: 400, enabled: false}, {name: im, concurrency: 1000, enabled: false}]}";
+    let mut w = World::converged(&video_on("Retain"));
+    w.edit(&video_off("Retain", 300));
+    w.reconcile();
+    w.later(100);
+    w.edit(both_off);
+    w.reconcile();
+    let mut deleted = Vec::new();
+    for _ in 0..4 {
+        w.later(100);
+        let d = w.reconcile();
+        deleted.extend(
+            shape(&d.batches)
+                .into_iter()
+                .flatten()
+                .filter(|w| matches!(w, W::DeleteData(_))),
+        );
+    }
+    assert_eq!(deleted, [W::DeleteData("im".into())]);
+}
+
+#[test]
+fn data_left_behind_keeps_the_module_in_status_and_is_deleted_again_until_gone() {
+    let mut w = World::converged(&video_on("Delete"));
+    w.data.insert("video".into(), 2);
+    w.data_refused = Some("persistentvolumeclaims \"rec-1\" is forbidden: denied by policy".into());
+    w.edit(&video_off("Delete", 300));
+    w.reconcile();
+    w.later(300);
+    let d = w.reconcile();
+    assert!(shape(&d.batches).contains(&vec![W::DeleteData("video".into())]));
+    let m = w.module("video").clone();
+    assert_eq!(m.state, Some(ModuleState::Draining));
+    assert_eq!(
+        m.message.as_deref(),
+        Some(
+            "video: removed; deleting data: 2 PersistentVolumeClaims left: persistentvolumeclaims \"rec-1\" is forbidden: denied by policy"
+        )
+    );
+    assert_eq!(d.outcome.requeue, Some(w.now + DATA_RETRY));
+    assert_eq!(
+        d.outcome.reconciling.as_ref().unwrap().reason,
+        "DeletingData"
+    );
+
+    // Tried again at every look, the record kept, until the data is gone.
+    for _ in 0..3 {
+        w.later(5);
+        let d = w.reconcile();
+        assert_eq!(shape(&d.batches), [vec![W::DeleteData("video".into())]]);
+        assert_eq!(
+            w.module("video").data_retention,
+            Some(DataRetention::Delete)
+        );
+    }
+    w.data_refused = None;
+    w.later(5);
+    w.reconcile();
+    assert!(w.status().modules.iter().all(|m| m.name != "video"));
+    assert!(w.reconcile().batches.is_empty());
+}
+
+#[test]
+fn a_module_whose_profile_is_gone_still_drains_from_its_record() {
+    let mut w = World::converged(&video_on("Retain"));
+    let quota = quota_digest(&w);
+    w.edit(VIDEO_REMOVED);
+    w.reconcile();
+    w.catalogue.profiles.remove("video");
+    w.later(60);
+    w.tenant_edits_hpa("video", |f| f.max_replicas = Some(500));
+    let d = w.reconcile();
+    assert!(
+        d.batches.is_empty(),
+        "nothing to render it from: {:?}",
+        shape(&d.batches)
+    );
+    assert_eq!(quota_digest(&w), quota, "the recorded share");
+    w.later(240);
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches)[0],
+        [W::Delete(ChildKind::Hpa, "acme-video".into())]
+    );
+}
+
+#[test]
+fn a_new_drain_record_is_written_at_once() {
+    let mut w = World::converged(&video_on("Retain"));
+    let old = w.status().clone();
+    w.edit(&video_off("Retain", 300));
+    w.reconcile();
+    let new = w.status().clone();
+    assert!(drain::new_records(&old.modules, &new.modules));
+    // Held back neither for a quota's answer nor by the batching of counts.
+    assert_eq!(
+        status::when_to_write(&old, &new, true, Some(std::time::Duration::ZERO)),
+        status::WriteStatus::Now
+    );
+    // Once written, the same record is not new.
+    assert!(!drain::new_records(&new.modules, &new.modules));
 }
