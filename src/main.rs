@@ -56,6 +56,11 @@ enum Command {
         /// `paged` (list in pages), or `auto` (`stream` from Kubernetes 1.34).
         #[arg(long, value_enum, default_value = "auto", env = "INITIAL_LIST")]
         initial_list: controller::InitialList,
+        /// The namespace label by which the provider assigns a namespace to a
+        /// tenant: a subscription acts only in a namespace labelled with its
+        /// `tenantId`, and metering bills that label's tenant.
+        #[arg(long, default_value = tenant_capacity_operator::render::LABEL_TENANT, env = "TENANT_NAMESPACE_LABEL")]
+        tenant_namespace_label: String,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -127,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             leader_election_id,
             leader_election_lease_seconds,
             initial_list,
+            tenant_namespace_label,
         } => {
             telemetry::init(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                     resync: Duration::from_secs(resync_seconds.max(1)),
                     concurrency: concurrency.max(1),
                     initial_list,
+                    tenant_label: tenant_namespace_label,
                     ..Default::default()
                 };
                 let shutdown = async {

@@ -45,10 +45,7 @@ pub fn install_chart_rbac() {
         ],
     );
     let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).expect("rendered RBAC is YAML");
-    let roles: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"] == "ClusterRole")
-        .collect();
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
     assert!(!roles.is_empty(), "the chart renders no ClusterRole");
     let names: Vec<&str> = roles
         .iter()
@@ -152,7 +149,16 @@ impl Tenant {
     pub fn admin_can(&self, verb: &str, resource: &str) -> bool {
         run(
             "kubectl",
-            &["auth", "can-i", verb, resource, "-n", self.ns(), "--as", TENANT_ADMIN],
+            &[
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "-n",
+                self.ns(),
+                "--as",
+                TENANT_ADMIN,
+            ],
             None,
         )
         .status
@@ -167,7 +173,10 @@ async fn the_namespace_admin_reads_its_subscription() {
     let t = Tenant::new("tb-read").await;
     t.f.apply_sub(
         "acme",
-        &format!("  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 100}}\n", t.f.im),
+        &format!(
+            "  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 100}}\n",
+            t.f.im
+        ),
     )
     .await;
     let table = t.as_admin(&["get", "tsub"]).expect("admin reads tsub");

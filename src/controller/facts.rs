@@ -11,12 +11,13 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ResourceQuota, Service},
+        core::v1::{Namespace, ResourceQuota, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
 
@@ -75,6 +76,23 @@ pub struct Live {
     pub quota: Option<Arc<Slim<ResourceQuota>>>,
     /// Names of its children that objects it does not own already hold.
     pub taken: BTreeSet<(ChildKind, String)>,
+    /// Whom the provider assigned the namespace to, and who else subscribes there.
+    pub tenancy: Tenancy,
+}
+
+/// The namespace's assignment to a tenant, as the provider labelled it, and
+/// the subscriptions there that come before this one. The default is a
+/// namespace assigned to nobody: nothing may be written in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tenancy {
+    /// The namespace label that assigns it to a tenant (`--tenant-namespace-label`).
+    pub label: String,
+    /// That label's value on the subscription's namespace, when it is set.
+    pub tenant: Option<String>,
+    /// The other subscriptions in the namespace that were created earlier
+    /// (or at the same second with a name sorting first): the first of them
+    /// is the one that acts.
+    pub earlier: Vec<String>,
 }
 
 impl Live {
@@ -102,6 +120,11 @@ pub struct Caches {
     pub hpas: Store<Slim<HorizontalPodAutoscaler>>,
     pub services: Store<Slim<Service>>,
     pub quotas: Store<Slim<ResourceQuota>>,
+    /// Namespaces, metadata only: their tenant label.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub subscriptions: Store<TenantSubscription>,
+    /// The namespace label that assigns a namespace to a tenant.
+    pub tenant_label: String,
 }
 
 impl Caches {
@@ -167,8 +190,54 @@ impl Caches {
         if pick(&self.quotas, &ns, &quota, uid, &mut live.quota) {
             live.taken.insert((ChildKind::Quota, quota));
         }
+        live.tenancy = self.tenancy(sub);
         live
     }
+
+    /// The tenant the provider assigned `namespace` to, if any.
+    pub fn tenant_of(&self, namespace: &str) -> Option<String> {
+        tenant_label(&self.namespaces, &self.tenant_label, namespace)
+    }
+
+    /// The subscription's namespace assignment and its earlier neighbours.
+    pub fn tenancy(&self, sub: &TenantSubscription) -> Tenancy {
+        let ns = sub.namespace().unwrap_or_default();
+        let mine = seniority(sub);
+        let mut earlier: Vec<_> = self
+            .subscriptions
+            .state()
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() != mine.2)
+            .map(|s| seniority(s))
+            .filter(|r| *r < mine)
+            .collect();
+        earlier.sort();
+        Tenancy {
+            label: self.tenant_label.clone(),
+            tenant: self.tenant_of(&ns),
+            earlier: earlier.into_iter().map(|r| r.2).collect(),
+        }
+    }
+}
+
+/// Where a subscription stands among those of its namespace: the oldest
+/// first, at the same second the name sorting first; one not yet stored
+/// (no creation time) after every stored one.
+fn seniority(s: &TenantSubscription) -> (bool, Option<jiff::Timestamp>, String) {
+    let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (created.is_none(), created, s.name_any())
+}
+
+/// The value of `label` on the cached namespace `name`.
+pub fn tenant_label(
+    namespaces: &Store<PartialObjectMeta<Namespace>>,
+    label: &str,
+    name: &str,
+) -> Option<String> {
+    namespaces
+        .get(&ObjectRef::new(name))
+        .and_then(|n| n.labels().get(label).cloned())
+        .filter(|t| !t.is_empty())
 }
 
 /// Put the cached object `ns/name` into `slot` when `uid` owns it; true when
