@@ -11,6 +11,9 @@
 
 mod support;
 
+#[path = "tenant_boundary/namespace.rs"]
+mod namespace;
+
 use std::time::Duration;
 
 use serde_json::Value;
