@@ -258,3 +258,98 @@ fn pick<K: Resource<DynamicType = ()>>(
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+
+    fn store<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (store, mut writer) = reflector::store::<K>();
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        store
+    }
+
+    fn sub(ns: &str, name: &str, created: Option<&str>) -> TenantSubscription {
+        let mut s = TenantSubscription::new(
+            name,
+            serde_json::from_value(serde_json::json!({"tenantId": "acme", "modules": []})).unwrap(),
+        );
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.creation_timestamp = created.map(|t| Time(t.parse().unwrap()));
+        s
+    }
+
+    fn caches(
+        namespaces: Vec<PartialObjectMeta<Namespace>>,
+        subs: Vec<TenantSubscription>,
+    ) -> Caches {
+        Caches {
+            profiles: store(vec![]),
+            plans: store(vec![]),
+            calendars: store(vec![]),
+            deployments: store(vec![]),
+            hpas: store(vec![]),
+            services: store(vec![]),
+            quotas: store(vec![]),
+            namespaces: store(namespaces),
+            subscriptions: store(subs),
+            tenant_label: "capacity.tenancy.dev/tenant".into(),
+        }
+    }
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tenant_is_the_namespace_label_and_the_oldest_subscription_acts() {
+        let t = |s| Some(s);
+        let subs = vec![
+            sub("a", "late", t("2026-03-02T10:00:05Z")),
+            sub("a", "zeta", t("2026-03-02T10:00:00Z")),
+            sub("a", "alpha", t("2026-03-02T10:00:00Z")),
+            sub("b", "elsewhere", t("2026-03-01T00:00:00Z")),
+        ];
+        let c = caches(
+            vec![
+                namespace("a", &[("capacity.tenancy.dev/tenant", "acme")]),
+                namespace("b", &[("other", "x")]),
+            ],
+            subs.clone(),
+        );
+        let tenancy = |s: &TenantSubscription| c.tenancy(s);
+        // The oldest; at the same second, the name sorting first.
+        assert_eq!(tenancy(&subs[2]).earlier, Vec::<String>::new());
+        assert_eq!(tenancy(&subs[1]).earlier, ["alpha"]);
+        assert_eq!(tenancy(&subs[0]).earlier, ["alpha", "zeta"]);
+        assert_eq!(tenancy(&subs[0]).tenant.as_deref(), Some("acme"));
+        // Another namespace's subscriptions do not count; no label, no tenant.
+        assert_eq!(
+            tenancy(&subs[3]),
+            Tenancy {
+                label: "capacity.tenancy.dev/tenant".into(),
+                tenant: None,
+                earlier: vec![],
+            }
+        );
+        // One not stored yet comes after every stored one.
+        assert_eq!(
+            tenancy(&sub("a", "aaa", None)).earlier,
+            ["alpha", "zeta", "late"]
+        );
+        // An unknown namespace is assigned to nobody.
+        assert_eq!(c.tenant_of("gone"), None);
+    }
+}
