@@ -19,6 +19,13 @@ fn sub_yaml(name: &str, spec: &str) -> String {
     )
 }
 
+/// The first status the operator reports for the subscription's current
+/// generation, whatever it says: what was written by then is checked before
+/// the reason, so the test shows the write itself, not only the wording.
+async fn first_status(t: &Tenant, name: &str) -> TenantSubscription {
+    t.f.wait_status(name, "a status", |_| true).await
+}
+
 fn ready_message(s: &TenantSubscription) -> String {
     condition(s, "Ready").unwrap().message.clone()
 }
@@ -100,6 +107,8 @@ async fn a_subscription_in_an_unassigned_namespace_writes_nothing() {
         &sub_yaml("x", "  tenantId: acme\n  modules: []\n"),
     )
     .await;
+    first_status(&t, "x").await;
+    assert_eq!(quotas(&t).await, 0, "a quota was written");
     let s = t.f.wait_not_ready("x", "NamespaceNotAssigned").await;
     let msg = ready_message(&s);
     assert!(
@@ -151,6 +160,9 @@ async fn a_tenant_id_other_than_the_namespace_assignment_writes_nothing() {
         ),
     )
     .await;
+    first_status(&t, "g").await;
+    assert_eq!(quotas(&t).await, 0, "a quota was written");
+    assert!(t.f.module_gone(&format!("g-{}", t.f.video)).await);
     let s = t.f.wait_not_ready("g", "TenantMismatch").await;
     let msg = ready_message(&s);
     assert!(
@@ -195,6 +207,9 @@ async fn a_second_subscription_in_a_namespace_is_a_conflict_and_writes_nothing()
         ),
     )
     .await;
+    first_status(&t, "second").await;
+    assert_eq!(quotas(&t).await, 1, "only the first one's quota");
+    assert!(t.f.module_gone(&format!("second-{}", t.f.video)).await);
     let s = t.f.wait_not_ready("second", "DuplicateSubscription").await;
     let msg = ready_message(&s);
     assert!(msg.contains("first") && msg.contains(t.ns()), "{msg}");
@@ -261,6 +276,11 @@ async fn metering_bills_the_namespace_tenant_whatever_the_tenant_id_says() {
 
     // Whoever writes the subscription tries to bill another tenant.
     t.f.apply_sub("m", &spec("globex")).await;
+    first_status(&t, "m").await;
+    assert!(
+        !t.f.operator.metrics.encode().contains("globex"),
+        "a series names the tenant of spec.tenantId"
+    );
     t.f.wait_not_ready("m", "TenantMismatch").await;
     wait_for("still metered for acme", T, || async {
         let text = t.f.operator.metrics.encode();
