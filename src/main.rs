@@ -60,6 +60,11 @@ enum Command {
         /// Ready=False (PlanRequired). `--require-plan=false` turns it off.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
         require_plan: bool,
+        /// The namespace label by which the provider assigns a namespace to a
+        /// tenant: a subscription acts only in a namespace labelled with its
+        /// `tenantId`, and metering bills that label's tenant.
+        #[arg(long, default_value = tenant_capacity_operator::render::LABEL_TENANT, env = "TENANT_NAMESPACE_LABEL")]
+        tenant_namespace_label: String,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -132,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             leader_election_lease_seconds,
             initial_list,
             require_plan,
+            tenant_namespace_label,
         } => {
             telemetry::init(log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                     concurrency: concurrency.max(1),
                     initial_list,
                     require_plan,
+                    tenant_label: tenant_namespace_label,
                     ..Default::default()
                 };
                 let shutdown = async {

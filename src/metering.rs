@@ -13,8 +13,13 @@ use crate::{
 };
 
 /// Add `dt` worth of each Deployment's current replicas to the counters.
+/// The tenant billed is the one the provider assigned the Deployment's
+/// namespace to (`tenant_of`), never a label on the Deployment or the
+/// subscription's `tenantId`: both are written in the namespace. In a
+/// namespace assigned to nobody the tenant is empty.
 pub fn accumulate<'a>(
     deployments: impl IntoIterator<Item = &'a Slim<Deployment>>,
+    tenant_of: impl Fn(&str) -> Option<String>,
     dt: Duration,
     metrics: &Metrics,
 ) {
@@ -25,10 +30,11 @@ pub fn accumulate<'a>(
         };
         let replicas = d.facts.replicas.unwrap_or(0).max(0) as f64;
         let sessions = m.sessions_per_replica;
+        let namespace = d.metadata.namespace.clone().unwrap_or_default();
         let key = ModuleLabels {
-            namespace: d.metadata.namespace.clone().unwrap_or_default(),
+            tenant: tenant_of(&namespace).unwrap_or_default(),
+            namespace,
             subscription: m.subscription.clone(),
-            tenant: m.tenant.clone(),
             module: m.module.clone(),
         };
         metrics
@@ -77,6 +83,7 @@ pub fn prune<'a>(
 pub async fn run(
     deployments: Store<Slim<Deployment>>,
     subscriptions: Store<TenantSubscription>,
+    tenant_of: impl Fn(&str) -> Option<String>,
     metrics: Metrics,
     interval: Duration,
     also: impl Fn(),
@@ -89,7 +96,12 @@ pub async fn run(
         tick.tick().await;
         let now = tokio::time::Instant::now();
         let state = deployments.state();
-        accumulate(state.iter().map(|d| d.as_ref()), now - last, &metrics);
+        accumulate(
+            state.iter().map(|d| d.as_ref()),
+            &tenant_of,
+            now - last,
+            &metrics,
+        );
         prune(
             state.iter().map(|d| d.as_ref()),
             |l| {
@@ -130,11 +142,26 @@ mod tests {
         slim(full(replicas, sessions))
     }
 
+    /// Namespace `t` is assigned to tenant `acme`.
+    fn assigned(ns: &str) -> Option<String> {
+        (ns == "t").then(|| "acme".to_string())
+    }
+
     #[test]
     fn replica_and_session_seconds_add_up() {
         let m = Metrics::default();
-        accumulate([&deployment(4, "40")], Duration::from_secs(15), &m);
-        accumulate([&deployment(2, "40")], Duration::from_secs(30), &m);
+        accumulate(
+            [&deployment(4, "40")],
+            assigned,
+            Duration::from_secs(15),
+            &m,
+        );
+        accumulate(
+            [&deployment(2, "40")],
+            assigned,
+            Duration::from_secs(30),
+            &m,
+        );
         let key = ModuleLabels {
             namespace: "t".into(),
             subscription: "acme".into(),
@@ -153,8 +180,31 @@ mod tests {
         let m = Metrics::default();
         let mut d = full(4, "40");
         d.metadata.owner_references = None;
-        accumulate([&slim(d)], Duration::from_secs(15), &m);
+        accumulate([&slim(d)], assigned, Duration::from_secs(15), &m);
         assert!(!m.encode().contains("replica_seconds_total{"));
+    }
+
+    #[test]
+    fn the_tenant_billed_is_the_namespace_assignment_not_a_label() {
+        let m = Metrics::default();
+        let mut d = full(4, "40");
+        let labels = d.metadata.labels.as_mut().unwrap();
+        labels.insert(LABEL_TENANT.into(), "someone-else".into());
+        accumulate([&slim(d.clone())], assigned, Duration::from_secs(15), &m);
+        let text = m.encode();
+        assert!(
+            text.contains("replica_seconds_total{namespace=\"t\",subscription=\"acme\",tenant=\"acme\",module=\"video\"} 60.0"),
+            "{text}"
+        );
+        assert!(!text.contains("someone-else"), "{text}");
+        // In a namespace assigned to nobody, nobody is billed by name.
+        d.metadata.namespace = Some("shared".into());
+        accumulate([&slim(d)], assigned, Duration::from_secs(15), &m);
+        let text = m.encode();
+        assert!(
+            text.contains("replica_seconds_total{namespace=\"shared\",subscription=\"acme\",tenant=\"\",module=\"video\"} 60.0"),
+            "{text}"
+        );
     }
 
     #[test]

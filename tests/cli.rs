@@ -119,7 +119,7 @@ fn render_names_what_is_wrong() {
 async fn run_serves_health_and_metrics_and_reconciles() {
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "cli").await;
+    let ns = TestNamespace::for_tenant(&client, "cli", "c").await;
     let module = unique("im");
     apply_yaml(&client, None, &profile_yaml(&module, "")).await;
 

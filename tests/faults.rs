@@ -110,7 +110,7 @@ async fn sigkill_mid_reconcile_then_restart_converges_without_duplicates() {
     const N: usize = 20;
     let mut namespaces = Vec::new();
     for i in 0..N {
-        let ns = TestNamespace::new(&client, "kill").await;
+        let ns = TestNamespace::for_tenant(&client, "kill", &format!("k{i}")).await;
         apply_yaml(
             &client,
             Some(&ns.name),
@@ -164,7 +164,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "outage").await;
+    let ns = TestNamespace::for_tenant(&client, "outage", "o").await;
     let (video, im) = (unique("video"), unique("im"));
     apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
     apply_yaml(&client, None, &profile_yaml(&im, "")).await;

@@ -152,7 +152,7 @@ fn install_run_as_its_service_account_upgrade_and_uninstall() {
     // Deleted after the release (dropped after `_cleanup`).
     let namespaces = [
         TestNamespace::with_kubectl("tco-ops"),
-        TestNamespace::with_kubectl("tco-tenant"),
+        TestNamespace::with_kubectl_for("tco-tenant", "acme"),
     ];
     let (release_ns, tenant_ns) = (namespaces[0].name(), namespaces[1].name());
     let profile = format!("{release}-video");
@@ -531,7 +531,9 @@ admission:
                         "default",
                     ],
                 )
-                && can_i(&sa, &["list", "moduleprofiles.capacity.tenancy.dev"]))
+                && can_i(&sa, &["list", "moduleprofiles.capacity.tenancy.dev"])
+                // A namespace's tenant label, even with one watched namespace.
+                && can_i(&sa, &["watch", "namespaces"]))
             .then_some(())
         },
     );

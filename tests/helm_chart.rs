@@ -320,11 +320,14 @@ fn default_render_is_least_privilege_and_hardened() {
     let catalogue = must(&docs, "ClusterRole", &format!("{full}-catalogue"));
     assert_eq!(
         grants(&catalogue["rules"]),
-        triples(&[(
-            "capacity.tenancy.dev",
-            &["moduleprofiles", "subscriptionplans", "capacitycalendars"],
-            &["get", "list", "watch"]
-        )])
+        triples(&[
+            (
+                "capacity.tenancy.dev",
+                &["moduleprofiles", "subscriptionplans", "capacitycalendars"],
+                &["get", "list", "watch"]
+            ),
+            ("", &["namespaces"], &["get", "list", "watch"]),
+        ])
     );
     let leases = must(&docs, "Role", &format!("{full}-leader-election"));
     assert_eq!(leases["metadata"]["namespace"], "ops");

@@ -35,7 +35,7 @@ fn start_replica(ns: &str, name: &str) -> OperatorProcess {
 async fn only_the_leader_writes_and_a_standby_takes_over() {
     let client = client().await;
     install_crds(&client).await;
-    let ns = TestNamespace::new(&client, "leader").await;
+    let ns = TestNamespace::for_tenant(&client, "leader", "l").await;
     let module = unique("im");
     apply_yaml(&client, None, &profile_yaml(&module, "")).await;
     let sub = |c: i64| {

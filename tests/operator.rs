@@ -605,16 +605,23 @@ async fn semantic_errors_leave_running_children_untouched() {
         assert_eq!(f.versions("s", &video).await, before);
     }
 
-    // Another tenant next to the broken one converges as usual.
+    // A second subscription in the tenant's namespace is a conflict, not a
+    // second writer: reported, nothing written, the first one untouched.
     f.apply_sub(
         "other",
         &format!(
-            "  tenantId: other\n  modules:\n    - {{name: {}, concurrency: 40}}\n",
+            "  tenantId: s\n  modules:\n    - {{name: {}, concurrency: 40}}\n",
             f.im
         ),
     )
     .await;
-    f.wait_available("other").await;
+    f.wait_not_ready("other", "DuplicateSubscription").await;
+    assert!(
+        f.get::<Deployment>(&format!("other-{}", f.im))
+            .await
+            .is_none()
+    );
+    assert_eq!(f.versions("s", &video).await, before);
 
     // Fixing the input converges again.
     f.apply_sub("s", &good).await;

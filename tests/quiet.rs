@@ -93,7 +93,7 @@ async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     let mut namespaces = Vec::new();
     let mut operators = Vec::new();
     for i in 0..N {
-        let ns = TestNamespace::new(&client, "quiet").await;
+        let ns = TestNamespace::for_tenant(&client, "quiet", &format!("q{i}")).await;
         operators.push(Operator::start_with(&client, &ns.name, resync));
         let yaml = format!(
             r#"

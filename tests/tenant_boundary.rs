@@ -17,6 +17,8 @@ mod admission;
 mod children;
 #[path = "tenant_boundary/drain.rs"]
 mod drain;
+#[path = "tenant_boundary/namespace.rs"]
+mod namespace;
 #[path = "tenant_boundary/pause.rs"]
 mod pause;
 #[path = "tenant_boundary/quota.rs"]

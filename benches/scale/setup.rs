@@ -198,18 +198,21 @@ pub fn operator_user() -> String {
     format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}")
 }
 
-/// `n` fresh namespaces `<prefix>-<i>`, each with its default ServiceAccount
+/// `n` fresh namespaces `<prefix>-<i>`, namespace `i` assigned to tenant
+/// `tenant-<i>` (the tenant of subscription `i`), each with its default ServiceAccount
 /// (pods are refused until it exists, as in any real namespace).
 pub async fn namespaces(client: &Client, prefix: &str, n: usize) -> Res<Vec<String>> {
     let api: Api<Namespace> = Api::all(client.clone());
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    stream::iter(names.clone())
-        .map(|name| {
+    stream::iter(names.clone().into_iter().enumerate())
+        .map(|(i, name)| {
             let api = api.clone();
             let prefix = prefix.to_string();
             async move {
+                // Assigned to its tenant, as the provider does (see objects::subscription).
                 let ns = json!({"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": name, "labels": {BENCH_LABEL: "true", "tenant-capacity-operator/bench-phase": prefix}}});
+                    "metadata": {"name": name, "labels": {BENCH_LABEL: "true", "tenant-capacity-operator/bench-phase": prefix,
+                        render::LABEL_TENANT: format!("tenant-{i}")}}});
                 api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(ns)).await
             }
         })

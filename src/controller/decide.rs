@@ -16,7 +16,7 @@ use super::{
     drain::DrainRecord,
     error::Rejection,
     events::{EventType, Note},
-    facts::{Live, LiveModule},
+    facts::{Live, LiveModule, Tenancy},
     status,
 };
 use crate::{
@@ -185,6 +185,12 @@ pub fn decide(
     // Modules that may have children: those in the spec and those reported before.
     let mut known: BTreeSet<&str> = sub.spec.modules.iter().map(|m| m.name.as_str()).collect();
     known.extend(old.modules.iter().map(|m| m.name.as_str()));
+    if let Err(refusal) = assignment(sub, &live.tenancy) {
+        return Decision {
+            batches: vec![],
+            outcome: not_here(sub, refusal),
+        };
+    }
     if sub.spec.paused {
         return match restrained(sub, catalogue, live, now) {
             Some(plan) => {
@@ -333,6 +339,63 @@ fn as_invalid(mut o: Outcome, errors: &[InvalidSpec], now: Timestamp) -> Outcome
         o.requeue = Some(o.requeue.map_or(soon, |r| r.min(soon)));
     }
     o
+}
+
+/// Whether the subscription may act in its namespace: only where the
+/// provider assigned the namespace to its tenant (the namespace label), and
+/// only the first subscription there. A namespace admin cannot label its
+/// namespace, so a subscription cannot place itself, and its `tenantId`
+/// cannot claim another tenant's namespace.
+pub fn assignment(sub: &TenantSubscription, tenancy: &Tenancy) -> Result<(), Reason> {
+    let ns = sub.namespace().unwrap_or_default();
+    let label = &tenancy.label;
+    let claimed = &sub.spec.tenant_id;
+    let Some(tenant) = &tenancy.tenant else {
+        return Err(Reason::new(
+            "NamespaceNotAssigned",
+            format!(
+                "namespace {ns} is not assigned to a tenant (it has no label {label}); \
+                 nothing is written here until the provider labels it {label}={claimed}"
+            ),
+        ));
+    };
+    if tenant != claimed {
+        return Err(Reason::new(
+            "TenantMismatch",
+            format!(
+                "spec.tenantId is {claimed:?} but namespace {ns} is assigned to tenant \
+                 {tenant:?} (label {label}={tenant}); nothing is written"
+            ),
+        ));
+    }
+    if let Some(first) = tenancy.earlier.first() {
+        return Err(Reason::new(
+            "DuplicateSubscription",
+            format!(
+                "namespace {ns} already has subscription {first} for tenant {tenant}; \
+                 only the oldest subscription of a namespace acts, nothing is written for this one"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A subscription that may not act in its namespace (see [`assignment`]):
+/// nothing is written; status says why, and keeps its modules as it said them.
+fn not_here(sub: &TenantSubscription, refusal: Reason) -> Outcome {
+    let old = sub.status.clone().unwrap_or_default();
+    Outcome {
+        modules: old.modules,
+        ready: false,
+        ready_reason: refusal.clone(),
+        reconciling: None,
+        stalled: Some(refusal),
+        limited: vec![],
+        active_windows: vec![],
+        next_transition: None,
+        requeue: None,
+        awaiting_quota: false,
+    }
 }
 
 /// `spec.paused`: nothing is written; status keeps what it said, with the
@@ -803,7 +866,12 @@ fn converge(
     let owner = Owner {
         name: sub.name_any(),
         namespace: sub.namespace().unwrap_or_default(),
-        tenant_id: sub.spec.tenant_id.clone(),
+        // The namespace's assignment (equal to spec.tenantId here, see `assignment`).
+        tenant_id: live
+            .tenancy
+            .tenant
+            .clone()
+            .unwrap_or_else(|| sub.spec.tenant_id.clone()),
         reference: sub.controller_owner_ref(&()),
     };
     let mut requeue = plan

@@ -11,12 +11,13 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{LimitRange, ResourceQuota, Service},
+        core::v1::{LimitRange, Namespace, ResourceQuota, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
 
@@ -77,6 +78,23 @@ pub struct Live {
     pub limit_range: Option<Arc<Slim<LimitRange>>>,
     /// Names of its children that objects it does not own already hold.
     pub taken: BTreeSet<(ChildKind, String)>,
+    /// Whom the provider assigned the namespace to, and who else subscribes there.
+    pub tenancy: Tenancy,
+}
+
+/// The namespace's assignment to a tenant, as the provider labelled it, and
+/// the subscriptions there that come before this one. The default is a
+/// namespace assigned to nobody: nothing may be written in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tenancy {
+    /// The namespace label that assigns it to a tenant (`--tenant-namespace-label`).
+    pub label: String,
+    /// That label's value on the subscription's namespace, when it is set.
+    pub tenant: Option<String>,
+    /// The other subscriptions in the namespace that were created earlier
+    /// (or at the same second with a name sorting first): the first of them
+    /// is the one that acts.
+    pub earlier: Vec<String>,
 }
 
 impl Live {
@@ -105,6 +123,11 @@ pub struct Caches {
     pub services: Store<Slim<Service>>,
     pub quotas: Store<Slim<ResourceQuota>>,
     pub limit_ranges: Store<Slim<LimitRange>>,
+    /// Namespaces, metadata only: their tenant label.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub subscriptions: Store<TenantSubscription>,
+    /// The namespace label that assigns a namespace to a tenant.
+    pub tenant_label: String,
 }
 
 impl Caches {
@@ -177,8 +200,54 @@ impl Caches {
         if pick(&self.limit_ranges, &ns, &limits, uid, &mut live.limit_range) {
             live.taken.insert((ChildKind::LimitRange, limits));
         }
+        live.tenancy = self.tenancy(sub);
         live
     }
+
+    /// The tenant the provider assigned `namespace` to, if any.
+    pub fn tenant_of(&self, namespace: &str) -> Option<String> {
+        tenant_label(&self.namespaces, &self.tenant_label, namespace)
+    }
+
+    /// The subscription's namespace assignment and its earlier neighbours.
+    pub fn tenancy(&self, sub: &TenantSubscription) -> Tenancy {
+        let ns = sub.namespace().unwrap_or_default();
+        let mine = seniority(sub);
+        let mut earlier: Vec<_> = self
+            .subscriptions
+            .state()
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() != mine.2)
+            .map(|s| seniority(s))
+            .filter(|r| *r < mine)
+            .collect();
+        earlier.sort();
+        Tenancy {
+            label: self.tenant_label.clone(),
+            tenant: self.tenant_of(&ns),
+            earlier: earlier.into_iter().map(|r| r.2).collect(),
+        }
+    }
+}
+
+/// Where a subscription stands among those of its namespace: the oldest
+/// first, at the same second the name sorting first; one not yet stored
+/// (no creation time) after every stored one.
+fn seniority(s: &TenantSubscription) -> (bool, Option<jiff::Timestamp>, String) {
+    let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (created.is_none(), created, s.name_any())
+}
+
+/// The value of `label` on the cached namespace `name`.
+pub fn tenant_label(
+    namespaces: &Store<PartialObjectMeta<Namespace>>,
+    label: &str,
+    name: &str,
+) -> Option<String> {
+    namespaces
+        .get(&ObjectRef::new(name))
+        .and_then(|n| n.labels().get(label).cloned())
+        .filter(|t| !t.is_empty())
 }
 
 /// Put the cached object `ns/name` into `slot` when `uid` owns it; true when
@@ -197,5 +266,101 @@ fn pick<K: Resource<DynamicType = ()>>(
         }
         Some(_) => true,
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+
+    fn store<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (store, mut writer) = reflector::store::<K>();
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        store
+    }
+
+    fn sub(ns: &str, name: &str, created: Option<&str>) -> TenantSubscription {
+        let mut s = TenantSubscription::new(
+            name,
+            serde_json::from_value(serde_json::json!({"tenantId": "acme", "modules": []})).unwrap(),
+        );
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.creation_timestamp = created.map(|t| Time(t.parse().unwrap()));
+        s
+    }
+
+    fn caches(
+        namespaces: Vec<PartialObjectMeta<Namespace>>,
+        subs: Vec<TenantSubscription>,
+    ) -> Caches {
+        Caches {
+            profiles: store(vec![]),
+            plans: store(vec![]),
+            calendars: store(vec![]),
+            deployments: store(vec![]),
+            hpas: store(vec![]),
+            services: store(vec![]),
+            quotas: store(vec![]),
+            limit_ranges: store(vec![]),
+            namespaces: store(namespaces),
+            subscriptions: store(subs),
+            tenant_label: "capacity.tenancy.dev/tenant".into(),
+        }
+    }
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_tenant_is_the_namespace_label_and_the_oldest_subscription_acts() {
+        let t = |s| Some(s);
+        let subs = vec![
+            sub("a", "late", t("2026-03-02T10:00:05Z")),
+            sub("a", "zeta", t("2026-03-02T10:00:00Z")),
+            sub("a", "alpha", t("2026-03-02T10:00:00Z")),
+            sub("b", "elsewhere", t("2026-03-01T00:00:00Z")),
+        ];
+        let c = caches(
+            vec![
+                namespace("a", &[("capacity.tenancy.dev/tenant", "acme")]),
+                namespace("b", &[("other", "x")]),
+            ],
+            subs.clone(),
+        );
+        let tenancy = |s: &TenantSubscription| c.tenancy(s);
+        // The oldest; at the same second, the name sorting first.
+        assert_eq!(tenancy(&subs[2]).earlier, Vec::<String>::new());
+        assert_eq!(tenancy(&subs[1]).earlier, ["alpha"]);
+        assert_eq!(tenancy(&subs[0]).earlier, ["alpha", "zeta"]);
+        assert_eq!(tenancy(&subs[0]).tenant.as_deref(), Some("acme"));
+        // Another namespace's subscriptions do not count; no label, no tenant.
+        assert_eq!(
+            tenancy(&subs[3]),
+            Tenancy {
+                label: "capacity.tenancy.dev/tenant".into(),
+                tenant: None,
+                earlier: vec![],
+            }
+        );
+        // One not stored yet comes after every stored one.
+        assert_eq!(
+            tenancy(&sub("a", "aaa", None)).earlier,
+            ["alpha", "zeta", "late"]
+        );
+        // An unknown namespace is assigned to nobody.
+        assert_eq!(c.tenant_of("gone"), None);
     }
 }

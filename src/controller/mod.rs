@@ -51,7 +51,7 @@ use crate::{
 use events::Events;
 use facts::Caches;
 use reconcile::{Context, error_policy, reconcile};
-use watch::{cache, scoped, slim_cache, users};
+use watch::{cache, residents, scoped, slim_cache, users};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -69,6 +69,9 @@ pub struct Settings {
     /// A subscription must name a SubscriptionPlan; one without is not
     /// applied (`Ready=False`, `PlanRequired`).
     pub require_plan: bool,
+    /// The namespace label by which the provider assigns a namespace to a
+    /// tenant; subscriptions act only in namespaces so assigned to their tenant.
+    pub tenant_label: String,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             metering_interval: Duration::from_secs(15),
             initial_list: InitialList::Auto,
             require_plan: true,
+            tenant_label: crate::render::LABEL_TENANT.to_string(),
         }
     }
 }
@@ -136,12 +140,20 @@ pub async fn run(
         catalogue.clone(),
     );
 
+    // Namespaces, metadata only: their tenant label says which subscription
+    // may act there (see `decide::assignment`).
+    let (namespace_api, namespace_config) =
+        watch::namespaces(&client, &settings.namespace, catalogue.clone());
+    let (namespaces, namespace_stream) = cache(namespace_api, namespace_config);
+
     // Subscriptions through the same stripped cache: the controller's own
     // watch would keep every object's managed fields in memory.
     let (subscription_store, subscription_stream) = cache(
         scoped::<TenantSubscription>(&client, &settings.namespace),
         catalogue,
     );
+    let subscription_stream =
+        watch::with_neighbours(subscription_stream, subscription_store.clone());
     let controller = Controller::for_stream(subscription_stream, subscription_store.clone())
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .trigger_backoff(WatchBackoff::default());
@@ -165,6 +177,7 @@ pub async fn run(
             services.clone(),
             quotas.clone(),
             limit_ranges.clone(),
+            namespaces.clone(),
         );
         tokio::spawn(async move {
             let _ = tokio::join!(
@@ -193,6 +206,9 @@ pub async fn run(
             services,
             quotas,
             limit_ranges,
+            namespaces,
+            subscriptions: subscription_store.clone(),
+            tenant_label: settings.tenant_label.clone(),
         },
         metrics,
         events,
@@ -210,6 +226,7 @@ pub async fn run(
         crate::metering::run(
             c.caches.deployments.clone(),
             housekeeping_subscriptions,
+            |ns| c.caches.tenant_of(ns),
             c.metrics.clone(),
             c.settings.metering_interval,
             || {
@@ -226,6 +243,8 @@ pub async fn run(
         .owns_stream(service_stream)
         .owns_stream(quota_stream)
         .owns_stream(limit_range_stream)
+        // A namespace assigned, reassigned or unassigned re-decides its subscriptions.
+        .watches_stream(namespace_stream, residents(subscription_store.clone()))
         // A changed profile, plan or calendar re-plans every subscription that uses it.
         .watches_stream(
             profile_stream,

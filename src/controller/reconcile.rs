@@ -19,12 +19,13 @@ use tracing::warn;
 
 use super::{
     Settings,
-    decide::{self, Outcome, decide},
+    decide::{self, Outcome, assignment, decide},
     drain,
     error::{Error, Result, Verb, api_error},
     events::{self, Events},
     execute::Writer,
     facts::Caches,
+    facts::Tenancy,
     status::{self, PROGRESS_BATCH, WriteStatus},
 };
 use crate::{
@@ -128,7 +129,7 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
             refused = Some(e);
         }
     }
-    publish_metrics(&ctx.metrics, sub, &outcome);
+    publish_metrics(&ctx.metrics, sub, &live.tenancy, &outcome);
 
     let new = status::build(sub, &old, &outcome, now);
     let since_written = ctx
@@ -219,16 +220,20 @@ fn jittered(resync: Duration) -> Duration {
     resync.mul_f64(1.0 - draw as f64 / 10_000.0)
 }
 
-fn publish_metrics(metrics: &Metrics, sub: &TenantSubscription, o: &Outcome) {
+/// The gauges of the subscription's modules, labelled with the tenant the
+/// namespace is assigned to (never `spec.tenantId`); none for a subscription
+/// that may not act in its namespace.
+fn publish_metrics(metrics: &Metrics, sub: &TenantSubscription, tenancy: &Tenancy, o: &Outcome) {
     let ns = sub.namespace().unwrap_or_default();
+    let acting = assignment(sub, tenancy).is_ok();
     for m in &o.modules {
         let labels = ModuleLabels {
             namespace: ns.clone(),
             subscription: sub.name_any(),
-            tenant: sub.spec.tenant_id.clone(),
+            tenant: tenancy.tenant.clone().unwrap_or_default(),
             module: m.name.clone(),
         };
-        let plan = (m.state == Some(ModuleState::Active)).then(|| ModulePlan {
+        let plan = (acting && m.state == Some(ModuleState::Active)).then(|| ModulePlan {
             max_replicas: m.max_replicas.unwrap_or(0) as i64,
             min_replicas: m.min_replicas.unwrap_or(0) as i64,
             ceiling_sessions: m.concurrency.unwrap_or(0),

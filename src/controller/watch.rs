@@ -5,9 +5,10 @@
 use std::{fmt::Debug, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -143,6 +144,20 @@ where
     }
 }
 
+/// Namespaces, metadata only (their labels say which tenant each is
+/// assigned to): every namespace, or only `namespace` when one is watched.
+pub fn namespaces(
+    client: &Client,
+    namespace: &Option<String>,
+    config: watcher::Config,
+) -> (Api<PartialObjectMeta<Namespace>>, watcher::Config) {
+    let config = match namespace {
+        Some(ns) => config.fields(&format!("metadata.name={ns}")),
+        None => config,
+    };
+    (Api::all(client.clone()), config)
+}
+
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The watch of `api`, retried with backoff, its errors logged.
@@ -230,6 +245,48 @@ where
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
     (store, stream)
+}
+
+/// Maps a namespace to the subscriptions in it: its tenant label decides
+/// whether they may act.
+pub fn residents(
+    subscriptions: Store<TenantSubscription>,
+) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<TenantSubscription>> + Send + Sync + 'static
+{
+    move |ns: PartialObjectMeta<Namespace>| {
+        let name = ns.name_any();
+        subscriptions
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace().as_deref() == Some(name.as_str()))
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
+}
+
+/// The subscriptions' trigger stream, each subscription followed by the
+/// others of its namespace: which one of them acts depends on all of them
+/// (when the first is deleted, the next takes over). A namespace with one
+/// subscription, the usual case, adds nothing.
+pub fn with_neighbours<E>(
+    stream: impl futures::Stream<Item = Result<TenantSubscription, E>>,
+    subscriptions: Store<TenantSubscription>,
+) -> impl futures::Stream<Item = Result<TenantSubscription, E>> {
+    stream.flat_map(move |touched| {
+        let mut out = Vec::new();
+        if let Ok(s) = &touched {
+            let (ns, name) = (s.namespace(), s.name_any());
+            out.extend(
+                subscriptions
+                    .state()
+                    .iter()
+                    .filter(|o| o.namespace() == ns && o.name_any() != name)
+                    .map(|o| Ok(o.as_ref().clone())),
+            );
+        }
+        out.insert(0, touched);
+        futures::stream::iter(out)
+    })
 }
 
 /// Maps a catalogue object to the subscriptions that refer to it.

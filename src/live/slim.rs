@@ -26,7 +26,7 @@ use crate::{
     live::digest,
     render::{
         ANNOTATION_HELD_UNTIL, ANNOTATION_SESSIONS_PER_REPLICA, LABEL_MODULE, LABEL_SUBSCRIPTION,
-        LABEL_TENANT, MANAGER,
+        MANAGER,
     },
 };
 
@@ -117,7 +117,8 @@ pub struct Facts {
 pub struct Metered {
     pub subscription: String,
     pub module: String,
-    pub tenant: String,
+    // No tenant: who is billed comes from the namespace's assignment
+    // (metering::accumulate), never from a label written in the namespace.
     pub sessions_per_replica: f64,
 }
 
@@ -185,7 +186,6 @@ impl Slimmable for Deployment {
             (Some(subscription), Some(module)) if owned => Some(Box::new(Metered {
                 subscription,
                 module,
-                tenant: label(LABEL_TENANT).unwrap_or_default(),
                 sessions_per_replica: annotation(ANNOTATION_SESSIONS_PER_REPLICA)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0.0),

@@ -31,6 +31,29 @@ use super::{
 
 pub const TEST_MANAGER: &str = "integration-test";
 
+/// The namespace label by which the provider assigns a namespace to a
+/// tenant (the operator's default `--tenant-namespace-label`).
+pub const TENANT_LABEL: &str = "capacity.tenancy.dev/tenant";
+
+/// Assign namespace `ns` to `tenant`, as the provider does: label it.
+pub async fn assign_namespace(client: &Client, ns: &str, tenant: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.patch(
+        ns,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {TENANT_LABEL: tenant}}})),
+    )
+    .await
+    .expect("label the namespace with its tenant");
+}
+
+/// The tenant namespace `ns` is assigned to, if any.
+pub async fn namespace_tenant(client: &Client, ns: &str) -> Option<String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let n = api.get(ns).await.expect("read the namespace");
+    n.metadata.labels?.get(TENANT_LABEL).cloned()
+}
+
 /// A client for the cluster named by KUBECONFIG, built as the operator binary
 /// builds its own (`controller::client`, with its cap on requests in flight),
 /// so in-process operators run with the same client. Fails loudly without
@@ -101,9 +124,19 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
+        Self::create(client, prefix, json!({})).await
+    }
+
+    /// A namespace the provider has assigned to `tenant` (labelled so).
+    pub async fn for_tenant(client: &Client, prefix: &str, tenant: &str) -> Self {
+        Self::create(client, prefix, json!({TENANT_LABEL: tenant})).await
+    }
+
+    async fn create(client: &Client, prefix: &str, labels: serde_json::Value) -> Self {
         let name = namespace_name(prefix);
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
         api.create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
@@ -126,6 +159,24 @@ impl TestNamespace {
         super::tools::require_cluster();
         let name = namespace_name(prefix);
         kubectl(&["create", "namespace", &name]);
+        Self::await_service_account(name)
+    }
+
+    /// Through kubectl, assigned to `tenant` (labelled so).
+    pub fn with_kubectl_for(prefix: &str, tenant: &str) -> Self {
+        super::tools::require_cluster();
+        let name = namespace_name(prefix);
+        kubectl(&["create", "namespace", &name]);
+        kubectl(&[
+            "label",
+            "namespace",
+            &name,
+            &format!("{TENANT_LABEL}={tenant}"),
+        ]);
+        Self::await_service_account(name)
+    }
+
+    fn await_service_account(name: String) -> Self {
         wait_blocking(
             "the namespace's default ServiceAccount",
             Duration::from_secs(120),

@@ -19,8 +19,8 @@ use tenant_capacity_operator::{
 
 use super::{
     cluster::{
-        Namespaced, TestNamespace, apply_yaml, client, get_opt, install_crds, is, profile_yaml,
-        unique,
+        Namespaced, TestNamespace, apply_yaml, assign_namespace, client, get_opt, install_crds, is,
+        namespace_tenant, profile_yaml, unique,
     },
     process::writes_in,
     tools::kubectl,
@@ -172,10 +172,22 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// Apply subscription `name` with `spec` (YAML lines under `spec:`). The
+    /// test plays the provider: a namespace not yet assigned to a tenant is
+    /// first labelled with the spec's tenantId.
     pub async fn apply_sub(&self, name: &str, spec: &str) -> TenantSubscription {
         let yaml = format!(
             "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: TenantSubscription\nmetadata: {{name: {name}}}\nspec:\n{spec}"
         );
+        let value: serde_json::Value = serde_saphyr::from_str(&yaml).expect("valid YAML");
+        if let Some(tenant) = value["spec"]["tenantId"].as_str()
+            && !tenant.is_empty()
+            && namespace_tenant(&self.client, &self.ns.name)
+                .await
+                .is_none()
+        {
+            assign_namespace(&self.client, &self.ns.name, tenant).await;
+        }
         apply_yaml(&self.client, Some(&self.ns.name), &yaml).await;
         self.subs().get(name).await.unwrap()
     }

@@ -70,6 +70,17 @@ fn subscription(spec: &str) -> TenantSubscription {
 const BOTH: &str =
     "{tenantId: acme, modules: [{name: video, concurrency: 400}, {name: im, concurrency: 1000}]}";
 
+/// The subscription's namespace, labelled by the provider for `tenant`.
+fn assigned_to(tenant: &str) -> Tenancy {
+    Tenancy {
+        label: TENANT_LABEL.into(),
+        tenant: Some(tenant.into()),
+        earlier: vec![],
+    }
+}
+
+const TENANT_LABEL: &str = "capacity.tenancy.dev/tenant";
+
 /// What one decision wrote, in a form a table can state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum W {
@@ -119,7 +130,10 @@ impl World {
         Self {
             sub: subscription(spec),
             catalogue: catalogue(),
-            live: Live::default(),
+            live: Live {
+                tenancy: assigned_to("acme"),
+                ..Live::default()
+            },
             now: t0(),
             uids: 0,
             data: BTreeMap::new(),
@@ -1233,6 +1247,65 @@ fn a_draining_modules_quota_share_is_its_recorded_footprint_whatever_its_live_ob
 }
 
 #[test]
+fn a_subscription_acts_only_in_a_namespace_assigned_to_its_tenant_and_only_the_first() {
+    let unassigned = Tenancy {
+        label: TENANT_LABEL.into(),
+        ..Default::default()
+    };
+    let duplicate = Tenancy {
+        earlier: vec!["first".into(), "second".into()],
+        ..assigned_to("acme")
+    };
+    // `modules: []` too: in a namespace not its own it must not write a
+    // quota of `pods: 0`.
+    for spec in [BOTH, "{tenantId: acme, modules: []}"] {
+        for (tenancy, reason, says) in [
+            (
+                unassigned.clone(),
+                "NamespaceNotAssigned",
+                "namespace tenant-acme is not assigned to a tenant (it has no label capacity.tenancy.dev/tenant)",
+            ),
+            (
+                assigned_to("globex"),
+                "TenantMismatch",
+                "spec.tenantId is \"acme\" but namespace tenant-acme is assigned to tenant \"globex\" (label capacity.tenancy.dev/tenant=globex)",
+            ),
+            (
+                duplicate.clone(),
+                "DuplicateSubscription",
+                "namespace tenant-acme already has subscription first for tenant acme",
+            ),
+        ] {
+            let mut w = World::new(spec);
+            w.live.tenancy = tenancy;
+            let d = w.reconcile();
+            assert!(d.batches.is_empty(), "{reason}: {:?}", shape(&d.batches));
+            assert!(!d.outcome.ready);
+            assert_eq!(d.outcome.ready_reason.reason, reason);
+            assert!(
+                d.outcome.ready_reason.message.contains(says),
+                "{}",
+                d.outcome.ready_reason.message
+            );
+            assert!(
+                d.outcome
+                    .ready_reason
+                    .message
+                    .contains("nothing is written")
+            );
+            assert_eq!(
+                d.outcome.stalled.as_ref().map(|r| r.reason.as_str()),
+                Some(reason)
+            );
+            assert_eq!(
+                d.outcome.requeue, None,
+                "the namespace's watch brings it back"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_limit_range_name_taken_by_a_stranger_is_a_conflict_and_no_pod_starts() {
     let mut w = World::new(BOTH);
     w.stranger(ChildKind::LimitRange, "acme-defaults");
@@ -1436,6 +1509,44 @@ fn a_module_whose_profile_is_gone_still_drains_from_its_record() {
 }
 
 #[test]
+fn the_first_subscription_of_the_namespace_acts() {
+    let mut w = World::new("{tenantId: acme, modules: []}");
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![
+            apply(ChildKind::Quota, "acme-capacity"),
+            apply(ChildKind::LimitRange, "acme-defaults")
+        ]]
+    );
+}
+
+#[test]
+fn a_namespace_taken_from_the_tenant_keeps_what_runs_and_writes_nothing() {
+    let mut w = World::converged(BOTH);
+    let before = w.status().modules.clone();
+    w.live.tenancy.tenant = None;
+    // Even a module switched off is not drained or removed.
+    w.edit("{tenantId: acme, modules: [{name: im, concurrency: 1000}]}");
+    w.later(3600);
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "NamespaceNotAssigned");
+    assert_eq!(w.status().modules, before, "status keeps what it said");
+    assert!(w.live.module("video").deployment.is_some());
+
+    // Assigned again, it carries on where it was.
+    w.live.tenancy = assigned_to("acme");
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches)[0],
+        [W::Event("Draining".into())],
+        "{:?}",
+        shape(&d.batches)
+    );
+}
+
+#[test]
 fn a_new_drain_record_is_written_at_once() {
     let mut w = World::converged(&video_on("Retain"));
     let old = w.status().clone();
@@ -1450,4 +1561,17 @@ fn a_new_drain_record_is_written_at_once() {
     );
     // Once written, the same record is not new.
     assert!(!drain::new_records(&new.modules, &new.modules));
+}
+
+#[test]
+fn children_are_labelled_with_the_namespace_tenant() {
+    let mut w = World::new(BOTH);
+    let d = w.reconcile();
+    let Write::Apply(q) = &d.batches[0][0] else {
+        panic!("{:?}", shape(&d.batches))
+    };
+    assert_eq!(
+        q.body["metadata"]["labels"][crate::render::LABEL_TENANT],
+        "acme"
+    );
 }
