@@ -8,6 +8,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::{
     api::TenantSubscription,
+    capacity::child_name,
     live::Slim,
     metrics::{Metrics, ModuleLabels},
 };
@@ -41,6 +42,20 @@ pub fn accumulate<'a>(
             .modules
             .meter(&key, replicas * secs, replicas * sessions * secs);
     }
+}
+
+/// Whether a Deployment with metering labels is really a module's child:
+/// named as the operator names it and owned by the live subscription its
+/// label names. Anyone able to create Deployments in a namespace can copy
+/// the labels and an owner reference; what they made is not metered.
+pub fn is_child(d: &Slim<Deployment>, uid_of: impl Fn(&str, &str) -> Option<String>) -> bool {
+    let Some(m) = &d.facts.metering else {
+        return false;
+    };
+    let ns = d.metadata.namespace.as_deref().unwrap_or_default();
+    d.metadata.name.as_deref() == Some(child_name(&m.subscription, &m.module).as_str())
+        && uid_of(ns, &m.subscription)
+            .is_some_and(|uid| crate::controller::facts::owned_by(&d.metadata, &uid))
 }
 
 /// Forget the series of what is gone. A module's gauges go when its
@@ -96,8 +111,16 @@ pub async fn run(
         tick.tick().await;
         let now = tokio::time::Instant::now();
         let state = deployments.state();
+        let uid_of = |ns: &str, name: &str| {
+            subscriptions
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|s| s.metadata.uid.clone())
+        };
         accumulate(
-            state.iter().map(|d| d.as_ref()),
+            state
+                .iter()
+                .map(|d| d.as_ref())
+                .filter(|d| is_child(d, &uid_of)),
             &tenant_of,
             now - last,
             &metrics,
@@ -173,6 +196,34 @@ mod tests {
         assert_eq!(v.session_capacity_seconds, 40.0 * (4.0 * 15.0 + 2.0 * 30.0));
         let text = m.encode();
         assert!(text.contains("tenant_capacity_module_replica_seconds_total{namespace=\"t\",subscription=\"acme\",tenant=\"acme\",module=\"video\"} 120.0"), "{text}");
+    }
+
+    #[test]
+    fn only_a_subscriptions_own_child_is_metered() {
+        let live = |ns: &str, name: &str| (ns == "t" && name == "acme").then(|| "u".to_string());
+        assert!(is_child(&deployment(1, "40"), live));
+        let mut copied_owner = full(1, "40");
+        copied_owner.metadata.name = Some("mine".into());
+        assert!(
+            !is_child(&slim(copied_owner), live),
+            "labels and owner copied onto a Deployment of another name"
+        );
+        let mut stale = full(1, "40");
+        stale.metadata.owner_references.as_mut().unwrap()[0].uid = "older".into();
+        assert!(
+            !is_child(&slim(stale), live),
+            "an owner that is not the live subscription"
+        );
+        assert!(!is_child(&deployment(1, "40"), |_: &str, _: &str| None));
+    }
+
+    #[test]
+    fn sessions_that_are_no_number_count_nothing() {
+        for bad in ["NaN", "inf", "-1e15", "-3"] {
+            let d = deployment(1, bad);
+            let m = d.facts.metering.as_ref().unwrap();
+            assert_eq!(m.sessions_per_replica, 0.0, "{bad}");
+        }
     }
 
     #[test]

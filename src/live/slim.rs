@@ -187,7 +187,8 @@ impl Slimmable for Deployment {
                 subscription,
                 module,
                 sessions_per_replica: annotation(ANNOTATION_SESSIONS_PER_REPLICA)
-                    .and_then(|s| s.parse().ok())
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .filter(|n| n.is_finite() && *n >= 0.0)
                     .unwrap_or(0.0),
             })),
             _ => None,
