@@ -120,7 +120,7 @@ pub async fn run(
             state
                 .iter()
                 .map(|d| d.as_ref())
-                .filter(|d| is_child(d, &uid_of)),
+                .filter(|d| is_child(d, uid_of)),
             &tenant_of,
             now - last,
             &metrics,
