@@ -308,21 +308,32 @@ fn as_paused(mut o: Outcome) -> Outcome {
     o
 }
 
-/// A restrained converge's outcome, reported as a spec that cannot be
-/// applied: the errors on the modules they name and in Ready and Stalled.
-fn as_invalid(mut o: Outcome, errors: &[InvalidSpec], now: Timestamp) -> Outcome {
-    let reason = errors[0].reason();
+/// The condition reason of a spec that cannot be applied (its first
+/// error's) and the message naming every error.
+fn summary(errors: &[InvalidSpec]) -> (&'static str, String) {
     let message = errors
         .iter()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("; ");
+    (errors[0].reason(), message)
+}
+
+/// The errors that belong to `module`.
+fn errors_of(errors: &[InvalidSpec], module: &str) -> Vec<String> {
+    errors
+        .iter()
+        .filter(|e| e.module() == Some(module))
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// A restrained converge's outcome, reported as a spec that cannot be
+/// applied: the errors on the modules they name and in Ready and Stalled.
+fn as_invalid(mut o: Outcome, errors: &[InvalidSpec], now: Timestamp) -> Outcome {
+    let (reason, message) = summary(errors);
     for m in &mut o.modules {
-        let own: Vec<String> = errors
-            .iter()
-            .filter(|e| e.module() == Some(m.name.as_str()))
-            .map(|e| e.to_string())
-            .collect();
+        let own = errors_of(errors, &m.name);
         if !own.is_empty() {
             m.state = Some(ModuleState::Invalid);
             m.message = Some(own.join("; "));
@@ -448,22 +459,13 @@ fn invalid(
     live: &Live,
     now: Timestamp,
 ) -> Outcome {
-    let reason = errors[0].reason();
-    let message = errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let (reason, message) = summary(errors);
     let old = sub.status.clone().unwrap_or_default();
     let modules = known
         .iter()
         .filter_map(|m| {
             let l = live.module(m);
-            let own: Vec<String> = errors
-                .iter()
-                .filter(|e| e.module() == Some(m))
-                .map(|e| e.to_string())
-                .collect();
+            let own = errors_of(errors, m);
             if own.is_empty() && l.is_empty() {
                 return None;
             }
