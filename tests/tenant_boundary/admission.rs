@@ -14,11 +14,11 @@ use k8s_openapi::api::core::v1::ResourceQuota;
 use crate::{
     TENANT_ADMIN, Tenant,
     support::{
-        TestNamespace,
+        Fixture, TestNamespace,
         chart::CHART,
-        cluster::{apply_yaml, install_crds, profile_yaml, unique},
+        cluster::{apply_yaml, assign_namespace, install_crds, profile_yaml, unique},
         tools::{kubectl, ok, run, try_kubectl_apply},
-        wait_blocking,
+        wait_blocking, wait_for,
     },
 };
 
@@ -347,6 +347,7 @@ async fn the_namespace_admin_cannot_write_what_was_bought() {
 async fn over_plan_subscriptions_are_refused_at_apply() {
     let t = Tenant::new("tb-adm").await;
     let ns = t.ns().to_string();
+    assign_namespace(&t.f.client, &ns, "acme").await;
     let (video, im) = (t.f.video.clone(), t.f.im.clone());
     let plan = unique("tb-pro");
     let _catalogue = Catalogued(vec![("subscriptionplan", plan.clone())]);
@@ -498,6 +499,20 @@ async fn the_operator_refuses_what_admission_cannot_see() {
         t.f.hpa_numbers(&format!("noplan-{video}")).await.is_none(),
         "no HPA without a plan"
     );
+    // One subscription per namespace: this one goes before the next comes.
+    t.f.subs()
+        .delete("noplan", &Default::default())
+        .await
+        .expect("delete noplan");
+    wait_for("noplan gone", crate::support::T, || async {
+        t.f.subs()
+            .get_opt("noplan")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 
     let plan = unique("tb-pro");
     let calendar = unique("tb-festival");
@@ -558,6 +573,7 @@ async fn the_operator_refuses_what_admission_cannot_see() {
 async fn a_name_that_cannot_name_a_service_is_refused_at_apply() {
     let t = Tenant::new("tb-name").await;
     let ns = t.ns().to_string();
+    assign_namespace(&t.f.client, &ns, "edu").await;
     let spec = format!(
         "  tenantId: edu\n  modules:\n    - {{name: {}, concurrency: 10}}\n",
         t.f.im
@@ -584,7 +600,7 @@ async fn a_name_that_cannot_name_a_service_is_refused_at_apply() {
 /// A child the API server refuses (here a Deployment whose CPU request is
 /// above its limit, from a profile the provider got wrong) shows in status:
 /// Ready=False, `ChildRejected`, naming the child, with the API server's
-/// words. The tenant's other subscription is unaffected.
+/// words. Another tenant is unaffected.
 #[tokio::test]
 async fn a_child_the_api_server_refuses_shows_in_status() {
     let t = Tenant::new("tb-child").await;
@@ -601,14 +617,16 @@ async fn a_child_the_api_server_refuses_shows_in_status() {
         &format!("  tenantId: acme\n  modules:\n    - {{name: {broken}, concurrency: 10}}\n"),
     )
     .await;
-    t.f.apply_sub(
-        "other",
-        &format!(
-            "  tenantId: acme\n  modules:\n    - {{name: {}, concurrency: 10}}\n",
-            t.f.im
-        ),
-    )
-    .await;
+    let other = Fixture::new("tb-child-other").await;
+    other
+        .apply_sub(
+            "other",
+            &format!(
+                "  tenantId: other\n  modules:\n    - {{name: {}, concurrency: 10}}\n",
+                other.im
+            ),
+        )
+        .await;
     let s = t.f.wait_not_ready("acme", "ChildRejected").await;
     let ready = crate::support::condition(&s, "Ready").unwrap();
     assert_mentions(
@@ -627,6 +645,7 @@ async fn a_child_the_api_server_refuses_shows_in_status() {
         .find(|m| m.name == broken)
         .expect("the module's status");
     assert_eq!(module.message.as_deref(), Some(ready.message.as_str()));
-    t.f.wait_available("other").await;
+    other.wait_available("other").await;
+    other.finish().await;
     t.f.finish().await;
 }

@@ -198,6 +198,8 @@ async fn gpus_and_cpu_beyond_the_plan_are_refused_and_undeclared_pods_are_counte
         ("requests.memory", both(q("64Mi"), req["memory"])),
         ("limits.cpu", both(q("100m"), lim["cpu"])),
         ("limits.memory", both(q("64Mi"), lim["memory"])),
+        ("services.loadbalancers", q("0")),
+        ("services.nodeports", q("0")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
