@@ -207,3 +207,29 @@ async fn run_serves_health_and_metrics_and_reconciles() {
     assert!(status.success(), "graceful exit on SIGTERM, got {status}");
     ns.delete().await;
 }
+
+/// Text logs written to a pipe (a file, a collector) carry no terminal
+/// colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::for_tenant(&client, "cli-log", "c").await;
+    let op = OperatorProcess::launch()
+        .namespace(&ns.name)
+        .text_logs()
+        .free_ports()
+        .expect("free ports")
+        .start();
+    let line = op
+        .wait_line("caches synced", Duration::from_secs(60))
+        .expect("the operator logs that its caches synced");
+    assert!(line.contains("INFO"), "a text line: {line}");
+    let text = op.log_text();
+    assert!(
+        !text.contains('\u{1b}'),
+        "an escape character in logs written to a pipe:\n{text}"
+    );
+    op.stop();
+    ns.delete().await;
+}
