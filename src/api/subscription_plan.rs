@@ -62,3 +62,11 @@ pub struct PlanModule {
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub tiers: Option<Vec<String>>,
 }
+
+impl PlanModule {
+    /// The most concurrent sessions a window may bring the module to:
+    /// `maxPeakConcurrency`, else `maxConcurrency`.
+    pub fn peak(&self) -> i64 {
+        self.max_peak_concurrency.unwrap_or(self.max_concurrency)
+    }
+}

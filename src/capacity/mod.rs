@@ -572,12 +572,10 @@ pub fn check_plan(
                 ),
             ));
         }
-        let (peak_limit, peak_field) = match allowed.max_peak_concurrency {
-            Some(p) => (p, "maxPeakConcurrency"),
-            None => (
-                allowed.max_concurrency,
-                "maxConcurrency (it sets no maxPeakConcurrency)",
-            ),
+        let peak_limit = allowed.peak();
+        let peak_field = match allowed.max_peak_concurrency {
+            Some(_) => "maxPeakConcurrency",
+            None => "maxConcurrency (it sets no maxPeakConcurrency)",
         };
         if let Some((pct, window)) = windows
             .iter()

@@ -273,14 +273,11 @@ fn restrained(
         let rec = recorded[m.name.as_str()];
         let peak = sold
             .and_then(|p| p.modules.iter().find(|a| a.name == m.name))
-            .map(|a| a.max_peak_concurrency.unwrap_or(a.max_concurrency));
-        let peak_max = peak.map(|p| {
-            i32::try_from(
-                (p + m.sessions_per_replica as i64 - 1) / m.sessions_per_replica.max(1) as i64,
-            )
-            .unwrap_or(i32::MAX)
-            .max(1)
-        });
+            .map(|a| a.peak());
+        // The replicas the plan's peak needs, by the same rule as any ceiling.
+        let peak_max = peak
+            .and_then(|p| capacity::numbers(p, m.sessions_per_replica, 1, 100, 0))
+            .map(|n| n.max_replicas);
         let n = &mut m.numbers;
         n.max_replicas = n
             .max_replicas
@@ -688,7 +685,7 @@ pub fn settle_data(outcome: &mut Outcome, reports: &[DataLeft], now: Timestamp) 
                 r.module,
                 if n == 1 { "" } else { "s" }
             ),
-            None => format!("{}: removed; deleting data", r.module),
+            None => deleting_data(&r.module),
         };
         if let Some(e) = &r.error {
             message.push_str(&format!(": {e}"));
