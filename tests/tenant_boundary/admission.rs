@@ -12,12 +12,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceQuota;
 
 use crate::{
-    TENANT_ADMIN, Tenant,
+    ChartObjects, TENANT_ADMIN, Tenant,
     support::{
         Fixture, TestNamespace,
-        chart::CHART,
         cluster::{apply_yaml, assign_namespace, install_crds, profile_yaml, unique},
-        tools::{kubectl, ok, run, try_kubectl_apply},
+        tools::{kubectl, run, try_kubectl_apply},
         wait_blocking, wait_for,
     },
 };
@@ -47,7 +46,7 @@ impl Drop for Catalogued {
 /// name of their own and scoped to namespaces labelled for this test;
 /// deleted when dropped.
 struct Admission {
-    objects: Vec<(String, String)>,
+    _policies: ChartObjects,
 }
 
 impl Admission {
@@ -61,35 +60,22 @@ impl Admission {
             &format!("{ADMISSION_LABEL}={namespace}"),
             "--overwrite",
         ]);
-        let release = unique("tb-adm");
-        let rendered = ok(
-            "helm",
-            &[
-                "template",
-                &release,
-                CHART,
-                "--show-only",
-                "templates/admission.yaml",
-                "--set",
-                &format!(
-                    "admission.namespaceSelector.matchLabels.{}={namespace}",
-                    ADMISSION_LABEL.replace('.', "\\.")
-                ),
-            ],
+        let policies = ChartObjects::apply(
+            "tb-adm",
+            "templates/admission.yaml",
+            &[format!(
+                "admission.namespaceSelector.matchLabels.{}={namespace}",
+                ADMISSION_LABEL.replace('.', "\\.")
+            )],
         );
-        let docs: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(&rendered).expect("rendered policies are YAML");
-        let objects: Vec<(String, String)> = docs
-            .iter()
-            .map(|d| {
-                (
-                    d["kind"].as_str().unwrap().to_string(),
-                    d["metadata"]["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        assert_eq!(objects.len(), 4, "two policies, two bindings: {objects:?}");
-        for d in docs
+        assert_eq!(
+            policies.names().len(),
+            4,
+            "two policies, two bindings: {:?}",
+            policies.names()
+        );
+        for d in policies
+            .docs
             .iter()
             .filter(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
         {
@@ -99,9 +85,9 @@ impl Admission {
                 "scoped to this test's namespace"
             );
         }
-        let admission = Self { objects };
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
-        try_kubectl_apply(None, &list.to_string()).expect("apply the admission policies");
+        let admission = Self {
+            _policies: policies,
+        };
         // Policies take effect once the API server has loaded them.
         let probes = [
             "  tenantId: probe\n  modules: []\n".to_string(),
@@ -127,24 +113,6 @@ impl Admission {
             },
         );
         admission
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        for (kind, name) in &self.objects {
-            let _ = run(
-                "kubectl",
-                &[
-                    "delete",
-                    &kind.to_lowercase(),
-                    name,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ],
-                None,
-            );
-        }
     }
 }
 

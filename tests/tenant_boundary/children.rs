@@ -8,66 +8,21 @@
 use serde_json::Value;
 
 use crate::{
-    Tenant,
-    support::{
-        T,
-        chart::CHART,
-        tools::{kubectl, kubectl_apply, ok, run},
-        unique, wait_blocking, wait_for,
-    },
+    ChartObjects, Tenant,
+    support::{T, tools::kubectl, wait_blocking, wait_for},
 };
 
-/// The chart's child-protection policies, bound to one namespace only (other
-/// tests share the cluster), removed when dropped.
-struct Policies {
-    names: Vec<(String, String)>,
-}
-
-impl Policies {
-    fn install(namespace: &str) -> Self {
-        let release = unique("tbc");
-        let rendered = ok(
-            "helm",
-            &[
-                "template",
-                &release,
-                CHART,
-                "--namespace",
-                "tenant-capacity-system",
-                "--show-only",
-                "templates/child-protection.yaml",
-                "--set",
-                &format!(
-                    "childProtection.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}"
-                ),
-            ],
-        );
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).expect("rendered YAML");
-        assert_eq!(docs.len(), 4, "two policies and their bindings");
-        let names = docs
-            .iter()
-            .map(|d| {
-                (
-                    d["kind"].as_str().unwrap().to_lowercase(),
-                    d["metadata"]["name"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        kubectl_apply(None, &rendered);
-        Self { names }
-    }
-}
-
-impl Drop for Policies {
-    fn drop(&mut self) {
-        for (kind, name) in &self.names {
-            let _ = run(
-                "kubectl",
-                &["delete", kind, name, "--ignore-not-found", "--wait=false"],
-                None,
-            );
-        }
-    }
+/// The chart's child-protection policies, bound to one namespace only.
+fn policies(namespace: &str) -> ChartObjects {
+    let p = ChartObjects::apply(
+        "tbc",
+        "templates/child-protection.yaml",
+        &[format!(
+            "childProtection.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}"
+        )],
+    );
+    assert_eq!(p.docs.len(), 4, "two policies and their bindings");
+    p
 }
 
 const REFUSED: &str = "is managed by tenant-capacity-operator";
@@ -96,7 +51,7 @@ async fn a_namespace_admin_cannot_edit_detach_freeze_or_orphan_children() {
     f.wait_available("acme").await;
     let video = format!("acme-{}", f.video);
     let ns = t.ns().to_string();
-    let _policies = Policies::install(&ns);
+    let _policies = policies(&ns);
     // The policies take effect once the API server has loaded them.
     wait_blocking("the child-protection policy in force", T, || {
         t.as_admin(&[
