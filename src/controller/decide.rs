@@ -565,7 +565,7 @@ fn drains(
         let record = match recorded {
             Some(r) => r,
             None => {
-                let mut r = DrainRecord::begin(sub, m, last, catalogue, &l, now);
+                let mut r = DrainRecord::begin(sub, m, last, catalogue, now);
                 if l.deployment.is_some() {
                     d.batches.push(vec![Write::Announce(Note {
                         type_: EventType::Normal,

@@ -60,15 +60,13 @@ impl DrainRecord {
     /// of the subscription's spec now, the numbers the module last had
     /// (from its last status, which the operator wrote), the resources of
     /// its profile at that tier. A status without such numbers (a module
-    /// reported invalid) gets the spec's concurrency at 100 %; only when the
-    /// profile is gone too are the resources taken from its Deployment, once,
-    /// and kept.
+    /// reported invalid) gets the spec's concurrency at 100 %; when the
+    /// profile is gone too, the resources are the LimitRange's defaults.
     pub fn begin(
         sub: &TenantSubscription,
         module: &str,
         last: Option<&ModuleStatus>,
         catalogue: &Catalogue,
-        live: &LiveModule,
         now: Timestamp,
     ) -> Self {
         let requested = sub.spec.modules.iter().find(|m| m.name == module);
@@ -100,10 +98,11 @@ impl DrainRecord {
                 max_replicas: profile.map_or(1, |p| p.min_replicas.max(1)),
                 min_replicas: 1,
             });
-        let resources = match profile {
-            Some(p) => capacity::tier_resources(p, tier.as_deref()),
-            None => live.deployment.as_ref().and_then(|d| d.facts.resources()),
-        };
+        // Never from the Deployment: a namespace admin can write its
+        // resources. Without the profile the share counts at the defaults
+        // of the operator's LimitRange (the quota may then be lower than
+        // what the module's pods hold; they keep running).
+        let resources = profile.and_then(|p| capacity::tier_resources(p, tier.as_deref()));
         let drain = SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
         Self {
             since: now,

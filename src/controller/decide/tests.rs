@@ -1485,6 +1485,41 @@ fn data_left_behind_keeps_the_module_in_status_and_is_deleted_again_until_gone()
 }
 
 #[test]
+fn a_drain_begun_without_a_profile_never_takes_its_size_from_the_deployment() {
+    let mut w = World::converged(&video_on("Retain"));
+    let (before, _) = w.quota();
+    // The profile goes, and someone in the namespace makes the module's
+    // pods huge, before the module is switched off.
+    w.catalogue.profiles.remove("video");
+    w.tenant_edits_deployment("video", |f| {
+        f.resources = Some(r#"{"requests":{"cpu":"64","memory":"256Gi"}}"#.into())
+    });
+    w.edit(VIDEO_REMOVED);
+    w.reconcile();
+    let (during, _) = w.quota();
+    let cpu = |m: &BTreeMap<String, String>| {
+        crate::capacity::Quantity::parse(&m["requests.cpu"]).unwrap()
+    };
+    assert!(
+        cpu(&during) <= cpu(&before),
+        "the drain's share grew from {} to {}",
+        before["requests.cpu"],
+        during["requests.cpu"]
+    );
+    let m = w.module("video");
+    assert_eq!(m.state, Some(ModuleState::Draining));
+    assert_ne!(
+        m.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.as_str()),
+        Some("64"),
+        "the record never takes the Deployment's resources"
+    );
+}
+
+#[test]
 fn a_module_whose_profile_is_gone_still_drains_from_its_record() {
     let mut w = World::converged(&video_on("Retain"));
     let quota = quota_digest(&w);
