@@ -7,7 +7,7 @@ mod subscription_plan;
 mod tenant_subscription;
 
 pub use capacity_calendar::{CapacityCalendar, CapacityCalendarSpec};
-pub use module_profile::{ModuleProfile, ModuleProfileSpec, Scaling, TierSpec};
+pub use module_profile::{ModuleProfile, ModuleProfileSpec, PodSecurity, Scaling, TierSpec};
 pub use season::{Seasons, Weekday, Window};
 pub use subscription_plan::{PlanModule, SubscriptionPlan, SubscriptionPlanSpec};
 pub use tenant_subscription::{

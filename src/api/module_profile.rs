@@ -75,12 +75,76 @@ pub struct ModuleProfileSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
 
+    /// How the module's pods run. By default they pass the `restricted` Pod
+    /// Security Standard: not as root, the runtime's default seccomp profile,
+    /// every capability dropped, no privilege escalation, and no
+    /// ServiceAccount token. Loosen only what the module truly needs.
+    #[serde(default, skip_serializing_if = "PodSecurity::is_default")]
+    pub security: PodSecurity,
+
     /// Quality tiers (e.g. sd, hd, uhd), each overriding sessionsPerReplica and/or resources.
     /// Names are lowercase DNS labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[x_kube(validation = kube::core::Rule::new("self.all(k, k.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$'))").message("tier names must be lowercase DNS labels of at most 32 characters"))]
     #[schemars(extend("maxProperties" = 32))]
     pub tiers: BTreeMap<String, TierSpec>,
+}
+
+/// What a module's pods may do beyond the `restricted` Pod Security
+/// Standard's defaults. Written by the provider in the catalogue, never by a
+/// tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurity {
+    /// User ID the containers run as; unset, the image's own user (which
+    /// must then not be root: the kubelet refuses to start it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_147_483_647))]
+    pub run_as_user: Option<i64>,
+
+    /// Primary group ID of the containers' processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub run_as_group: Option<i64>,
+
+    /// Group that owns the pods' volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
+    pub fs_group: Option<i64>,
+
+    /// Mount the container's root filesystem read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
+
+    /// Capabilities added back after all are dropped. The `restricted`
+    /// standard allows only `NET_BIND_SERVICE` (ports below 1024); anything
+    /// else is refused in namespaces that enforce it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(regex(pattern = r"^[A-Z_]{1,32}$")))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub add_capabilities: Vec<String>,
+
+    /// Mount the namespace's `default` ServiceAccount token into the pods
+    /// (for a module that calls the Kubernetes API itself).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service_account_token: bool,
+
+    /// A seccomp profile on the node (`localhostProfile`) instead of the
+    /// container runtime's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub seccomp_localhost_profile: Option<String>,
+
+    /// Let containers run as root (`runAsNonRoot: false`). Such pods do not
+    /// pass the `restricted` standard and are refused where it is enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_root: bool,
+}
+
+impl PodSecurity {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_min_replicas() -> i32 {

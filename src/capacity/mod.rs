@@ -12,7 +12,8 @@ use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
 use crate::api::{
-    CapacityCalendarSpec, ModuleProfileSpec, Scaling, SubscriptionPlanSpec, TenantSubscriptionSpec,
+    CapacityCalendarSpec, ModuleProfileSpec, PodSecurity, Scaling, SubscriptionPlanSpec,
+    TenantSubscriptionSpec,
 };
 pub use quantity::Quantity;
 pub use window::{CompiledWindow, WindowError};
@@ -263,6 +264,7 @@ pub struct ModulePlan {
     pub termination_grace_period_seconds: Option<i64>,
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
+    pub security: PodSecurity,
 }
 
 impl ModulePlan {
@@ -305,6 +307,7 @@ pub fn draining_plan(
         termination_grace_period_seconds: profile.termination_grace_period_seconds,
         node_selector: profile.node_selector.clone(),
         tolerations: profile.tolerations.clone(),
+        security: profile.security.clone(),
     }
 }
 
@@ -505,6 +508,7 @@ fn evaluate(
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             node_selector: p.node_selector.clone(),
             tolerations: p.tolerations.clone(),
+            security: p.security.clone(),
         };
         if let Err(e) = plan.footprint() {
             errors.push(e);

@@ -11,8 +11,9 @@ use k8s_openapi::{
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Container, ContainerPort, EnvVar, LimitRange, LimitRangeItem, LimitRangeSpec, PodSpec,
-            PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, Service, ServicePort, ServiceSpec,
+            Capabilities, Container, ContainerPort, EnvVar, LimitRange, LimitRangeItem,
+            LimitRangeSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceQuota,
+            ResourceQuotaSpec, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -23,6 +24,7 @@ use k8s_openapi::{
 };
 use kube::core::ApiResource;
 
+use crate::api::PodSecurity;
 use crate::capacity::{
     CapacityPlan, DEFAULT_LIMITS, DEFAULT_REQUESTS, Footprint, MAX_SURGE_PERCENT, ModulePlan,
     Quantity, quota_hard,
@@ -212,6 +214,7 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
             }]
         }),
         resources: m.resources.clone(),
+        security_context: Some(container_security(&m.security)),
         ..Default::default()
     };
     let mut metadata = meta(owner, child_name(&owner.name, &m.name), Some(&m.name));
@@ -247,12 +250,52 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
                     termination_grace_period_seconds: m.termination_grace_period_seconds,
                     node_selector: m.node_selector.clone(),
                     tolerations: m.tolerations.clone(),
+                    security_context: Some(pod_security(&m.security)),
+                    automount_service_account_token: Some(m.security.service_account_token),
                     ..Default::default()
                 }),
             },
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The pod's part of the `restricted` Pod Security Standard: not root, a
+/// seccomp profile. A pod that passes it is admitted in every namespace,
+/// whichever standard the namespace enforces.
+fn pod_security(s: &PodSecurity) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(!s.allow_root),
+        run_as_user: s.run_as_user,
+        run_as_group: s.run_as_group,
+        fs_group: s.fs_group,
+        seccomp_profile: Some(match &s.seccomp_localhost_profile {
+            Some(path) => SeccompProfile {
+                type_: "Localhost".into(),
+                localhost_profile: Some(path.clone()),
+            },
+            None => SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container's part: no privilege escalation, every capability dropped
+/// but those the profile adds back.
+fn container_security(s: &PodSecurity) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: (!s.add_capabilities.is_empty()).then(|| s.add_capabilities.clone()),
+        }),
+        read_only_root_filesystem: s.read_only_root_filesystem.then_some(true),
+        ..Default::default()
     }
 }
 

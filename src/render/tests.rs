@@ -165,3 +165,126 @@ fn no_port_no_service() {
     let children = module_children(&owner(), &p.modules[1]);
     assert!(children.iter().all(|c| c.kind() != ChildKind::Service));
 }
+
+/// The checks of the `restricted` Pod Security Standard that a pod spec
+/// rendered here could fail (Kubernetes' pod-security-admission policies
+/// of that level), as the reasons a namespace enforcing it would give.
+fn restricted_violations(pod: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let pod_sc = &pod["securityContext"];
+    for c in pod["containers"].as_array().unwrap() {
+        let sc = &c["securityContext"];
+        if sc["allowPrivilegeEscalation"] != false {
+            out.push("allowPrivilegeEscalation != false".into());
+        }
+        if sc["privileged"] == true {
+            out.push("privileged".into());
+        }
+        let drop = sc["capabilities"]["drop"].as_array();
+        if !drop.is_some_and(|d| d.iter().any(|x| x == "ALL")) {
+            out.push("unrestricted capabilities (drop ALL)".into());
+        }
+        if let Some(add) = sc["capabilities"]["add"].as_array()
+            && add.iter().any(|x| x != "NET_BIND_SERVICE")
+        {
+            out.push("unrestricted capabilities (add)".into());
+        }
+        let non_root = sc["runAsNonRoot"]
+            .as_bool()
+            .or(pod_sc["runAsNonRoot"].as_bool());
+        if non_root != Some(true) {
+            out.push("runAsNonRoot != true".into());
+        }
+        let user = sc["runAsUser"].as_i64().or(pod_sc["runAsUser"].as_i64());
+        if user == Some(0) {
+            out.push("runAsUser=0".into());
+        }
+        let seccomp = sc["seccompProfile"]["type"]
+            .as_str()
+            .or(pod_sc["seccompProfile"]["type"].as_str());
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            out.push("seccompProfile".into());
+        }
+    }
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if pod[host] == true {
+            out.push(host.into());
+        }
+    }
+    out
+}
+
+fn pod_of(security: &str) -> serde_json::Value {
+    let profile: ModuleProfileSpec = serde_saphyr::from_str(&format!(
+        "{{image: video:1, port: 8443, sessionsPerReplica: 40, security: {security}}}"
+    ))
+    .unwrap();
+    let spec: TenantSubscriptionSpec =
+        serde_saphyr::from_str("{tenantId: acme, modules: [{name: video-call, concurrency: 100}]}")
+            .unwrap();
+    let mut c = crate::capacity::Catalogue::default();
+    c.profiles.insert("video-call".into(), profile);
+    let p = plan("acme", &spec, &c, Timestamp::UNIX_EPOCH).unwrap();
+    let d = deployment(&owner(), &p.modules[0]);
+    serde_json::to_value(d.spec.unwrap().template.spec.unwrap()).unwrap()
+}
+
+#[test]
+fn pods_pass_the_restricted_pod_security_standard_by_default() {
+    let pod = pod_of("{}");
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "no token unless asked"
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert!(
+        pod["securityContext"].get("runAsUser").is_none(),
+        "the image's user"
+    );
+    let c = &pod["containers"][0]["securityContext"];
+    assert!(c["capabilities"].get("add").is_none());
+    assert!(c.get("readOnlyRootFilesystem").is_none());
+    // The sample above (a profile without `security`) renders the same.
+    let plain = all_children(&owner(), &sample(10));
+    let d = plain[0].to_value();
+    assert_eq!(
+        restricted_violations(&d["spec"]["template"]["spec"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_profile_loosens_only_what_it_names() {
+    let pod = pod_of(
+        "{runAsUser: 10001, runAsGroup: 10001, fsGroup: 2000, readOnlyRootFilesystem: true, addCapabilities: [NET_BIND_SERVICE], serviceAccountToken: true, seccompLocalhostProfile: profiles/rtc.json}",
+    );
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    let sc = &pod["securityContext"];
+    assert_eq!(
+        (&sc["runAsUser"], &sc["runAsGroup"], &sc["fsGroup"]),
+        (&10001.into(), &10001.into(), &2000.into())
+    );
+    assert_eq!(
+        sc["seccompProfile"],
+        serde_json::json!({"type": "Localhost", "localhostProfile": "profiles/rtc.json"})
+    );
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let c = &pod["containers"][0]["securityContext"];
+    assert_eq!(c["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        c["capabilities"]["add"],
+        serde_json::json!(["NET_BIND_SERVICE"])
+    );
+    assert_eq!(c["capabilities"]["drop"], serde_json::json!(["ALL"]));
+
+    // What the restricted standard forbids is possible, and named so.
+    let root = pod_of("{allowRoot: true, addCapabilities: [SYS_ADMIN]}");
+    assert_eq!(
+        restricted_violations(&root),
+        ["unrestricted capabilities (add)", "runAsNonRoot != true"]
+    );
+}
