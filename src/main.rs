@@ -52,6 +52,11 @@ enum Command {
         /// Seconds a leader holds the Lease without renewing it.
         #[arg(long, default_value_t = 15)]
         leader_election_lease_seconds: u64,
+        /// After SIGTERM, seconds in-flight reconciles get to finish before the
+        /// process releases its Lease and exits; keep it below the pod's
+        /// terminationGracePeriodSeconds.
+        #[arg(long, default_value_t = 20)]
+        shutdown_timeout_seconds: u64,
         /// How watches fetch existing objects: `stream` (WatchList, least memory),
         /// `paged` (list in pages), or `auto` (`stream` from Kubernetes 1.34).
         #[arg(long, value_enum, default_value = "auto", env = "INITIAL_LIST")]
@@ -135,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             leader_election_namespace,
             leader_election_id,
             leader_election_lease_seconds,
+            shutdown_timeout_seconds,
             initial_list,
             require_plan,
             tenant_namespace_label,
@@ -182,7 +188,7 @@ fn main() -> anyhow::Result<()> {
                     duration: Duration::from_secs(leader_election_lease_seconds.max(2)),
                 });
                 tokio::select! {
-                    r = leader::run(client, settings, metrics, readiness, election, stop) => r?,
+                    r = leader::run(client, settings, metrics, readiness, election, stop, Duration::from_secs(shutdown_timeout_seconds)) => r?,
                     r = serve => if let Err(e) = r { error!(error = %e, "HTTP server failed"); return Err(e.into()); }
                 }
                 Ok(())

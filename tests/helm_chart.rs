@@ -336,7 +336,7 @@ fn default_render_is_least_privilege_and_hardened() {
         triples(&[(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "create", "patch"]
+            &["get", "list", "watch", "create", "patch"]
         )])
     );
     for (kind, name, role_kind) in [

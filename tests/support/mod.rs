@@ -10,7 +10,8 @@
 //! - [`tools`]: kubectl and helm;
 //! - [`wait`]: waiting for a check to hold;
 //! - [`window`]: a seasonal window at the next full minute;
-//! - [`chart`]: the Helm chart's paths and rendered arguments.
+//! - [`chart`]: the Helm chart's paths and rendered arguments;
+//! - [`proxy`]: a proxy before the API server that can stall requests.
 #![allow(dead_code, unused_imports)]
 
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod chart;
 pub mod cluster;
 pub mod fixture;
 pub mod process;
+pub mod proxy;
 pub mod tools;
 pub mod wait;
 pub mod window;
@@ -26,6 +28,7 @@ pub use audit::Audit;
 pub use cluster::*;
 pub use fixture::{Fixture, Operator, T};
 pub use process::{OperatorProcess, http_get};
+pub use proxy::StallingProxy;
 pub use tools::kubectl;
 pub use wait::{wait_blocking, wait_for};
 pub use window::Window;
