@@ -2,15 +2,18 @@
 //! /healthz and /readyz on another, as platform teams expect from operators.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::net::TcpListener;
+use tracing::{error, info};
 
 use crate::metrics::Metrics;
 
@@ -25,16 +28,116 @@ pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
 }
 
-/// Whether the controller has synced its caches and can serve.
+/// Whether the controller can serve: its caches are synced, and the API
+/// server is not refusing it anything (a removed RBAC rule, a deleted
+/// CustomResourceDefinition). `/readyz` fails with each reason.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    synced: AtomicBool,
+    /// Cheap check on every watch event and write: is anything refused?
+    any_refused: AtomicBool,
+    refusals: Mutex<BTreeMap<String, Refusal>>,
+}
+
+struct Refusal {
+    why: String,
+    last: Instant,
+}
+
+/// A refusal not seen again for this long is forgotten. A refused watch is
+/// retried every few seconds and a refused write at least every minute, so
+/// one still in force is seen again well before; one whose subscription
+/// went away (and so is never retried) stops failing readiness.
+pub const REFUSAL_FORGOTTEN_AFTER: Duration = Duration::from_secs(180);
+
+/// At most this many refusals are listed by `/readyz` (then a count).
+const LISTED: usize = 10;
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.synced.store(true, Ordering::SeqCst);
     }
+
+    /// Ready: synced and refused nothing.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.problems().is_empty()
+    }
+
+    /// The API server refuses `what` (e.g. "list/watch LimitRange",
+    /// "apply HorizontalPodAutoscaler in namespace a") because `why` (its
+    /// message). Logged as an error when it starts; readiness fails until
+    /// [`Self::allowed`] or until it is not seen again for a while.
+    pub fn refused(&self, what: &str, why: &str) {
+        let mut refusals = self.0.refusals.lock().unwrap();
+        let now = Instant::now();
+        match refusals.get_mut(what) {
+            Some(r) => {
+                r.last = now;
+                r.why = why.to_string();
+            }
+            None => {
+                error!(refused = %what, reason = %why, "the API server refuses the operator; not ready until it is allowed again");
+                refusals.insert(
+                    what.to_string(),
+                    Refusal {
+                        why: why.to_string(),
+                        last: now,
+                    },
+                );
+                self.0.any_refused.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// `what` worked: a refusal of it, if any, is over.
+    pub fn allowed(&self, what: &str) {
+        self.allowed_where(|w| w == what);
+    }
+
+    /// Every refusal whose `what` matches is over.
+    pub fn allowed_where(&self, matches: impl Fn(&str) -> bool) {
+        if !self.0.any_refused.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut refusals = self.0.refusals.lock().unwrap();
+        refusals.retain(|what, _| {
+            let over = matches(what);
+            if over {
+                info!(allowed = %what, "the API server allows the operator again");
+            }
+            !over
+        });
+        self.0
+            .any_refused
+            .store(!refusals.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Why the operator is not ready, one line each; empty when ready.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.0.synced.load(Ordering::SeqCst) {
+            out.push("caches not synced".to_string());
+        }
+        if self.0.any_refused.load(Ordering::SeqCst) {
+            let mut refusals = self.0.refusals.lock().unwrap();
+            refusals.retain(|_, r| r.last.elapsed() < REFUSAL_FORGOTTEN_AFTER);
+            self.0
+                .any_refused
+                .store(!refusals.is_empty(), Ordering::SeqCst);
+            out.extend(
+                refusals
+                    .iter()
+                    .take(LISTED)
+                    .map(|(what, r)| format!("refused: {what}: {}", r.why)),
+            );
+            if refusals.len() > LISTED {
+                out.push(format!("and {} more refusals", refusals.len() - LISTED));
+            }
+        }
+        out
     }
 }
 
@@ -52,11 +155,12 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(r): State<Readiness>) -> (StatusCode, &'static str) {
-    if r.is_ready() {
-        (StatusCode::OK, "ok")
+async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
+    let problems = r.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
     }
 }
 
@@ -84,4 +188,47 @@ pub async fn bind(
         Ok(())
     };
     Ok((ma, ha, serve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_fails_readiness_until_it_is_allowed() {
+        let r = Readiness::default();
+        assert_eq!(r.problems(), ["caches not synced"]);
+        r.set_ready();
+        assert!(r.is_ready());
+        r.refused("list/watch LimitRange", "limitranges is forbidden");
+        r.refused(
+            "apply Deployment in namespace a",
+            "deployments.apps is forbidden",
+        );
+        r.refused("list/watch LimitRange", "still forbidden");
+        assert_eq!(
+            r.problems(),
+            [
+                "refused: apply Deployment in namespace a: deployments.apps is forbidden",
+                "refused: list/watch LimitRange: still forbidden",
+            ]
+        );
+        r.allowed("list/watch LimitRange");
+        r.allowed("list/watch Service");
+        assert_eq!(r.problems().len(), 1);
+        r.allowed_where(|w| w.ends_with(" in namespace a"));
+        assert!(r.is_ready());
+    }
+
+    #[test]
+    fn many_refusals_are_listed_with_a_count() {
+        let r = Readiness::default();
+        r.set_ready();
+        for i in 0..25 {
+            r.refused(&format!("apply Service in namespace n{i:02}"), "forbidden");
+        }
+        let p = r.problems();
+        assert_eq!(p.len(), LISTED + 1);
+        assert_eq!(p.last().unwrap(), "and 15 more refusals");
+    }
 }

@@ -8,3 +8,6 @@ mod support;
 
 #[path = "hardening/pod_security.rs"]
 mod pod_security;
+
+#[path = "hardening/refusals.rs"]
+mod refusals;

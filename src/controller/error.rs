@@ -89,6 +89,26 @@ impl Error {
         }
     }
 
+    /// The operator's own permissions (RBAC) do not allow this request:
+    /// what was refused ("apply HorizontalPodAutoscaler in namespace a")
+    /// and the API server's words. Not a tenant's fault, and not the
+    /// moment's: readiness fails with it until the permission is back.
+    pub fn permission_refused(&self) -> Option<(String, String)> {
+        match self {
+            Self::Api {
+                verb,
+                kind,
+                namespace,
+                source: kube::Error::Api(s),
+                ..
+            } if s.code == 403 && is_rbac_denial(&s.message) => Some((
+                format!("{verb} {kind} in namespace {namespace}"),
+                s.message.clone(),
+            )),
+            _ => None,
+        }
+    }
+
     /// The API server answered 404 Not Found.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { source: kube::Error::Api(s), .. } if s.code == 404)
@@ -105,6 +125,15 @@ impl Error {
             Self::NoNamespace => "no_namespace".into(),
         }
     }
+}
+
+/// RBAC's denial reads `<resource> "<name>" is forbidden: User "<who>"
+/// cannot <verb> resource ...`; a quota (`is forbidden: exceeded quota`) or
+/// an admission policy's or webhook's denial (also 403) reads otherwise.
+fn is_rbac_denial(message: &str) -> bool {
+    message
+        .split_once("is forbidden: User \"")
+        .is_some_and(|(_, rest)| rest.contains("\" cannot "))
 }
 
 /// Attach what was being written to a client error.
@@ -146,6 +175,45 @@ mod tests {
         );
         assert!(!api(409).is_not_found());
         assert_eq!(Error::NoNamespace.metric_label(), "no_namespace");
+    }
+
+    #[test]
+    fn the_operators_own_permissions_are_told_from_other_refusals() {
+        let forbidden = |verb, kind: &str, message: &str| {
+            api_error(verb, kind, "tenant-a", "a-video")(kube::Error::Api(
+                kube::core::Status::failure(message, "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ))
+        };
+        let rbac = "horizontalpodautoscalers.autoscaling \"a-video\" is forbidden: User \"system:serviceaccount:ops:tco\" cannot patch resource \"horizontalpodautoscalers\" in API group \"autoscaling\" in the namespace \"tenant-a\"";
+        assert_eq!(
+            forbidden(Verb::Apply, "HorizontalPodAutoscaler", rbac).permission_refused(),
+            Some((
+                "apply HorizontalPodAutoscaler in namespace tenant-a".to_string(),
+                rbac.to_string()
+            ))
+        );
+        let status = "tenantsubscriptions.capacity.tenancy.dev \"a\" is forbidden: User \"system:serviceaccount:ops:tco\" cannot patch resource \"tenantsubscriptions/status\"";
+        assert_eq!(
+            forbidden(Verb::ApplyStatus, "TenantSubscription", status)
+                .permission_refused()
+                .unwrap()
+                .0,
+            "apply status of TenantSubscription in namespace tenant-a"
+        );
+        for other in [
+            "pods \"a-video-1\" is forbidden: exceeded quota: tenant, requested: cpu=2, used: cpu=9, limited: cpu=10",
+            "admission webhook \"guard.example.com\" denied the request: the operator cannot write this",
+            "ValidatingAdmissionPolicy 'tco-children' with binding 'tco-children' denied request: only the operator writes children",
+        ] {
+            assert_eq!(
+                forbidden(Verb::Apply, "Deployment", other).permission_refused(),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(api(404).permission_refused(), None);
     }
 
     #[test]

@@ -113,44 +113,57 @@ pub async fn run(
     let (deployments, deployment_stream) = slim_cache(
         scoped::<Deployment>(&client, &settings.namespace),
         managed.clone(),
+        readiness.clone(),
     );
     let (hpas, hpa_stream) = slim_cache(
         scoped::<HorizontalPodAutoscaler>(&client, &settings.namespace),
         managed.clone(),
+        readiness.clone(),
     );
     let (services, service_stream) = slim_cache(
         scoped::<Service>(&client, &settings.namespace),
         managed.clone(),
+        readiness.clone(),
     );
     let (quotas, quota_stream) = slim_cache(
         scoped::<ResourceQuota>(&client, &settings.namespace),
         managed.clone(),
+        readiness.clone(),
     );
-    let (limit_ranges, limit_range_stream) =
-        slim_cache(scoped::<LimitRange>(&client, &settings.namespace), managed);
+    let (limit_ranges, limit_range_stream) = slim_cache(
+        scoped::<LimitRange>(&client, &settings.namespace),
+        managed,
+        readiness.clone(),
+    );
     // The catalogue is cluster-scoped and small: cache it whole.
-    let (profiles, profile_stream) =
-        cache(Api::<ModuleProfile>::all(client.clone()), catalogue.clone());
+    let (profiles, profile_stream) = cache(
+        Api::<ModuleProfile>::all(client.clone()),
+        catalogue.clone(),
+        readiness.clone(),
+    );
     let (plans, plan_stream) = cache(
         Api::<SubscriptionPlan>::all(client.clone()),
         catalogue.clone(),
+        readiness.clone(),
     );
     let (calendars, calendar_stream) = cache(
         Api::<CapacityCalendar>::all(client.clone()),
         catalogue.clone(),
+        readiness.clone(),
     );
 
     // Namespaces, metadata only: their tenant label says which subscription
     // may act there (see `decide::assignment`).
     let (namespace_api, namespace_config) =
         watch::namespaces(&client, &settings.namespace, catalogue.clone());
-    let (namespaces, namespace_stream) = cache(namespace_api, namespace_config);
+    let (namespaces, namespace_stream) = cache(namespace_api, namespace_config, readiness.clone());
 
     // Subscriptions through the same stripped cache: the controller's own
     // watch would keep every object's managed fields in memory.
     let (subscription_store, subscription_stream) = cache(
         scoped::<TenantSubscription>(&client, &settings.namespace),
         catalogue,
+        readiness.clone(),
     );
     let subscription_stream =
         watch::with_neighbours(subscription_stream, subscription_store.clone());
@@ -179,6 +192,7 @@ pub async fn run(
             limit_ranges.clone(),
             namespaces.clone(),
         );
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             let _ = tokio::join!(
                 stores.0.wait_until_ready(),
@@ -214,6 +228,7 @@ pub async fn run(
         events,
         settings,
         synced,
+        readiness,
         status_written: Default::default(),
         not_found: Default::default(),
     });

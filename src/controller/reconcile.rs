@@ -32,6 +32,7 @@ use crate::{
     api::{ModuleState, TenantSubscription},
     metrics::{ErrorLabels, Metrics, ModuleLabels, ModulePlan},
     render::MANAGER,
+    server::Readiness,
 };
 
 /// Shared state of all reconciles.
@@ -43,6 +44,8 @@ pub struct Context {
     pub settings: Settings,
     /// Turns true once every cache has its first full list.
     pub synced: tokio::sync::watch::Receiver<bool>,
+    /// Fails while the API server refuses the operator a write.
+    pub readiness: Readiness,
     /// When each subscription's status was last written (see `status::when_to_write`).
     pub status_written: Mutex<HashMap<String, Instant>>,
     /// Consecutive "not found" failures per subscription (see `retry_delay`).
@@ -68,10 +71,26 @@ pub async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Resul
     // Deciding from half-filled caches would rewrite children that exist.
     ctx.caches_ready().await;
     let result = reconcile_subscription(&sub, &ctx).await;
-    if result.is_ok() {
-        let mut counts = ctx.not_found.lock().unwrap();
-        if !counts.is_empty() {
-            counts.remove(&key(&sub));
+    match &result {
+        Ok(_) => {
+            {
+                let mut counts = ctx.not_found.lock().unwrap();
+                if !counts.is_empty() {
+                    counts.remove(&key(&sub));
+                }
+            }
+            // Every write of this namespace went through: a refusal of one
+            // (a permission now restored) is over.
+            let ns = sub.namespace().unwrap_or_default();
+            ctx.readiness.allowed_where(|what| {
+                what.strip_suffix(ns.as_str())
+                    .is_some_and(|w| w.ends_with(" in namespace "))
+            });
+        }
+        Err(e) => {
+            if let Some((what, why)) = e.permission_refused() {
+                ctx.readiness.refused(&what, &why);
+            }
         }
     }
     ctx.metrics
@@ -261,10 +280,18 @@ pub fn error_policy(sub: Arc<TenantSubscription>, err: &Error, ctx: Arc<Context>
             0
         }
     };
-    let delay = retry_delay(not_found);
+    let mut delay = retry_delay(not_found);
+    if err.permission_refused().is_some() {
+        // The operator's own permission: back as soon as a rule is mended,
+        // so asked again at least every minute.
+        delay = delay.min(PERMISSION_RETRY);
+    }
     warn!(subscription = %sub.name_any(), namespace = ?sub.namespace(), error = %err, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
+
+/// The longest wait before a write the operator was not permitted is tried again.
+const PERMISSION_RETRY: Duration = Duration::from_secs(60);
 
 /// When a failed reconcile is tried again: in 5 s (an outage, a conflict, a
 /// throttled write: the next try may well work), except after "not found"

@@ -21,6 +21,7 @@ use tracing::warn;
 use crate::{
     api::TenantSubscription,
     live::{self, Slim, Slimmable},
+    server::Readiness,
 };
 
 /// Watches are re-established at least this often: a watch that silently
@@ -160,19 +161,50 @@ pub fn namespaces(
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// The watch of `api`, retried with backoff, its errors logged.
+/// The watch of `api`, retried with backoff, its errors logged. A watch
+/// the API server refuses (RBAC, or the resource type is gone) fails
+/// `readiness`, naming the verb and kind, until it works again.
 pub fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
+    readiness: Readiness,
 ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let what = format!("list/watch {}", K::kind(&()));
     watcher(api, config)
         .backoff(WatchBackoff::default())
-        .inspect_err(
-            |e| warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
-        )
+        .inspect(move |r| match r {
+            Ok(_) => readiness.allowed(&what),
+            Err(e) => match refusal(e) {
+                Some(why) => readiness.refused(&what, &why),
+                None => {
+                    warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff")
+                }
+            },
+        })
+}
+
+/// The API server's reason when it refuses a watch for what the operator
+/// may do or what exists (403 Forbidden, 404 Not Found), not for the moment
+/// (an outage, a restart, an expired resource version).
+pub fn refusal(e: &watcher::Error) -> Option<String> {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => s,
+        _ => return None,
+    };
+    match status.code {
+        403 => Some(status.message.clone()),
+        404 => Some(format!(
+            "{} (is its CustomResourceDefinition installed?)",
+            status.message
+        )),
+        _ => None,
+    }
 }
 
 /// A cache of `api` (managed fields and kubectl's last-applied copy stripped) and the stream of objects it
@@ -182,6 +214,7 @@ where
 pub fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
+    readiness: Readiness,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>>,
@@ -192,7 +225,7 @@ where
     let (store, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watch(api, config).modify(|o| {
+        watch(api, config, readiness).modify(|o| {
             o.managed_fields_mut().clear();
             // `kubectl apply` (client side) keeps a second copy of the
             // whole object here; nothing reads it.
@@ -213,6 +246,7 @@ where
 pub fn slim_cache<K>(
     api: Api<K>,
     config: watcher::Config,
+    readiness: Readiness,
 ) -> (
     Store<Slim<K>>,
     impl futures::Stream<Item = Result<Slim<K>, watcher::Error>>,
@@ -224,7 +258,7 @@ where
     let reader = store.clone();
     let stream = reflector::reflector(
         writer,
-        watch(api, config)
+        watch(api, config, readiness)
             .map_ok(|event| match event {
                 watcher::Event::Apply(o) => watcher::Event::Apply(live::slim(o)),
                 watcher::Event::Delete(o) => watcher::Event::Delete(live::slim(o)),
@@ -326,6 +360,47 @@ mod tests {
                 want,
                 "{major}.{minor}"
             );
+        }
+    }
+
+    #[test]
+    fn refused_watches_are_told_from_passing_failures() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let forbidden = "limitranges is forbidden: User \"system:serviceaccount:x:y\" cannot list resource \"limitranges\"";
+        for e in [
+            watcher::Error::InitialListFailed(api(403, forbidden)),
+            watcher::Error::WatchStartFailed(api(403, forbidden)),
+            watcher::Error::WatchFailed(api(403, forbidden)),
+        ] {
+            assert_eq!(refusal(&e).as_deref(), Some(forbidden), "{e}");
+        }
+        let gone = watcher::Error::WatchStartFailed(api(
+            404,
+            "the server could not find the requested resource",
+        ));
+        assert_eq!(
+            refusal(&gone).as_deref(),
+            Some(
+                "the server could not find the requested resource (is its CustomResourceDefinition installed?)"
+            )
+        );
+        for e in [
+            watcher::Error::InitialListFailed(api(503, "unavailable")),
+            watcher::Error::WatchFailed(api(410, "too old resource version")),
+            watcher::Error::WatchError(
+                kube::core::Status::failure("expired", "Expired")
+                    .with_code(410)
+                    .boxed(),
+            ),
+            watcher::Error::NoResourceVersion,
+        ] {
+            assert_eq!(refusal(&e), None, "{e}");
         }
     }
 
