@@ -79,7 +79,7 @@ if kubectl get namespace "${NS}" >/dev/null 2>&1; then
 fi
 
 log "starting the operator for namespace ${NS} (log: ${WORK}/operator.log)"
-"${BIN}" run --metrics-bind-address 127.0.0.1:0 --health-probe-bind-address 127.0.0.1:0 --namespace "${NS}" \
+"${BIN}" run --metrics-bind-address 127.0.0.1:0 --metrics-secure=false --health-probe-bind-address 127.0.0.1:0 --namespace "${NS}" \
   >"${WORK}/operator.log" 2>&1 &
 OPERATOR=$!
 

@@ -34,7 +34,8 @@ kubectl apply --server-side -f examples/profiles -f examples/plans -f examples/c
 
 log "starting the operator (log: ${STATE}/logs/operator.log)"
 mkdir -p "${STATE}/logs"
-"${BIN}" run --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
+# Plain-HTTP /metrics, on the loopback address only (development).
+"${BIN}" run --metrics-bind-address 127.0.0.1:18080 --metrics-secure=false --health-probe-bind-address 127.0.0.1:18081 \
   >"${STATE}/logs/operator.log" 2>&1 &
 OPERATOR=$!
 stop_operator() { kill "${OPERATOR}" 2>/dev/null && wait "${OPERATOR}" 2>/dev/null || true; }

@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -6,10 +6,14 @@ use tenant_capacity_operator::{
     api, controller, leader,
     metrics::Metrics,
     preview,
-    server::{self, Readiness},
+    server::{
+        self, MetricsServing, Readiness,
+        access::{ApiReviews, MetricsAccess},
+        tls::ServingCert,
+    },
     telemetry::{self, LogFormat},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Elastic per-tenant capacity for real-time communications products.
 #[derive(Parser)]
@@ -24,8 +28,19 @@ enum Command {
     /// Run the controller (kubeconfig from in-cluster or KUBECONFIG/~/.kube/config).
     Run {
         /// Address of the Prometheus /metrics endpoint; port 0 picks a free port.
-        #[arg(long, default_value = ":8080", value_parser = server::parse_bind_address)]
+        #[arg(long, default_value = ":8443", value_parser = server::parse_bind_address)]
         metrics_bind_address: SocketAddr,
+        /// Serve /metrics over HTTPS to callers whose bearer token the API
+        /// server accepts (TokenReview) and who may `get` the non-resource URL
+        /// /metrics (SubjectAccessReview). `--metrics-secure=false` serves plain
+        /// HTTP to anyone: for development, on a loopback address only.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        metrics_secure: bool,
+        /// Directory with tls.crt and tls.key (a mounted kubernetes.io/tls
+        /// Secret, from cert-manager say) for /metrics, re-read when they
+        /// change; without it a self-signed certificate is made at start.
+        #[arg(long)]
+        metrics_cert_dir: Option<PathBuf>,
         /// Address of /healthz and /readyz; port 0 picks a free port.
         #[arg(long, default_value = ":8081", value_parser = server::parse_bind_address)]
         health_probe_bind_address: SocketAddr,
@@ -131,6 +146,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             metrics_bind_address,
+            metrics_secure,
+            metrics_cert_dir,
             health_probe_bind_address,
             namespace,
             resync_seconds,
@@ -153,11 +170,35 @@ fn main() -> anyhow::Result<()> {
                 let client = controller::client().await.context("connecting to Kubernetes")?;
                 let metrics = Metrics::default();
                 let readiness = Readiness::default();
+                let serving = if metrics_secure {
+                    let cert = match &metrics_cert_dir {
+                        Some(dir) => ServingCert::from_dir(dir),
+                        None => ServingCert::self_signed(),
+                    }
+                    .context("the metrics endpoint's certificate")?;
+                    // Its own client: callers of /metrics never wait for the
+                    // controller's slots of requests in flight, nor it for theirs.
+                    let reviews = controller::client().await.context("connecting to Kubernetes")?;
+                    MetricsServing::Secure {
+                        cert: Arc::new(cert),
+                        access: MetricsAccess::new(ApiReviews::new(reviews)),
+                    }
+                } else {
+                    if !metrics_bind_address.ip().is_loopback() {
+                        warn!(address = %metrics_bind_address, "serving /metrics over plain HTTP to anyone who can connect; --metrics-secure=false is meant for a loopback address");
+                    }
+                    MetricsServing::Plain
+                };
                 let (ma, ha, serve) =
-                    server::bind(metrics_bind_address, health_probe_bind_address, metrics.clone(), readiness.clone())
+                    server::bind(metrics_bind_address, health_probe_bind_address, metrics.clone(), readiness.clone(), serving)
                         .await
                         .context("binding the metrics and health endpoints")?;
-                info!(metrics = %ma, health = %ha, "serving metrics and health probes");
+                let certificate = match (metrics_secure, &metrics_cert_dir) {
+                    (false, _) => "none (plain HTTP)".to_string(),
+                    (true, Some(dir)) => dir.display().to_string(),
+                    (true, None) => "self-signed".to_string(),
+                };
+                info!(metrics = %ma, health = %ha, metrics_secure, certificate, "serving metrics and health probes");
                 let settings = controller::Settings {
                     namespace,
                     resync: Duration::from_secs(resync_seconds.max(1)),

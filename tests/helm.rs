@@ -1,9 +1,10 @@
 //! The Helm chart on the local cluster (hack/cluster.sh): `helm install`
 //! into a fresh namespace, then the operator binary runs as a local process
 //! authenticated as the chart's ServiceAccount (a TokenRequest token) and
-//! brings a TenantSubscription to Ready (so the chart's RBAC is enough), the
-//! same identity is refused Secrets and namespace deletion (so it is no more
-//! than that), `helm upgrade` changes the Deployment and `helm uninstall`
+//! brings a TenantSubscription to Ready (so the chart's RBAC is enough),
+//! serves /metrics over HTTPS to `metrics.readers` only (so the chart lets
+//! it review its callers), the same identity is refused Secrets and
+//! namespace deletion (so it is no more than that), `helm upgrade` changes the Deployment and `helm uninstall`
 //! removes the release but leaves the CRDs. tests/helm_chart.rs checks the
 //! chart offline.
 //!
@@ -27,6 +28,7 @@ use serde_json::Value;
 use support::{
     OperatorProcess, TestNamespace,
     chart::{CHART, CHART_NAME, KWOK_TOLERATION, args_of, has_pair, write},
+    https::{self, Trust},
     token_kubeconfig,
     tools::{kubectl, kubectl_apply, kubectl_get, ok, require_cluster, require_helm, run},
     unique,
@@ -210,6 +212,8 @@ subscriptionPlans:
 admission:
   namespaceSelector:
     matchLabels: {{{admission_label}: {release}}}
+metrics:
+  readers: [{{kind: ServiceAccount, name: prometheus, namespace: {release_ns}}}]
 "#
         ),
     );
@@ -256,6 +260,10 @@ admission:
         "helm --wait waited for a ready replica"
     );
     assert!(kubectl_get(&["serviceaccount", &full, "-n", release_ns]).is_some());
+    assert!(
+        kubectl_get(&["networkpolicy", &full, "-n", release_ns]).is_some(),
+        "the NetworkPolicy is accepted (enforced only with a NetworkPolicy controller)"
+    );
     let p = kubectl_get(&["moduleprofile", &profile]).expect("the ModuleProfile from values");
     assert_eq!(
         p["metadata"]["labels"]["app.kubernetes.io/instance"],
@@ -274,12 +282,14 @@ admission:
     ]);
     let kubeconfig = token_kubeconfig(&dir.path().join("operator.kubeconfig"), token.trim())
         .expect("a kubeconfig with the ServiceAccount's token");
+    // It serves /metrics as the chart runs it: HTTPS, to metrics.readers.
     let start_operator = || {
         OperatorProcess::launch()
             .kubeconfig(&kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .namespace(tenant_ns)
             .args(["--leader-elect", "--leader-election-namespace", release_ns])
+            .secure_metrics()
             .start()
     };
     let op = start_operator();
@@ -308,6 +318,39 @@ admission:
     }
     let hpa = kubectl_get(&["hpa", &child, "-n", tenant_ns]).unwrap();
     assert_eq!(hpa["spec"]["maxReplicas"], 3, "⌈100 / 40⌉");
+    // /metrics: the chart lets the operator review its callers (else 503),
+    // and metrics.readers in: Prometheus' ServiceAccount reads, the
+    // operator's own is refused, no token is unauthorized.
+    kubectl(&["create", "serviceaccount", "prometheus", "-n", release_ns]);
+    let prometheus = kubectl(&["create", "token", "prometheus", "-n", release_ns]);
+    let scrape = |token: Option<&str>| {
+        https::get(op.metrics_address(), "/metrics", token, &Trust::Anything)
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", op.tail(20)))
+    };
+    let want = format!(
+        "tenant_capacity_module_max_replicas{{namespace=\"{tenant_ns}\",subscription=\"acme\""
+    );
+    // (RBAC caches follow a new binding within moments: poll.)
+    wait_blocking(
+        "Prometheus' ServiceAccount to read /metrics",
+        TIMEOUT,
+        || {
+            (can_i(
+                &format!("system:serviceaccount:{release_ns}:prometheus"),
+                &["get", "/metrics"],
+            ))
+            .then_some(())
+        },
+    );
+    let (code, body) = scrape(Some(prometheus.trim()));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&want), "{body}");
+    assert_eq!(
+        scrape(Some(token.trim())).0,
+        403,
+        "the operator's own token"
+    );
+    assert_eq!(scrape(None).0, 401);
     // The chart's admission policies refuse more than the plan sells, and a
     // subscription without a plan (the policies load within moments: poll).
     for (spec, says) in [
@@ -398,6 +441,18 @@ admission:
             "--all-namespaces"
         ]
     ));
+    assert!(can_i(
+        &sa,
+        &["create", "tokenreviews.authentication.k8s.io"]
+    ));
+    assert!(can_i(
+        &sa,
+        &["create", "subjectaccessreviews.authorization.k8s.io"]
+    ));
+    assert!(
+        !can_i(&sa, &["get", "/metrics"]),
+        "the operator itself is no metrics reader"
+    );
     assert!(can_i(
         &sa,
         &[
@@ -597,13 +652,26 @@ admission:
             "ValidatingAdmissionPolicy {policy} removed"
         );
     }
-    for role in ["manager", "catalogue", "provider", "view"] {
+    for role in [
+        "manager",
+        "catalogue",
+        "provider",
+        "view",
+        "metrics-auth",
+        "metrics-reader",
+    ] {
         assert!(
             kubectl_get(&["clusterrole", &format!("{full}-{role}")]).is_none(),
             "ClusterRole {role} removed"
         );
     }
-    assert!(kubectl_get(&["clusterrolebinding", &format!("{full}-catalogue")]).is_none());
+    for binding in ["catalogue", "metrics-auth", "metrics-reader"] {
+        assert!(
+            kubectl_get(&["clusterrolebinding", &format!("{full}-{binding}")]).is_none(),
+            "ClusterRoleBinding {binding} removed"
+        );
+    }
+    assert!(kubectl_get(&["networkpolicy", &full, "-n", release_ns]).is_none());
     assert!(kubectl_get(&["rolebinding", &format!("{full}-manager"), "-n", tenant_ns]).is_none());
     assert!(kubectl_get(&["role", &format!("{full}-leader-election"), "-n", release_ns]).is_none());
     assert!(

@@ -253,6 +253,21 @@ fn values_schema_refuses_wrong_types_and_unknown_keys() {
             "moduleProfiles: {video: 3}\n",
             "moduleProfiles",
         ),
+        (
+            "string for metrics.secure",
+            "metrics: {secure: \"no\"}\n",
+            "secure",
+        ),
+        (
+            "a metrics reader of no kind",
+            "metrics: {readers: [{name: prometheus}]}\n",
+            "kind",
+        ),
+        (
+            "a misspelt network policy peer",
+            "networkPolicy: {metricsFrom: [{namespaceSelectr: {}}]}\n",
+            "namespaceSelectr",
+        ),
     ];
     for (i, (what, yaml, mentions)) in cases.iter().enumerate() {
         let f = write(dir.path(), &format!("bad{i}.yaml"), yaml);
@@ -476,7 +491,11 @@ fn default_render_is_least_privilege_and_hardened() {
     let args = args_of(d);
     assert_eq!(args[0], "run");
     assert!(
-        has_pair(&args, "--metrics-bind-address", ":8080"),
+        has_pair(&args, "--metrics-bind-address", ":8443"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--metrics-secure=true".to_string()),
         "{args:?}"
     );
     assert!(
@@ -525,7 +544,8 @@ fn default_render_is_least_privilege_and_hardened() {
     assert!(
         ports
             .iter()
-            .any(|p| p["name"] == "http-metrics" && p["containerPort"] == 8080)
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == 8443),
+        "{ports:?}"
     );
     assert_eq!(pod["serviceAccountName"], full);
 
@@ -533,7 +553,7 @@ fn default_render_is_least_privilege_and_hardened() {
     let svc = must(&docs, "Service", &format!("{full}-metrics"));
     assert_eq!(
         svc["spec"]["ports"],
-        json!([{"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}])
+        json!([{"name": "metrics", "port": 8443, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "https"}])
     );
     assert_eq!(
         svc["spec"]["selector"],
@@ -550,6 +570,199 @@ fn default_render_is_least_privilege_and_hardened() {
             "{kind} rendered by default"
         );
     }
+}
+
+#[test]
+fn metrics_are_https_for_readers_only_behind_a_network_policy() {
+    require_helm();
+    let full = "rel-tenant-capacity-operator";
+    let docs = template("rel", "ops", &[]);
+    let d = must(&docs, "Deployment", full);
+    let args = args_of(d);
+    assert!(
+        args.contains(&"--metrics-secure=true".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.contains(&"--metrics-cert-dir".to_string()),
+        "self-signed by default: {args:?}"
+    );
+
+    // The operator may ask the API server about its callers, nothing more.
+    let auth = must(&docs, "ClusterRole", &format!("{full}-metrics-auth"));
+    assert_eq!(
+        grants(&auth["rules"]),
+        triples(&[
+            ("authentication.k8s.io", &["tokenreviews"], &["create"]),
+            (
+                "authorization.k8s.io",
+                &["subjectaccessreviews"],
+                &["create"]
+            ),
+        ])
+    );
+    let b = must(&docs, "ClusterRoleBinding", &format!("{full}-metrics-auth"));
+    assert_eq!(
+        b["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{full}-metrics-auth")})
+    );
+    assert_eq!(
+        b["subjects"],
+        json!([{"kind": "ServiceAccount", "name": full, "namespace": "ops"}])
+    );
+    // Who may read: get on /metrics, bound to nobody until metrics.readers.
+    let reader = must(&docs, "ClusterRole", &format!("{full}-metrics-reader"));
+    assert_eq!(
+        reader["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    assert!(
+        find(
+            &docs,
+            "ClusterRoleBinding",
+            &format!("{full}-metrics-reader")
+        )
+        .is_none()
+    );
+    let bound = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "metrics.readers[0].kind=ServiceAccount",
+            "--set",
+            "metrics.readers[0].name=prometheus",
+            "--set",
+            "metrics.readers[0].namespace=monitoring",
+        ],
+    );
+    let b = must(
+        &bound,
+        "ClusterRoleBinding",
+        &format!("{full}-metrics-reader"),
+    );
+    assert_eq!(b["roleRef"]["name"], format!("{full}-metrics-reader"));
+    assert_eq!(
+        b["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}])
+    );
+
+    // The NetworkPolicy: the metrics port from the selected namespaces, the
+    // probes' port from anywhere, egress untouched.
+    let np = must(&docs, "NetworkPolicy", full);
+    assert_eq!(np["metadata"]["namespace"], "ops");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([
+            {"from": [{"namespaceSelector": {"matchLabels": {"metrics": "enabled"}}}],
+             "ports": [{"port": "metrics", "protocol": "TCP"}]},
+            {"ports": [{"port": "health", "protocol": "TCP"}]},
+        ])
+    );
+    let ports = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap();
+    for name in ["metrics", "health"] {
+        assert!(
+            ports.iter().any(|p| p["name"] == name),
+            "the policy names port {name}, the container has {ports:?}"
+        );
+    }
+    // Empty metricsFrom: nobody reaches the metrics port (an ingress rule
+    // without `from` would admit everyone).
+    let closed = template(
+        "rel",
+        "ops",
+        &["--set-json", "networkPolicy.metricsFrom=[]"],
+    );
+    assert_eq!(
+        must(&closed, "NetworkPolicy", full)["spec"]["ingress"],
+        json!([{"ports": [{"port": "health", "protocol": "TCP"}]}])
+    );
+    let off = template("rel", "ops", &["--set", "networkPolicy.enabled=false"]);
+    assert!(off.iter().all(|x| x["kind"] != "NetworkPolicy"));
+
+    // The ServiceMonitor scrapes over HTTPS with Prometheus' token; a
+    // self-signed certificate cannot be verified.
+    let sm_docs = template("rel", "ops", &["--set", "serviceMonitor.enabled=true"]);
+    let ep = &must(&sm_docs, "ServiceMonitor", full)["spec"]["endpoints"][0];
+    assert_eq!(ep["port"], "metrics");
+    assert_eq!(ep["scheme"], "https");
+    assert_eq!(
+        ep["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(ep["tlsConfig"], json!({"insecureSkipVerify": true}));
+
+    // With a certificate Secret (cert-manager's, say): mounted, passed, and
+    // verified by the ServiceMonitor against its CA under the Service's name.
+    let certs = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "metrics.certSecret=tco-metrics-cert",
+            "--set",
+            "serviceMonitor.bearerTokenSecret.name=prom-token",
+            "--set",
+            "serviceMonitor.bearerTokenSecret.key=token",
+        ],
+    );
+    let d = must(&certs, "Deployment", full);
+    let dir = "/etc/tenant-capacity-operator/metrics-certs";
+    assert!(has_pair(&args_of(d), "--metrics-cert-dir", dir));
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "metrics-certs", "secret": {"secretName": "tco-metrics-cert",
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "metrics-certs", "mountPath": dir, "readOnly": true}])
+    );
+    let ep = &must(&certs, "ServiceMonitor", full)["spec"]["endpoints"][0];
+    assert_eq!(
+        ep["tlsConfig"],
+        json!({"serverName": format!("{full}-metrics.ops.svc"),
+               "ca": {"secret": {"name": "tco-metrics-cert", "key": "ca.crt"}}})
+    );
+    must(&certs, "Service", &format!("{full}-metrics"));
+    assert_eq!(
+        ep["authorization"],
+        json!({"type": "Bearer", "credentials": {"name": "prom-token", "key": "token"}})
+    );
+    assert!(ep["bearerTokenFile"].is_null());
+
+    // metrics.secure=false: plain HTTP, no reviews to grant.
+    let plain = template(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "metrics.secure=false",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ],
+    );
+    assert!(
+        args_of(must(&plain, "Deployment", full)).contains(&"--metrics-secure=false".to_string())
+    );
+    assert!(find(&plain, "ClusterRole", &format!("{full}-metrics-auth")).is_none());
+    let ep = &must(&plain, "ServiceMonitor", full)["spec"]["endpoints"][0];
+    assert_eq!(ep["scheme"], "http");
+    assert!(ep["tlsConfig"].is_null() && ep["bearerTokenFile"].is_null());
+    assert_eq!(
+        must(&plain, "Service", &format!("{full}-metrics"))["spec"]["ports"][0]["appProtocol"],
+        "http"
+    );
 }
 
 #[test]
@@ -595,7 +808,7 @@ fn custom_values_render_as_asked() {
     let sm = must(&docs, "ServiceMonitor", full);
     assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
     let svc = must(&docs, "Service", &format!("{full}-metrics"));
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {

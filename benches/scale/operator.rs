@@ -30,8 +30,9 @@ pub fn start(b: &Bench, tag: &str) -> Res<OperatorProcess> {
         .env("RUST_LOG", "info")
         .log_file(PathBuf::from(format!("target/bench/operator-{tag}.log")));
     match &b.args.operator_bin {
-        // An earlier build, from before plans were required, knows no such flag.
-        Some(bin) => launch = launch.bin(bin),
+        // An earlier build, from before plans were required and /metrics
+        // was HTTPS, knows neither flag.
+        Some(bin) => launch = launch.bin(bin).without_metrics_secure_flag(),
         // The benchmark's subscriptions name no plan.
         None => launch = launch.args(["--require-plan=false"]),
     }

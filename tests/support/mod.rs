@@ -6,11 +6,13 @@
 //!   reading subscriptions;
 //! - [`fixture`]: a namespace, two profiles and the operator in-process;
 //! - [`process`]: the operator binary as a child process;
+//! - [`https`]: scraping its HTTPS /metrics;
 //! - [`audit`]: the API server's audit log;
 //! - [`tools`]: kubectl and helm;
 //! - [`wait`]: waiting for a check to hold;
 //! - [`window`]: a seasonal window at the next full minute;
-//! - [`chart`]: the Helm chart's paths and rendered arguments;
+//! - [`chart`]: the Helm chart's paths, rendered arguments, and templates
+//!   applied for one test;
 //! - [`proxy`]: a proxy before the API server that can stall requests.
 #![allow(dead_code, unused_imports)]
 
@@ -18,6 +20,7 @@ pub mod audit;
 pub mod chart;
 pub mod cluster;
 pub mod fixture;
+pub mod https;
 pub mod process;
 pub mod proxy;
 pub mod tools;

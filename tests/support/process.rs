@@ -26,12 +26,29 @@ pub struct Launch {
     json_logs: bool,
     ports: Option<(u16, u16)>,
     log_file: Option<PathBuf>,
+    metrics_secure: Option<bool>,
 }
 
 impl Launch {
     /// Another build of the operator (the benchmark's `--operator-bin`).
     pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
         self.bin = bin.into();
+        self
+    }
+
+    /// Serve /metrics over HTTPS to authorised callers, as the operator does
+    /// by default (without it a test's operator serves plain HTTP on its
+    /// loopback address, `--metrics-secure=false`, read by
+    /// [`OperatorProcess::metrics`]); read it with [`super::https::get`].
+    pub fn secure_metrics(mut self) -> Self {
+        self.metrics_secure = Some(true);
+        self
+    }
+
+    /// Pass no `--metrics-secure` at all: a build from before the flag, which
+    /// serves plain HTTP.
+    pub fn without_metrics_secure_flag(mut self) -> Self {
+        self.metrics_secure = None;
         self
     }
 
@@ -91,6 +108,10 @@ impl Launch {
                 "--health-probe-bind-address",
                 &format!("127.0.0.1:{health_port}"),
             ])
+            .args(
+                self.metrics_secure
+                    .map(|secure| format!("--metrics-secure={secure}")),
+            )
             .args(if self.json_logs {
                 &["--log-format", "json"][..]
             } else {
@@ -168,8 +189,8 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// The binary built with these tests, running `run` with metrics and
-    /// health probes on free local ports and JSON logs.
+    /// The binary built with these tests, running `run` with metrics (plain
+    /// HTTP) and health probes on free local ports and JSON logs.
     pub fn launch() -> Launch {
         Launch {
             bin: PathBuf::from(BIN),
@@ -178,6 +199,7 @@ impl OperatorProcess {
             json_logs: true,
             ports: None,
             log_file: None,
+            metrics_secure: Some(false),
         }
     }
 
@@ -304,7 +326,7 @@ impl OperatorProcess {
         &self.addresses().0
     }
 
-    /// The text of its /metrics, or `None` when it does not answer.
+    /// The text of its plain-HTTP /metrics, or `None` when it does not answer.
     pub fn metrics(&self) -> Option<String> {
         let (code, body) = http_get(self.metrics_address(), "/metrics")?;
         (code == 200).then_some(body)

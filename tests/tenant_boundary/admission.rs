@@ -12,9 +12,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceQuota;
 
 use crate::{
-    ChartObjects, TENANT_ADMIN, Tenant,
+    TENANT_ADMIN, Tenant,
     support::{
         Fixture, TestNamespace,
+        chart::ChartObjects,
         cluster::{apply_yaml, assign_namespace, install_crds, profile_yaml, unique},
         tools::{kubectl, run, try_kubectl_apply},
         wait_blocking, wait_for,

@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use crate::{
-    ChartObjects, Tenant,
-    support::{T, tools::kubectl, wait_blocking, wait_for},
+    Tenant,
+    support::{T, chart::ChartObjects, tools::kubectl, wait_blocking, wait_for},
 };
 
 /// The chart's child-protection policies, bound to one namespace only.

@@ -1,9 +1,19 @@
 //! HTTP endpoints next to the controller: /metrics on one address,
 //! /healthz and /readyz on another, as platform teams expect from operators.
+//!
+//! /metrics names every tenant, namespace and capacity, so by default it is
+//! served over HTTPS ([`tls`]) to callers the API server vouches for
+//! ([`access`]), as kubebuilder operators serve theirs. The probes stay plain
+//! HTTP for the kubelet.
+
+pub mod access;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,
+    future::IntoFuture,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -11,10 +21,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
+use self::{
+    access::{MetricsAccess, Reviews, Verdict},
+    tls::{ServingCert, TlsListener},
+};
 use crate::metrics::Metrics;
 
 /// Parse `:8080`, `0.0.0.0:8080` or `127.0.0.1:0` (port 0 picks a free port).
@@ -141,14 +161,51 @@ impl Readiness {
     }
 }
 
-async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
+fn metrics_text(m: &Metrics) -> Response {
     (
         [(
-            "content-type",
+            header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         m.encode(),
     )
+        .into_response()
+}
+
+async fn metrics(State(m): State<Metrics>) -> Response {
+    metrics_text(&m)
+}
+
+/// The metrics, for a caller allowed `get` on `/metrics`.
+async fn metrics_checked<R: Reviews>(
+    State((m, access)): State<(Metrics, Arc<MetricsAccess<R>>)>,
+    headers: HeaderMap,
+) -> Response {
+    match access.check(headers.get(header::AUTHORIZATION)).await {
+        Ok(Verdict::Allowed) => metrics_text(&m),
+        Ok(Verdict::Unauthenticated) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized: a bearer token the API server accepts is required\n",
+        )
+            .into_response(),
+        Ok(Verdict::Forbidden) => {
+            debug!("a /metrics caller without get on /metrics was refused");
+            (
+                StatusCode::FORBIDDEN,
+                "Forbidden: get on the non-resource URL /metrics is not allowed\n",
+            )
+                .into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, "could not check a /metrics caller with the API server");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the caller could not be checked with the API server\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -164,12 +221,25 @@ async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
     }
 }
 
+/// How /metrics is served.
+pub enum MetricsServing<R> {
+    /// HTTPS with `cert`, to callers `access` lets in.
+    Secure {
+        cert: Arc<ServingCert>,
+        access: MetricsAccess<R>,
+    },
+    /// Plain HTTP to anyone who can connect: for development on a loopback
+    /// address (`--metrics-secure=false`).
+    Plain,
+}
+
 /// Bind both listeners, returning the bound addresses and the serving future.
-pub async fn bind(
+pub async fn bind<R: Reviews>(
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
     m: Metrics,
     readiness: Readiness,
+    serving: MetricsServing<R>,
 ) -> std::io::Result<(
     SocketAddr,
     SocketAddr,
@@ -178,13 +248,30 @@ pub async fn bind(
     let ml = TcpListener::bind(metrics_addr).await?;
     let hl = TcpListener::bind(health_addr).await?;
     let (ma, ha) = (ml.local_addr()?, hl.local_addr()?);
-    let metrics_app = Router::new().route("/metrics", get(metrics)).with_state(m);
     let health_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(readiness);
+    let metrics_served: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match serving {
+        MetricsServing::Plain => {
+            let app = Router::new().route("/metrics", get(metrics)).with_state(m);
+            Box::pin(axum::serve(ml, app).into_future())
+        }
+        MetricsServing::Secure { cert, access } => {
+            let config = cert.server_config().map_err(std::io::Error::other)?;
+            let app = Router::new()
+                .route("/metrics", get(metrics_checked::<R>))
+                .with_state((m, Arc::new(access)));
+            Box::pin(async move {
+                tokio::select! {
+                    r = axum::serve(TlsListener::new(ml, config), app) => r,
+                    () = cert.keep_current() => Ok(()),
+                }
+            })
+        }
+    };
     let serve = async move {
-        tokio::try_join!(axum::serve(ml, metrics_app), axum::serve(hl, health_app))?;
+        tokio::try_join!(metrics_served, axum::serve(hl, health_app))?;
         Ok(())
     };
     Ok((ma, ha, serve))
