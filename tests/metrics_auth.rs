@@ -14,7 +14,10 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use support::{
@@ -148,9 +151,17 @@ fn metrics_need_a_token_allowed_to_get_them() {
         "plain HTTP on the metrics port answered: {plain:?}"
     );
 
+    // A client that connects and never says hello holds up no one.
+    let _stalled = std::net::TcpStream::connect(&metrics).unwrap();
     // No token, a token the API server does not know, a user without the role.
+    let start = Instant::now();
     let (code, body) = get(&op, None);
     assert_eq!(code, 401, "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a stalled handshake held up the next caller for {:?}",
+        start.elapsed()
+    );
     assert!(!body.contains("tenant_capacity"), "{body}");
     let (code, body) = get(&op, Some("not-a-token"));
     assert_eq!(code, 401, "{body}");
@@ -175,9 +186,13 @@ fn metrics_need_a_token_allowed_to_get_them() {
     let audit = Audit::local_cluster();
     let mark = audit.mark().unwrap();
     let fresh = kubectl(&["create", "token", "reader", "-n", ns, "--duration", "1h"]);
+    let mut took = Vec::new();
     for _ in 0..5 {
+        let start = Instant::now();
         assert_eq!(get(&op, Some(fresh.trim())).0, 200);
+        took.push(start.elapsed());
     }
+    eprintln!("five scrapes with a fresh token took {took:?} (the first asks the API server)");
     let reviews = || {
         let w = audit
             .writes_since(&mark, &["tokenreviews", "subjectaccessreviews"], |e| {

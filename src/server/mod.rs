@@ -37,7 +37,7 @@ use self::{
 };
 use crate::metrics::Metrics;
 
-/// Parse `:8080`, `0.0.0.0:8080` or `127.0.0.1:0` (port 0 picks a free port).
+/// Parse `:8443`, `0.0.0.0:8443` or `127.0.0.1:0` (port 0 picks a free port).
 pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
@@ -45,7 +45,7 @@ pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
         s.to_string()
     };
     full.parse()
-        .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
+        .map_err(|_| format!("{s:?} is not an address like :8443 or 127.0.0.1:8443"))
 }
 
 /// Whether the controller can serve: its caches are synced, and the API

@@ -89,12 +89,15 @@ impl ServingCert {
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        let generated = rcgen::generate_simple_self_signed(names)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            generated.signing_key.serialize_der(),
-        ));
-        let certified =
-            CertifiedKey::from_der(vec![generated.cert.der().clone()], key, &provider())?;
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "tenant-capacity-operator metrics",
+        );
+        let signing_key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&signing_key)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+        let certified = CertifiedKey::from_der(vec![cert.der().clone()], key, &provider())?;
         Ok(Self {
             current: RwLock::new(Arc::new(certified)),
             source: None,
@@ -276,5 +279,81 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for localhost and its key, as PEM.
+    fn pem_pair() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    fn write(dir: &Path, cert: &str, key: &str) {
+        std::fs::write(dir.join(CERT_FILE), cert).unwrap();
+        std::fs::write(dir.join(KEY_FILE), key).unwrap();
+    }
+
+    fn served(c: &ServingCert) -> CertificateDer<'static> {
+        c.current.read().unwrap().cert[0].clone()
+    }
+
+    #[test]
+    fn a_cert_dir_is_read_and_what_is_wrong_with_it_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ServingCert::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tls.crt") && e.starts_with("reading"), "{e}");
+
+        let (cert, key) = pem_pair();
+        write(dir.path(), &cert, &key);
+        ServingCert::from_dir(dir.path()).unwrap();
+
+        let (_, other_key) = pem_pair();
+        write(dir.path(), &cert, &other_key);
+        let e = ServingCert::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("does not fit its certificate"), "{e}");
+
+        write(dir.path(), &cert, "not a key");
+        let e = ServingCert::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tls.key") && e.contains("private key"), "{e}");
+
+        write(dir.path(), "", &key);
+        let e = ServingCert::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tls.crt") && e.contains("none found"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_is_served_and_a_broken_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair();
+        write(dir.path(), &cert, &key);
+        let c = ServingCert::from_dir(dir.path()).unwrap();
+        let first = served(&c);
+        assert!(
+            !c.reload().await.unwrap(),
+            "unchanged files are not reloaded"
+        );
+
+        let (cert2, key2) = pem_pair();
+        write(dir.path(), &cert2, &key2);
+        assert!(c.reload().await.unwrap());
+        let second = served(&c);
+        assert_ne!(first, second);
+
+        write(dir.path(), &cert2, "not a key");
+        assert!(c.reload().await.is_err());
+        assert_eq!(served(&c), second);
+        // Told once: the same broken files are not an error again.
+        assert!(!c.reload().await.unwrap());
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_made_in_memory_and_fits_its_key() {
+        let c = ServingCert::self_signed().unwrap();
+        assert!(c.source.is_none());
+        c.current.read().unwrap().keys_match().unwrap();
     }
 }
