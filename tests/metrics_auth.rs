@@ -193,10 +193,11 @@ fn metrics_need_a_token_allowed_to_get_them() {
         took.push(start.elapsed());
     }
     eprintln!("five scrapes with a fresh token took {took:?} (the first asks the API server)");
+    let user = operator_user();
     let reviews = || {
         let w = audit
             .writes_since(&mark, &["tokenreviews", "subjectaccessreviews"], |e| {
-                e["user"]["username"] == operator_user()
+                e["user"]["username"] == user.as_str()
             })
             .unwrap();
         let n = |k: &str| w.by_key().get(k).copied().unwrap_or(0);
