@@ -173,6 +173,9 @@ pub struct Metrics {
     pub reconciliations: Counter,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// The part of a reconcile spent on the CPU alone: reading the caches
+    /// and deciding, without any call to the API server.
+    pub decision: Histogram,
     pub writes: Family<WriteLabels, Counter>,
     pub modules: Arc<ModuleMetrics>,
 }
@@ -183,6 +186,9 @@ impl Default for Metrics {
         let reconciliations = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        let decision = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
         let writes = Family::<WriteLabels, Counter>::default();
         let modules = Arc::new(ModuleMetrics::default());
         registry.register(
@@ -201,6 +207,11 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register(
+            "decision_duration_seconds",
+            "Time spent deciding one reconciliation from the caches (no API calls)",
+            decision.clone(),
+        );
+        registry.register(
             "api_writes",
             "Writes sent to the API server, by kind and verb",
             writes.clone(),
@@ -211,6 +222,7 @@ impl Default for Metrics {
             reconciliations,
             failures,
             duration,
+            decision,
             writes,
             modules,
         }

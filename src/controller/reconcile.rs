@@ -106,10 +106,14 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
+    let deciding = Instant::now();
     let mut catalogue = ctx.caches.catalogue_for(sub);
     catalogue.require_plan = ctx.settings.require_plan;
     let live = ctx.caches.live(sub);
     let decision = decide(sub, &catalogue, &live, now);
+    ctx.metrics
+        .decision
+        .observe(deciding.elapsed().as_secs_f64());
     let writer = Writer {
         client: &ctx.client,
         metrics: &ctx.metrics,
