@@ -484,6 +484,14 @@ async fn apply(client: &Client, ns: Option<&str>, value: &Value) {
         .unwrap_or_else(|e| panic!("apply {}: {e}", value["metadata"]["name"]));
 }
 
+async fn create_sub(subs: &Api<TenantSubscription>, value: &Value) {
+    let name = value["metadata"]["name"].as_str().unwrap();
+    let sub: TenantSubscription = serde_json::from_value(value.clone()).unwrap();
+    subs.create(&PostParams::default(), &sub)
+        .await
+        .unwrap_or_else(|e| panic!("create subscription {name}: {e}"));
+}
+
 async fn apply_sub(subs: &Api<TenantSubscription>, value: &Value) {
     let name = value["metadata"]["name"].as_str().unwrap();
     subs.patch(
@@ -579,6 +587,21 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
     };
     let catalogue = names.catalogue();
     let run = names.run.clone();
+    // An earlier run's thousands of subscriptions, still being deleted,
+    // would be part of this run's flood.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    wait_for(
+        "the namespaces of earlier runs gone",
+        Duration::from_secs(600),
+        || async {
+            let left = nss
+                .list_metadata(&ListParams::default().labels("flood.test/run"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
+    .await;
     let began = Instant::now();
 
     // --- the operator's identity: it may read everything, write only in
@@ -670,22 +693,46 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
         })
     };
 
-    // --- canaries in two crowds, before the flood: the oldest there, so
+    // What the operator is doing, every 5 s, for the record.
+    let created = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let (stop, created) = (stop.clone(), created.clone());
+        let metrics_address = op.metrics_address().to_string();
+        let t0 = Instant::now();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let a = metrics_address.clone();
+                let metrics = tokio::task::spawn_blocking(move || {
+                    support::http_get(&a, "/metrics").map(|(_, body)| body)
+                })
+                .await
+                .unwrap()
+                .unwrap_or_default();
+                let reconciles = support::process::metric_value(
+                    &metrics,
+                    "tenant_capacity_reconciliations_total",
+                )
+                .unwrap_or(0.0);
+                let (decision_le, _) =
+                    slowest(&metrics, "tenant_capacity_decision_duration_seconds");
+                println!(
+                    "[{:>5.1}s] created {:>5}, reconciles {reconciles:>7}, slowest decision <= {decision_le} s, RSS {:.1} MiB",
+                    t0.elapsed().as_secs_f64(),
+                    created.load(Ordering::Relaxed),
+                    memory_mib(pid).0,
+                );
+            }
+        })
+    };
+
+    // --- a canary in each crowd, before the flood: the oldest there, so
     // theirs is the subscription that acts.
-    let canaries: Vec<(String, String, String)> = vec![
-        (crowds[0].0.clone(), "canary".into(), crowds[0].1.clone()),
-        (crowds[1].0.clone(), "canary".into(), crowds[1].1.clone()),
-        (
-            canary_nss[0].0.clone(),
-            "canary".into(),
-            canary_nss[0].1.clone(),
-        ),
-        (
-            canary_nss[1].0.clone(),
-            "canary".into(),
-            canary_nss[1].1.clone(),
-        ),
-    ];
+    let canaries: Vec<(String, String, String)> = crowds
+        .iter()
+        .chain(&canary_nss)
+        .map(|(ns, tenant)| (ns.clone(), "canary".to_string(), tenant.clone()))
+        .collect();
     let converge_all = |canaries: Vec<(String, String, String)>, concurrency: i64| {
         let (client, names, catalogue) = (client.clone(), names.clone(), catalogue.clone());
         async move {
@@ -702,11 +749,11 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
         }
     };
     let t = Instant::now();
-    for (ns, name, tenant) in &canaries[..2] {
+    for (ns, name, tenant) in &canaries[..CROWDS] {
         let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), ns);
         apply_sub(&subs, &names.canary(name, tenant, 80)).await;
     }
-    converge_all(canaries[..2].to_vec(), 80).await;
+    converge_all(canaries[..CROWDS].to_vec(), 80).await;
     let quiet = t.elapsed();
     println!("canaries created before the flood converged in {quiet:?}");
 
@@ -745,7 +792,6 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
     }
     let total = work.len();
     assert!(total >= 2000, "{total} subscriptions");
-    let created = Arc::new(AtomicU64::new(0));
     let flood = {
         let (client, created) = (client.clone(), created.clone());
         tokio::spawn(async move {
@@ -755,7 +801,7 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
                     let (client, created) = (client.clone(), created.clone());
                     async move {
                         let subs: Api<TenantSubscription> = Api::namespaced(client, &ns);
-                        apply_sub(&subs, &value).await;
+                        create_sub(&subs, &value).await;
                         created.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -784,19 +830,19 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
         })
     };
 
-    // Halfway through the flood: two canaries change, two arrive.
+    // Halfway through the flood: the crowds' canaries change, two arrive.
     wait_for("half the flood", Duration::from_secs(300), || async {
         (created.load(Ordering::Relaxed) as usize >= total / 2).then_some(())
     })
     .await;
     for (i, (ns, name, tenant)) in canaries.iter().enumerate() {
         let subs: Api<TenantSubscription> = Api::namespaced(client.clone(), ns);
-        let concurrency = if i < 2 { 400 } else { 200 };
+        let concurrency = if i < CROWDS { 400 } else { 200 };
         apply_sub(&subs, &names.canary(name, tenant, concurrency)).await;
     }
     let during = {
-        let t = converge_all(canaries[..2].to_vec(), 400).await;
-        t.max(converge_all(canaries[2..].to_vec(), 200).await)
+        let t = converge_all(canaries[..CROWDS].to_vec(), 400).await;
+        t.max(converge_all(canaries[CROWDS..].to_vec(), 200).await)
     };
     println!(
         "during the flood ({} of {total} created), canaries converged in {during:?}",
@@ -847,6 +893,7 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
     stop.store(true, Ordering::Relaxed);
     churn.await.unwrap();
     sampler.await.unwrap();
+    progress.await.unwrap();
 
     // --- the figures.
     let metrics = op.metrics().expect("the operator's /metrics");

@@ -233,7 +233,7 @@ impl Caches {
 /// Where a subscription stands among those of its namespace: the oldest
 /// first, at the same second the name sorting first; one not yet stored
 /// (no creation time) after every stored one.
-fn seniority(s: &TenantSubscription) -> (bool, Option<jiff::Timestamp>, String) {
+pub fn seniority(s: &TenantSubscription) -> (bool, Option<jiff::Timestamp>, String) {
     let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
     (created.is_none(), created, s.name_any())
 }

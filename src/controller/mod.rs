@@ -233,6 +233,10 @@ pub async fn run(
         not_found: Default::default(),
     });
 
+    let (namespaces, label) = (
+        ctx.caches.namespaces.clone(),
+        ctx.settings.tenant_label.clone(),
+    );
     let metering_ctx = ctx.clone();
     let housekeeping_subscriptions = subscription_store.clone();
     let metering = tokio::spawn(async move {
@@ -260,22 +264,29 @@ pub async fn run(
         .owns_stream(limit_range_stream)
         // A namespace assigned, reassigned or unassigned re-decides its subscriptions.
         .watches_stream(namespace_stream, residents(subscription_store.clone()))
-        // A changed profile, plan or calendar re-plans every subscription that uses it.
+        // A changed profile, plan or calendar re-plans every subscription
+        // that uses it and may act.
         .watches_stream(
             profile_stream,
-            users(subscription_store.clone(), |s, name| {
-                s.spec.modules.iter().any(|m| m.name == name)
-            }),
+            users(
+                subscription_store.clone(),
+                namespaces.clone(),
+                label.clone(),
+                |s, name| s.spec.modules.iter().any(|m| m.name == name),
+            ),
         )
         .watches_stream(
             plan_stream,
-            users(subscription_store.clone(), |s, name| {
-                s.spec.plan.as_deref() == Some(name)
-            }),
+            users(
+                subscription_store.clone(),
+                namespaces.clone(),
+                label.clone(),
+                |s, name| s.spec.plan.as_deref() == Some(name),
+            ),
         )
         .watches_stream(
             calendar_stream,
-            users(subscription_store, |s, name| {
+            users(subscription_store, namespaces, label, |s, name| {
                 s.spec
                     .seasons
                     .iter()

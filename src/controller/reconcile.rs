@@ -107,9 +107,15 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
     }
     let now = Timestamp::now();
     let deciding = Instant::now();
-    let mut catalogue = ctx.caches.catalogue_for(sub);
-    catalogue.require_plan = ctx.settings.require_plan;
     let live = ctx.caches.live(sub);
+    // A subscription that may not act decides without the catalogue: no
+    // copy of its profiles and calendars (thousands of such subscriptions
+    // are cheap to re-decide).
+    let mut catalogue = match assignment(sub, &live.tenancy) {
+        Ok(()) => ctx.caches.catalogue_for(sub),
+        Err(_) => Default::default(),
+    };
+    catalogue.require_plan = ctx.settings.require_plan;
     let decision = decide(sub, &catalogue, &live, now);
     ctx.metrics
         .decision

@@ -2,7 +2,11 @@
 //! (children slim), re-established with a short backoff, and turned into
 //! the streams that trigger reconciles.
 
-use std::{fmt::Debug, time::Duration};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fmt::Debug,
+    time::Duration,
+};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
@@ -18,6 +22,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use super::facts::{seniority, tenant_label};
 use crate::{
     api::TenantSubscription,
     live::{self, Slim, Slimmable},
@@ -223,6 +228,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
+    let cached = store.clone();
     let stream = reflector::reflector(
         writer,
         watch(api, config, readiness).modify(|o| {
@@ -234,8 +240,7 @@ where
             }
         }),
     )
-    .touched_objects()
-    .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
+    .touched_when_cached(cached);
     (store, stream)
 }
 
@@ -256,6 +261,7 @@ where
 {
     let (store, writer) = reflector::store::<Slim<K>>();
     let reader = store.clone();
+    let cached = store.clone();
     let stream = reflector::reflector(
         writer,
         watch(api, config, readiness)
@@ -276,9 +282,54 @@ where
                 futures::future::ready(!unchanged)
             }),
     )
-    .touched_objects()
-    .filter_map(|r| futures::future::ready(r.ok().map(Ok)));
+    .touched_when_cached(cached);
     (store, stream)
+}
+
+/// The objects a watch touched, each once the cache holds it, for the
+/// controller's triggers (which read a triggered object from the cache and
+/// drop the trigger when it is not there). The objects of a (re)list come
+/// at its end: the cache takes a list in whole when it is complete, so an
+/// object first seen in a relist (a subscription created while its watch
+/// was re-established) was not yet cached when its trigger ran, and was
+/// never reconciled. Watch errors are left out (they are logged and retried
+/// in [`watch`]).
+pub trait TouchedWhenCached<K: Resource<DynamicType = ()> + Clone + 'static>:
+    futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Sized
+{
+    fn touched_when_cached(
+        self,
+        cached: Store<K>,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> {
+        self.scan(Vec::<ObjectRef<K>>::new(), move |listed, event| {
+            let out: Vec<K> = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => vec![o],
+                Ok(watcher::Event::Init) => {
+                    listed.clear();
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    listed.push(ObjectRef::from_obj(&o));
+                    vec![]
+                }
+                Ok(watcher::Event::InitDone) => std::mem::take(listed)
+                    .iter()
+                    .filter_map(|r| cached.get(r))
+                    .map(|o| o.as_ref().clone())
+                    .collect(),
+                Err(_) => vec![],
+            };
+            futures::future::ready(Some(out))
+        })
+        .flat_map(|out| futures::stream::iter(out.into_iter().map(Ok)))
+    }
+}
+
+impl<K, S> TouchedWhenCached<K> for S
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
 }
 
 /// Maps a namespace to the subscriptions in it: its tenant label decides
@@ -298,10 +349,12 @@ pub fn residents(
     }
 }
 
-/// The subscriptions' trigger stream, each subscription followed by the
-/// others of its namespace: which one of them acts depends on all of them
-/// (when the first is deleted, the next takes over). A namespace with one
-/// subscription, the usual case, adds nothing.
+/// The subscriptions' trigger stream, a subscription followed by the others
+/// of its namespace when which of them acts may have changed (see
+/// [`moves_the_oldest`]). Only the oldest subscription of a namespace acts,
+/// and the others' status names it: nothing else of one subscription
+/// changes a neighbour's decision. (Following every change with every
+/// neighbour made a namespace of n subscriptions cost n² reconciles.)
 pub fn with_neighbours<E>(
     stream: impl futures::Stream<Item = Result<TenantSubscription, E>>,
     subscriptions: Store<TenantSubscription>,
@@ -310,30 +363,72 @@ pub fn with_neighbours<E>(
         let mut out = Vec::new();
         if let Ok(s) = &touched {
             let (ns, name) = (s.namespace(), s.name_any());
-            out.extend(
-                subscriptions
-                    .state()
-                    .iter()
-                    .filter(|o| o.namespace() == ns && o.name_any() != name)
-                    .map(|o| Ok(o.as_ref().clone())),
-            );
+            let neighbours: Vec<_> = subscriptions
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && o.name_any() != name)
+                .collect();
+            let stored = subscriptions.get(&ObjectRef::from_obj(s)).is_some();
+            if moves_the_oldest(s, stored, neighbours.iter().map(|o| o.as_ref())) {
+                out.extend(neighbours.iter().map(|o| Ok(o.as_ref().clone())));
+            }
         }
         out.insert(0, touched);
         futures::stream::iter(out)
     })
 }
 
-/// Maps a catalogue object to the subscriptions that refer to it.
+/// Whether a change of `touched` may change which subscription of its
+/// namespace acts: it is older than all its `neighbours` and it is new
+/// (never reconciled: no status yet), being deleted, or gone (no longer
+/// `stored`).
+pub fn moves_the_oldest<'a>(
+    touched: &TenantSubscription,
+    stored: bool,
+    mut neighbours: impl Iterator<Item = &'a TenantSubscription>,
+) -> bool {
+    let arrives_or_leaves =
+        touched.status.is_none() || touched.metadata.deletion_timestamp.is_some() || !stored;
+    let mine = seniority(touched);
+    arrives_or_leaves && neighbours.all(|o| mine < seniority(o))
+}
+
+/// Maps a catalogue object to the subscriptions that refer to it and may
+/// act: in a namespace assigned to their tenant (by `label`), and the
+/// oldest there. The others' decision does not read the catalogue (see
+/// `decide::assignment`), so a change of it need not wake them: with
+/// thousands of subscriptions that may not act, each change of a profile
+/// would otherwise queue all of them ahead of everyone else's.
 pub fn users<K: Resource>(
     subscriptions: Store<TenantSubscription>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    label: String,
     uses: fn(&TenantSubscription, &str) -> bool,
 ) -> impl Fn(K) -> Vec<ObjectRef<TenantSubscription>> + Send + Sync + 'static {
     move |obj: K| {
         let name = obj.meta().name.clone().unwrap_or_default();
-        subscriptions
-            .state()
-            .into_iter()
+        let all = subscriptions.state();
+        let mut oldest: HashMap<String, (bool, Option<jiff::Timestamp>, String)> = HashMap::new();
+        for s in &all {
+            let rank = seniority(s);
+            match oldest.entry(s.namespace().unwrap_or_default()) {
+                Entry::Occupied(mut e) if rank < *e.get() => {
+                    e.insert(rank);
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(e) => {
+                    e.insert(rank);
+                }
+            }
+        }
+        all.into_iter()
             .filter(|s| uses(s, &name))
+            .filter(|s| {
+                let ns = s.namespace().unwrap_or_default();
+                oldest.get(&ns).is_some_and(|o| o.2 == s.name_any())
+                    && tenant_label(&namespaces, &label, &ns).as_deref()
+                        == Some(s.spec.tenant_id.as_str())
+            })
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .collect()
     }
@@ -341,7 +436,145 @@ pub fn users<K: Resource>(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::watcher::Event;
+
     use super::*;
+    use crate::api::TenantSubscriptionStatus;
+
+    fn sub(ns: &str, name: &str, tenant: &str, created: &str) -> TenantSubscription {
+        let mut s = TenantSubscription::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "tenantId": tenant, "modules": [{"name": "video", "concurrency": 10}],
+            }))
+            .unwrap(),
+        );
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+        s.status = Some(TenantSubscriptionStatus::default());
+        s
+    }
+
+    fn store<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (store, mut writer) = reflector::store::<K>();
+        for o in objects {
+            writer.apply_watcher_event(&Event::Apply(o));
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn objects_of_a_relist_are_triggered_once_cached() {
+        let a = sub("n", "a", "t", "2026-03-02T10:00:00Z");
+        let b = sub("n", "b", "t", "2026-03-02T10:00:05Z");
+        let (store, writer) = reflector::store::<TenantSubscription>();
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(a.clone())),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(a.clone())),
+            // A relist that brings a subscription never seen before.
+            Ok(Event::Init),
+            Ok(Event::InitApply(a.clone())),
+            Ok(Event::InitApply(b.clone())),
+            Ok(Event::InitDone),
+        ];
+        let reader = store.clone();
+        let seen: Vec<(String, bool)> = reflector::reflector(writer, futures::stream::iter(events))
+            .touched_when_cached(store)
+            .map(|o| {
+                let o = o.unwrap();
+                // What the controller does with a trigger: read it from the cache.
+                let cached = reader.get(&ObjectRef::from_obj(&o)).is_some();
+                (o.name_any(), cached)
+            })
+            .collect()
+            .await;
+        let want = [("a", true), ("a", true), ("a", true), ("b", true)];
+        assert_eq!(
+            seen,
+            want.map(|(n, c)| (n.to_string(), c)).to_vec(),
+            "every trigger finds its object cached"
+        );
+    }
+
+    #[test]
+    fn neighbours_are_woken_only_when_the_oldest_arrives_or_leaves() {
+        let a = sub("n", "a", "t", "2026-03-02T10:00:00Z");
+        let b = sub("n", "b", "t", "2026-03-02T10:00:05Z");
+        let c = sub("n", "c", "t", "2026-03-02T10:00:09Z");
+        let wakes = |s: &TenantSubscription, stored: bool, others: &[&TenantSubscription]| {
+            moves_the_oldest(s, stored, others.iter().copied())
+        };
+        // A new subscription after others: nobody else's decision changes.
+        let mut new_c = c.clone();
+        new_c.status = None;
+        assert!(!wakes(&new_c, true, &[&a, &b]));
+        // Status written, spec changed: nothing moves.
+        assert!(!wakes(&a, true, &[&b, &c]));
+        assert!(!wakes(&c, true, &[&a, &b]));
+        // The oldest deleted (gone, or with a deletion timestamp): the next acts.
+        assert!(wakes(&a, false, &[&b, &c]));
+        let mut deleting = a.clone();
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
+        assert!(wakes(&deleting, true, &[&b, &c]));
+        // Another one deleted: the oldest still acts, the message names it still.
+        assert!(!wakes(&b, false, &[&a, &c]));
+        // A new one older than all (the same second, a name sorting first).
+        let mut first = sub("n", "0", "t", "2026-03-02T10:00:00Z");
+        first.status = None;
+        assert!(wakes(&first, true, &[&a, &b, &c]));
+        // Alone in its namespace.
+        assert!(wakes(&first, true, &[]));
+    }
+
+    #[test]
+    fn a_catalogue_change_wakes_only_subscriptions_that_may_act() {
+        let label = "capacity.tenancy.dev/tenant";
+        let namespace = |name: &str, tenant: Option<&str>| -> PartialObjectMeta<Namespace> {
+            let labels: std::collections::BTreeMap<&str, &str> =
+                tenant.map(|t| (label, t)).into_iter().collect();
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels},
+            }))
+            .unwrap()
+        };
+        let subs = store(vec![
+            sub("acme", "second", "acme", "2026-03-02T10:00:05Z"),
+            sub("acme", "first", "acme", "2026-03-02T10:00:00Z"),
+            sub("beta", "only", "beta", "2026-03-01T00:00:00Z"),
+            sub("unassigned", "x", "x", "2026-03-01T00:00:00Z"),
+            sub("gamma", "impostor", "acme", "2026-03-01T00:00:00Z"),
+        ]);
+        let namespaces = store(vec![
+            namespace("acme", Some("acme")),
+            namespace("beta", Some("beta")),
+            namespace("unassigned", None),
+            namespace("gamma", Some("gamma")),
+        ]);
+        let map = users::<crate::api::ModuleProfile>(subs, namespaces, label.into(), |s, name| {
+            s.spec.modules.iter().any(|m| m.name == name)
+        });
+        let profile = |name: &str| {
+            crate::api::ModuleProfile::new(
+                name,
+                serde_json::from_value(serde_json::json!({"image": "x", "sessionsPerReplica": 1}))
+                    .unwrap(),
+            )
+        };
+        let mut woken: Vec<String> = map(profile("video"))
+            .into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap(), r.name))
+            .collect();
+        woken.sort();
+        assert_eq!(woken, ["acme/first", "beta/only"]);
+        assert!(map(profile("voice")).is_empty());
+    }
 
     #[test]
     fn initial_list_streams_from_kubernetes_1_34() {
