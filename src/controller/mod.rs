@@ -231,6 +231,7 @@ pub async fn run(
         readiness,
         status_written: Default::default(),
         not_found: Default::default(),
+        refusals: Default::default(),
     });
 
     let (namespaces, label) = (

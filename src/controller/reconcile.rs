@@ -3,7 +3,7 @@
 //! the rules are in `decide` and `status`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -50,6 +50,34 @@ pub struct Context {
     pub status_written: Mutex<HashMap<String, Instant>>,
     /// Consecutive "not found" failures per subscription (see `retry_delay`).
     pub not_found: Mutex<HashMap<String, u32>>,
+    /// Status writes of subscriptions that may not act (see [`Refusals`]).
+    pub refusals: Refusals,
+}
+
+/// Status writes that tell a subscription it may not act in its namespace
+/// (not assigned, another tenant's, not the oldest there), written off the
+/// reconcile slots, at most `REFUSAL_WRITES` at once. A flood of thousands
+/// of such subscriptions then waits for the API server in its own lane,
+/// while the reconciles of subscriptions that act go on: each reconcile of
+/// a refused one takes a slot for microseconds instead of a status write's
+/// round trip (measured in tests/flood.rs: a tenant's change otherwise
+/// queued for minutes behind a flood's first status writes).
+pub struct Refusals {
+    lane: Arc<tokio::sync::Semaphore>,
+    /// Subscriptions with a write waiting or under way: one each.
+    pending: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Refusal status writes in flight at once.
+pub const REFUSAL_WRITES: usize = 8;
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            lane: Arc::new(tokio::sync::Semaphore::new(REFUSAL_WRITES)),
+            pending: Default::default(),
+        }
+    }
 }
 
 impl Context {
@@ -99,7 +127,10 @@ pub async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Resul
     result
 }
 
-async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Result<Action> {
+async fn reconcile_subscription(
+    sub: &Arc<TenantSubscription>,
+    ctx: &Arc<Context>,
+) -> Result<Action> {
     let ns = sub.namespace().ok_or(Error::NoNamespace)?;
     if sub.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
@@ -111,12 +142,32 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
     // A subscription that may not act decides without the catalogue: no
     // copy of its profiles and calendars (thousands of such subscriptions
     // are cheap to re-decide).
-    let mut catalogue = match assignment(sub, &live.tenancy) {
-        Ok(()) => ctx.caches.catalogue_for(sub),
-        Err(_) => Default::default(),
+    let acting = assignment(sub, &live.tenancy).is_ok();
+    let mut catalogue = if acting {
+        ctx.caches.catalogue_for(sub)
+    } else {
+        Default::default()
     };
     catalogue.require_plan = ctx.settings.require_plan;
-    let decision = decide(sub, &catalogue, &live, now);
+    // Deciding is CPU alone, tens of milliseconds for the largest specs
+    // (1,000 seasonal windows): on the blocking pool, so that the async
+    // workers keep answering the API server, the probes and /metrics
+    // meanwhile (with as many workers as cores, a few such decisions at once
+    // held them all).
+    let (decision, live) = {
+        let sub = Arc::clone(sub);
+        match tokio::task::spawn_blocking(move || {
+            let decision = decide(&sub, &catalogue, &live, now);
+            (decision, live)
+        })
+        .await
+        {
+            Ok(decided) => decided,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => return Ok(Action::await_change()),
+        }
+    };
     ctx.metrics
         .decision
         .observe(deciding.elapsed().as_secs_f64());
@@ -173,6 +224,7 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         WriteStatus::Later(wait) => {
             batch_until = Some(now + SignedDuration::try_from(wait).unwrap_or_default());
         }
+        WriteStatus::Now if !acting => refuse(ctx, sub, key, old, new),
         WriteStatus::Now => {
             write_status(&ctx.client, &ns, &sub.name_any(), &new).await?;
             ctx.metrics.write("TenantSubscription", "apply-status");
@@ -197,6 +249,45 @@ async fn reconcile_subscription(sub: &TenantSubscription, ctx: &Context) -> Resu
         ctx.settings.resync,
         now,
     )))
+}
+
+/// Write the status of a subscription that may not act in the refusal
+/// lane (see [`Refusals`]); nothing when one is already waiting for it. A
+/// write that fails is logged and tried again at the next reconcile.
+fn refuse(
+    ctx: &Arc<Context>,
+    sub: &Arc<TenantSubscription>,
+    key: String,
+    old: crate::api::TenantSubscriptionStatus,
+    new: crate::api::TenantSubscriptionStatus,
+) {
+    if !ctx.refusals.pending.lock().unwrap().insert(key.clone()) {
+        return;
+    }
+    let (ctx, sub) = (Arc::clone(ctx), Arc::clone(sub));
+    tokio::spawn(async move {
+        let lane = Arc::clone(&ctx.refusals.lane);
+        let _permit = lane.acquire().await;
+        let ns = sub.namespace().unwrap_or_default();
+        match write_status(&ctx.client, &ns, &sub.name_any(), &new).await {
+            Ok(()) => {
+                ctx.metrics.write("TenantSubscription", "apply-status");
+                let writer = Writer {
+                    client: &ctx.client,
+                    metrics: &ctx.metrics,
+                    events: &ctx.events,
+                    sub: &sub,
+                };
+                for note in events::announcements(&old, &new) {
+                    writer.announce(&note).await;
+                }
+            }
+            Err(e) => {
+                warn!(subscription = %sub.name_any(), namespace = %ns, error = %e, "could not write the status of a subscription that may not act")
+            }
+        }
+        ctx.refusals.pending.lock().unwrap().remove(&key);
+    });
 }
 
 async fn write_status(
