@@ -99,7 +99,7 @@ fn window(k: usize, salt: usize, modules: &[String]) -> Value {
     w["name"] = json!(format!("w{k}"));
     w["concurrencyPercent"] = json!(100 + (k * 7 + salt) % 101);
     w["floorPercent"] = json!((k * 13 + salt) % 30);
-    if k % 5 == 0 {
+    if k.is_multiple_of(5) {
         let some: Vec<&String> = modules.iter().skip(k % 7).take(3).collect();
         w["modules"] = json!(some);
     }
@@ -344,16 +344,16 @@ fn the_most_expensive_spec_is_decided_in_milliseconds() {
     println!(
         "decide of a subscription with {MODULES} modules and 1,056 windows: mean {mean:?}, worst {worst:?} over {runs} instants"
     );
-    // Debug build, a shared 2-core machine: the bound has a wide margin
-    // over the measured mean; before quiet days were skipped a single
-    // decision took about NN ms.
+    // Debug build, a shared 2-core machine: measured 22 to 25 ms; before
+    // quiet days were skipped, one plan of this spec took about 1.8 s.
     assert!(
         mean < Duration::from_millis(MEAN_DECIDE_BOUND_MS),
         "mean {mean:?}"
     );
 }
 
-const MEAN_DECIDE_BOUND_MS: u64 = 1000;
+/// Ten times the measured mean, a seventh of the cost before.
+const MEAN_DECIDE_BOUND_MS: u64 = 250;
 
 /// Parse a Prometheus histogram in a /metrics text: (upper bound, cumulative
 /// count) per bucket, and the total count.
@@ -442,13 +442,21 @@ const CHURN_EVERY: Duration = Duration::from_secs(1);
 /// Requests the test keeps in flight while it floods.
 const IN_FLIGHT: usize = 16;
 
-/// Bounds, each the largest of the measured figures (docs/security.md)
-/// with a wide margin for a shared 2-core machine.
-const CANARY_BOUND: Duration = Duration::from_secs(150);
+/// Bounds, each over the largest measured figure (docs/security.md) with a
+/// wide margin for a shared, busy 2-core machine and a debug build.
+/// A canary's change, during the flood or after it (measured up to 37 s).
+const CANARY_BOUND: Duration = Duration::from_secs(120);
+/// Every flooding subscription's status, once all are stored (measured 89
+/// and 99 s).
 const SETTLE_BOUND: Duration = Duration::from_secs(300);
-const RSS_BOUND_MIB: f64 = 400.0;
+/// The operator's resident memory, sampled and peak (measured 105 and 107 MiB).
+const RSS_BOUND_MIB: f64 = 250.0;
+/// Reconciles, API calls included, wait on an API server the flood keeps
+/// busy: at most one in a thousand may take longer than this (measured:
+/// none; the slowest in the 2.5 s and the 5 s bucket).
 const RECONCILE_BOUND_SECONDS: f64 = 5.0;
-const DECISION_BOUND_SECONDS: f64 = 1.0;
+/// The slowest decision, CPU alone (measured: bucket 1 s).
+const DECISION_BOUND_SECONDS: f64 = 2.5;
 
 async fn create_namespace(client: &Client, names: &Names, name: &str, tenant: Option<&str>) {
     let mut labels = names.labels();
@@ -902,6 +910,13 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
     let metrics = op.metrics().expect("the operator's /metrics");
     let (reconcile_le, reconciles) =
         slowest(&metrics, "tenant_capacity_reconcile_duration_seconds");
+    let (reconcile_buckets, _) = histogram(&metrics, "tenant_capacity_reconcile_duration_seconds");
+    let over_bound = reconciles
+        - reconcile_buckets
+            .iter()
+            .find(|(le, _)| *le == RECONCILE_BOUND_SECONDS)
+            .map(|(_, c)| *c)
+            .expect("a bucket at the bound");
     let (decision_le, decisions) = slowest(&metrics, "tenant_capacity_decision_duration_seconds");
     let (decision_buckets, _) = histogram(&metrics, "tenant_capacity_decision_duration_seconds");
     let (rss_end, hwm) = memory_mib(pid);
@@ -919,8 +934,8 @@ async fn a_flood_of_maximal_subscriptions_leaves_other_tenants_converging() {
     assert!(hwm > 0.0 && hwm < RSS_BOUND_MIB, "VmHWM {hwm:.1} MiB");
     assert!(peak_rss < RSS_BOUND_MIB, "peak RSS {peak_rss:.1} MiB");
     assert!(
-        reconcile_le <= RECONCILE_BOUND_SECONDS,
-        "a reconcile took more than {reconcile_le} s"
+        over_bound * 1000 <= reconciles,
+        "{over_bound} of {reconciles} reconciles took more than {RECONCILE_BOUND_SECONDS} s"
     );
     assert!(
         decision_le <= DECISION_BOUND_SECONDS,
