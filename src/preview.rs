@@ -81,6 +81,20 @@ pub fn documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
 /// at fault: `spec.modules[0].concurrency: invalid type: string "5",
 /// expected i64`.
 pub fn parse<K: DeserializeOwned>(doc: serde_json::Value) -> anyhow::Result<K> {
+    use serde_json::Value;
+    // serde reads a struct from a list too, field by field in order, and
+    // would then name a position (`[0]: ... expected ObjectMeta`).
+    let what = match &doc {
+        Value::Object(_) => None,
+        Value::Array(_) => Some("a list"),
+        Value::String(_) => Some("a string"),
+        Value::Number(_) => Some("a number"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Null => Some("empty"),
+    };
+    if let Some(what) = what {
+        bail!("the object is {what}, not a mapping of fields");
+    }
     serde_path_to_error::deserialize(doc).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -201,4 +215,32 @@ pub fn status_table(sub: &TenantSubscription) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_to_read_an_object_names_the_field_at_fault() {
+        let e = parse::<TenantSubscription>(json!({
+            "apiVersion": "capacity.tenancy.dev/v1alpha1", "kind": "TenantSubscription",
+            "metadata": {"name": "acme"},
+            "spec": {"tenantId": "acme", "modules": [{"name": "im", "concurrency": "5"}]},
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("spec.modules[0].concurrency: invalid type: string \"5\""),
+            "{e}"
+        );
+        // A list where an object belongs is not read field by field as a
+        // tuple ("[0]: invalid type: string, expected ObjectMeta").
+        let e = parse::<TenantSubscription>(json!([""]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "the object is a list, not a mapping of fields");
+    }
 }

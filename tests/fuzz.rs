@@ -584,7 +584,11 @@ fn names_a_field(message: &str) -> Result<(), String> {
                     || path.starts_with(&format!("{top}["))
             });
     // A value that is not even an object of the kind says which kind.
-    if is_path || message.contains('`') || message.contains("expected struct") {
+    if is_path
+        || message.contains('`')
+        || message.contains("expected struct")
+        || message.starts_with("the object is")
+    {
         Ok(())
     } else {
         Err(format!("names no field: {message}"))
