@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use jiff::Timestamp;
 use kube::ResourceExt;
+use serde::de::DeserializeOwned;
 
 use crate::{
     api::{CapacityCalendar, ModuleProfile, SubscriptionPlan, TenantSubscription},
@@ -32,15 +33,15 @@ pub fn load_catalogue(path: &Path) -> anyhow::Result<capacity::Catalogue> {
             let context = || format!("a {kind} in {}", f.display());
             match kind.as_str() {
                 "ModuleProfile" => {
-                    let p: ModuleProfile = serde_json::from_value(doc).with_context(context)?;
+                    let p: ModuleProfile = parse(doc).with_context(context)?;
                     out.profiles.insert(p.name_any(), p.spec);
                 }
                 "SubscriptionPlan" => {
-                    let p: SubscriptionPlan = serde_json::from_value(doc).with_context(context)?;
+                    let p: SubscriptionPlan = parse(doc).with_context(context)?;
                     out.plans.insert(p.name_any(), p.spec);
                 }
                 "CapacityCalendar" => {
-                    let c: CapacityCalendar = serde_json::from_value(doc).with_context(context)?;
+                    let c: CapacityCalendar = parse(doc).with_context(context)?;
                     out.calendars.insert(c.name_any(), c.spec);
                 }
                 _ => {}
@@ -75,6 +76,28 @@ pub fn documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
+/// An object from its JSON form, as the operator reads it (the same
+/// `Deserialize` as the controller's watches); a refusal names the field
+/// at fault: `spec.modules[0].concurrency: invalid type: string "5",
+/// expected i64`.
+pub fn parse<K: DeserializeOwned>(doc: serde_json::Value) -> anyhow::Result<K> {
+    use serde_json::Value;
+    // serde reads a struct from a list too, field by field in order, and
+    // would then name a position (`[0]: ... expected ObjectMeta`).
+    let what = match &doc {
+        Value::Object(_) => None,
+        Value::Array(_) => Some("a list"),
+        Value::String(_) => Some("a string"),
+        Value::Number(_) => Some("a number"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Null => Some("empty"),
+    };
+    if let Some(what) = what {
+        bail!("the object is {what}, not a mapping of fields");
+    }
+    serde_path_to_error::deserialize(doc).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// Read the subscriptions in a YAML file.
 pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>> {
     let text =
@@ -82,7 +105,7 @@ pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>
     let subs: Vec<TenantSubscription> = documents(&text)?
         .into_iter()
         .filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("TenantSubscription"))
-        .map(serde_json::from_value)
+        .map(parse)
         .collect::<Result<_, _>>()
         .with_context(|| format!("a TenantSubscription in {}", path.display()))?;
     if subs.is_empty() {
@@ -192,4 +215,32 @@ pub fn status_table(sub: &TenantSubscription) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_to_read_an_object_names_the_field_at_fault() {
+        let e = parse::<TenantSubscription>(json!({
+            "apiVersion": "capacity.tenancy.dev/v1alpha1", "kind": "TenantSubscription",
+            "metadata": {"name": "acme"},
+            "spec": {"tenantId": "acme", "modules": [{"name": "im", "concurrency": "5"}]},
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("spec.modules[0].concurrency: invalid type: string \"5\""),
+            "{e}"
+        );
+        // A list where an object belongs is not read field by field as a
+        // tuple ("[0]: invalid type: string, expected ObjectMeta").
+        let e = parse::<TenantSubscription>(json!([""]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "the object is a list, not a mapping of fields");
+    }
 }

@@ -67,6 +67,10 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
         }
     }
     assert!(misses.is_empty(), "{misses:#?}");
+    let too_many_tolerations = format!(
+        "{{image: x, sessionsPerReplica: 10, tolerations: [{}]}}",
+        vec!["{key: a, operator: Exists}"; 33].join(", ")
+    );
     let bad_profiles = [
         ("{image: '', sessionsPerReplica: 10}", "spec.image"),
         (
@@ -89,6 +93,25 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
             "{image: x, sessionsPerReplica: 10, tiers: {'HD!': {}}}",
             "spec.tiers",
         ),
+        // The bounds of docs/security.md "Fuzzing and schema bounds".
+        ("{image: 'x y', sessionsPerReplica: 10}", "spec.image"),
+        (
+            "{image: x, sessionsPerReplica: 10, resources: {requests: {cpu: lots}}}",
+            "spec.resources.requests.cpu",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, resources: {limits: {cpu: '1111111111111111111111111111111111111111111111111111111111111111111'}}}",
+            "spec.resources.limits.cpu",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, resources: {claims: [{name: gpu}]}}",
+            "spec.resources.claims",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, nodeSelector: {gpu: 'a b'}}",
+            "spec.nodeSelector.gpu",
+        ),
+        (too_many_tolerations.as_str(), "spec.tolerations"),
     ];
     for (i, (spec, field)) in bad_profiles.iter().enumerate() {
         let value: serde_json::Value = serde_saphyr::from_str(&format!(

@@ -30,6 +30,6 @@ pub struct CapacityCalendarSpec {
 
     /// The windows, unique by name; same form as a subscription's inline windows.
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = super::bounds::MAX_CALENDAR_WINDOWS))]
     pub windows: Vec<Window>,
 }

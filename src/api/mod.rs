@@ -1,5 +1,6 @@
 //! Custom resources of the `capacity.tenancy.dev` API group.
 
+pub mod bounds;
 mod capacity_calendar;
 mod module_profile;
 mod season;

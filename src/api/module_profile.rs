@@ -37,7 +37,7 @@ pub struct ModuleProfileSpec {
     pub display_name: Option<String>,
 
     /// Container image that serves the module.
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: String,
 
     /// Container port the module serves on. A Service is created only when set.
@@ -56,6 +56,7 @@ pub struct ModuleProfileSpec {
 
     /// Compute resources of one replica (core/v1 ResourceRequirements).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::resources)]
     pub resources: Option<ResourceRequirements>,
 
     /// Horizontal autoscaling target.
@@ -69,10 +70,13 @@ pub struct ModuleProfileSpec {
 
     /// Node selector for the module's pods (e.g. GPU nodes for conversational AI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::node_selector)]
+    #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 317)").message("node selector keys are label keys of at most 317 characters"))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
     /// Tolerations for the module's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::tolerations)]
     pub tolerations: Option<Vec<Toleration>>,
 
     /// How the module's pods run. By default they pass the `restricted` Pod
@@ -190,10 +194,11 @@ pub struct TierSpec {
 
     /// Compute resources of one replica at this tier; replaces the profile's resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::bounds::resources)]
     pub resources: Option<ResourceRequirements>,
 
     /// Image for this tier, when it differs from the profile's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
 }

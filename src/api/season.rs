@@ -1,13 +1,15 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+use super::bounds::{MAX_CALENDARS, MAX_OBJECT_NAME, MAX_WINDOWS};
+
 /// Seasonal capacity: shared calendars plus the subscription's own windows.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Seasons {
     /// Names of shared CapacityCalendars whose windows also apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(length(max = MAX_CALENDARS), inner(length(min = 1, max = MAX_OBJECT_NAME)))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub calendars: Vec<String>,
 
@@ -18,7 +20,7 @@ pub struct Seasons {
 
     /// Inline windows, unique by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = MAX_WINDOWS))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub windows: Vec<Window>,
 }

@@ -28,7 +28,7 @@ pub struct SubscriptionPlanSpec {
 
     /// The modules the plan sells. A module not listed is not in the plan.
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = super::bounds::MAX_MODULES))]
     pub modules: Vec<PlanModule>,
 }
 

@@ -4,7 +4,7 @@ use k8s_openapi::{
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::season::Seasons;
+use super::{bounds, season::Seasons};
 
 /// One tenant's subscription: the modules it bought, at which concurrency and
 /// tier, and how its capacity follows the seasons.
@@ -84,7 +84,7 @@ pub struct TenantSubscriptionSpec {
 
     /// The modules bought. Module names are unique.
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = bounds::MAX_MODULES))]
     pub modules: Vec<ModuleRequest>,
 
     /// Seasonal windows that raise ceilings or keep capacity warm.
@@ -134,7 +134,7 @@ fn default_true() -> bool {
 pub struct Downgrade {
     /// Seconds a disabled or removed module keeps serving before its objects are removed.
     #[serde(default = "default_drain_seconds")]
-    #[schemars(range(min = 0, max = 604_800))]
+    #[schemars(range(min = 0, max = bounds::MAX_DRAIN_SECONDS))]
     pub drain_seconds: i64,
 
     /// What happens to a removed module's data (PersistentVolumeClaims carrying
@@ -176,18 +176,22 @@ pub struct TenantSubscriptionStatus {
 
     /// Ready, Reconciling, Stalled and CapacityLimited conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = super::bounds::conditions)]
     pub conditions: Vec<Condition>,
 
     /// Seasonal windows active at the last reconcile.
     #[serde(default)]
+    #[schemars(length(max = bounds::MAX_ACTIVE_WINDOWS), inner(length(max = bounds::MAX_ACTIVE_WINDOW_NAME)))]
     pub active_windows: Vec<String>,
 
     /// When the set of active windows next changes (RFC 3339, in the subscription's time zone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::MAX_INSTANT))]
     pub next_transition: Option<String>,
 
     /// Per module: what it wants, what it has and what holds it back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::MAX_STATUS_MODULES))]
     pub modules: Vec<ModuleStatus>,
 }
 
@@ -206,10 +210,12 @@ pub enum ModuleState {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleStatus {
+    #[schemars(length(max = bounds::MAX_LABEL))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ModuleState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub tier: Option<String>,
     /// Floor: HPA minReplicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,11 +238,13 @@ pub struct ModuleStatus {
     /// When a draining module's objects are removed (RFC 3339), fixed when
     /// its drain began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::MAX_INSTANT))]
     pub drain_deadline: Option<String>,
     /// When a draining module's drain began (RFC 3339). With the drain
     /// deadline, the data retention and the numbers and resources below,
     /// the record the operator drains from: nothing in the namespace moves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::MAX_INSTANT))]
     pub draining_since: Option<String>,
     /// What happens to a draining module's data at its deadline: the
     /// subscription's `downgrade.dataRetention` when its drain began.
@@ -245,8 +253,10 @@ pub struct ModuleStatus {
     /// Per-replica resources of a draining module when its drain began: with
     /// `maxReplicas`, its share of the quota until it is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounds::resources)]
     pub resources: Option<ResourceRequirements>,
     /// What holds the module back, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::MAX_MODULE_MESSAGE))]
     pub message: Option<String>,
 }

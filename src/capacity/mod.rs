@@ -85,6 +85,321 @@ pub enum InvalidSpec {
     CalendarNotFound {
         calendar: String,
     },
+    /// A list longer than the CRD allows.
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
+    /// A field of the module's profile the CRD holds to a range or form
+    /// is not within it.
+    BadProfile {
+        module: String,
+        field: String,
+        problem: String,
+    },
+    /// A name the CRD holds to a pattern is not of it: an object written
+    /// under an older CRD, or a file read by the offline preview.
+    InvalidName {
+        field: String,
+        value: String,
+        /// What the name must be.
+        rule: &'static str,
+    },
+}
+
+/// What a DNS-1035 label is, for messages.
+pub const DNS_1035: &str = "a DNS-1035 label (at most 63 lowercase letters, digits and hyphens, starting with a letter and ending with a letter or digit)";
+
+/// What a DNS-1123 label is, for messages.
+pub const DNS_1123: &str = "a DNS-1123 label (at most 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit)";
+
+/// A DNS-1123 label: what a label value made of a name must be here.
+pub fn is_dns_1123(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_CHILD_NAME
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The names of a subscription the CRD holds to a pattern (and to be
+/// unique), checked again here: they name children, labels and status
+/// entries, and every other message names things by them. The API server
+/// refuses such an object at apply; one written under an older CRD, or a
+/// file read by the offline preview, is refused here with nothing else
+/// said of it.
+pub fn names(subscription: &str, spec: &TenantSubscriptionSpec) -> Vec<InvalidSpec> {
+    let mut errors = Vec::new();
+    let mut check = |field: String, value: &str, valid: bool, rule: &'static str| {
+        if !valid {
+            errors.push(InvalidSpec::InvalidName {
+                field,
+                value: value.to_string(),
+                rule,
+            });
+        }
+    };
+    check(
+        "metadata.name".into(),
+        subscription,
+        is_dns_1035(subscription),
+        DNS_1035,
+    );
+    check(
+        "spec.tenantId".into(),
+        &spec.tenant_id,
+        is_dns_1123(&spec.tenant_id),
+        DNS_1123,
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in spec.modules.iter().enumerate() {
+        let field = format!("spec.modules[{i}].name");
+        if !is_dns_1035(&m.name) {
+            check(field, &m.name, false, DNS_1035);
+        } else {
+            check(
+                field,
+                &m.name,
+                seen.insert(&m.name),
+                "unique among the modules",
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, w) in spec.seasons.iter().flat_map(|s| &s.windows).enumerate() {
+        let field = format!("spec.seasons.windows[{i}].name");
+        if !is_dns_1123(&w.name) {
+            check(field, &w.name, false, DNS_1123);
+        } else {
+            check(
+                field,
+                &w.name,
+                seen.insert(&w.name),
+                "unique among the windows",
+            );
+        }
+    }
+    errors
+}
+
+/// The lists of a subscription and of the calendars it names held to the
+/// CRD's bounds (see [`crate::api::bounds`]), which keep every reconcile
+/// cheap: each window is evaluated up to a year ahead.
+pub fn sizes(spec: &TenantSubscriptionSpec, catalogue: &Catalogue) -> Vec<InvalidSpec> {
+    use crate::api::bounds::{MAX_CALENDAR_WINDOWS, MAX_CALENDARS, MAX_MODULES, MAX_WINDOWS};
+    let mut errors = Vec::new();
+    let mut check = |field: String, count: usize, max: usize| {
+        if count > max {
+            errors.push(InvalidSpec::TooMany { field, count, max });
+        }
+    };
+    check("spec.modules".into(), spec.modules.len(), MAX_MODULES);
+    let seasons = spec.seasons.as_ref();
+    check(
+        "spec.seasons.windows".into(),
+        seasons.map_or(0, |s| s.windows.len()),
+        MAX_WINDOWS,
+    );
+    let calendars = seasons.map_or(&[][..], |s| &s.calendars[..]);
+    check(
+        "spec.seasons.calendars".into(),
+        calendars.len(),
+        MAX_CALENDARS,
+    );
+    for name in calendars.iter().take(MAX_CALENDARS) {
+        if let Some(cal) = catalogue.calendars.get(name) {
+            check(
+                format!("spec.seasons.calendars: CapacityCalendar {name:?} spec.windows"),
+                cal.windows.len(),
+                MAX_CALENDAR_WINDOWS,
+            );
+        }
+    }
+    errors
+}
+
+/// The fields of a module's profile, at its tier, that go into its pods,
+/// held to what the CRD allows and what Kubernetes takes: a profile
+/// written under an older CRD, or read from a file by the offline
+/// preview, would otherwise render children the API server refuses.
+pub fn check_profile(module: &str, p: &ModuleProfileSpec, tier: Option<&str>) -> Vec<InvalidSpec> {
+    let mut errors = Vec::new();
+    let mut problem = |field: String, problem: String| {
+        errors.push(InvalidSpec::BadProfile {
+            module: module.to_string(),
+            field,
+            problem,
+        })
+    };
+    let mut range = |field: &str, value: Option<i64>, lo: i64, hi: i64| {
+        if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
+            problem(
+                field.to_string(),
+                format!("{v} is out of range {lo}..={hi}"),
+            );
+        }
+    };
+    let t = tier.and_then(|name| p.tiers.get(name).map(|t| (name, t)));
+    range("port", p.port.map(Into::into), 1, 65535);
+    range(
+        "sessionsPerReplica",
+        Some(p.sessions_per_replica.into()),
+        1,
+        1_000_000,
+    );
+    if let Some((name, t)) = t {
+        range(
+            &format!("tiers.{name}.sessionsPerReplica"),
+            t.sessions_per_replica.map(Into::into),
+            1,
+            1_000_000,
+        );
+    }
+    range("minReplicas", Some(p.min_replicas.into()), 1, 10_000);
+    range(
+        "scaling.cpuUtilization",
+        Some(p.scaling.cpu_utilization.into()),
+        1,
+        1000,
+    );
+    range(
+        "scaling.memoryUtilization",
+        p.scaling.memory_utilization.map(Into::into),
+        1,
+        1000,
+    );
+    range(
+        "terminationGracePeriodSeconds",
+        p.termination_grace_period_seconds,
+        0,
+        86_400,
+    );
+    let id = i32::MAX as i64;
+    range("security.runAsUser", p.security.run_as_user, 1, id);
+    range("security.runAsGroup", p.security.run_as_group, 0, id);
+    range("security.fsGroup", p.security.fs_group, 0, id);
+    let mut problem = |field: String, message: String| {
+        errors.push(InvalidSpec::BadProfile {
+            module: module.to_string(),
+            field,
+            problem: message,
+        })
+    };
+    let image_ok = |i: &str| !i.is_empty() && i.len() <= 512 && !i.contains(char::is_whitespace);
+    let image =
+        "must be a container image reference (not empty, at most 512 characters, no spaces)";
+    match t.and_then(|(name, t)| t.image.as_deref().map(|i| (name, i))) {
+        Some((name, i)) if !image_ok(i) => {
+            problem(format!("tiers.{name}.image"), format!("{i:?} {image}"))
+        }
+        Some(_) => {}
+        None if !image_ok(&p.image) => problem("image".into(), format!("{:?} {image}", p.image)),
+        None => {}
+    }
+    for c in &p.security.add_capabilities {
+        if c.is_empty() || c.len() > 32 || !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            problem(
+                "security.addCapabilities".into(),
+                format!("{c:?} must be a capability name (A-Z and _, such as NET_BIND_SERVICE)"),
+            );
+        }
+    }
+    if let Some(path) = &p.security.seccomp_localhost_profile
+        && (path.is_empty() || path.len() > 253)
+    {
+        problem(
+            "security.seccompLocalhostProfile".into(),
+            format!("{path:?} must be a path of 1 to 253 characters"),
+        );
+    }
+    for (k, v) in p.node_selector.iter().flatten() {
+        if k.is_empty() || k.len() > crate::api::bounds::MAX_LABEL_KEY {
+            problem(format!("nodeSelector.{k}"), "must have a label key".into());
+        } else if !is_label_value(v) {
+            problem(
+                format!("nodeSelector.{k}"),
+                format!("{v:?} must be a label value"),
+            );
+        }
+    }
+    errors.extend(check_resources(
+        module,
+        t.and_then(|(_, t)| t.resources.as_ref())
+            .or(p.resources.as_ref()),
+    ));
+    errors
+}
+
+/// Per-replica resources a pod can have: no resource claims (they name
+/// pod-level claims the operator does not render), no negative amount (it
+/// would lower the quota other modules count on). Amounts that do not
+/// parse are [`InvalidSpec::BadQuantity`], reported with the footprint. A
+/// request above its limit is left to the API server, whose refusal of
+/// the Deployment shows in status (`ChildRejected`).
+fn check_resources(module: &str, r: Option<&ResourceRequirements>) -> Vec<InvalidSpec> {
+    let mut errors = Vec::new();
+    let Some(r) = r else { return errors };
+    let mut problem = |field: String, problem: String| {
+        errors.push(InvalidSpec::BadProfile {
+            module: module.to_string(),
+            field,
+            problem,
+        })
+    };
+    if r.claims.as_ref().is_some_and(|c| !c.is_empty()) {
+        problem(
+            "resources.claims".into(),
+            "is not supported: the operator renders no pod-level resource claims".into(),
+        );
+    }
+    let parsed =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    Quantity::parse(&v.0)
+                        .ok()
+                        .map(|q| (k.clone(), (q, v.0.clone())))
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+    for (kind, map) in [
+        ("requests", parsed(&r.requests)),
+        ("limits", parsed(&r.limits)),
+    ] {
+        for (k, (q, text)) in &map {
+            if q.0 < 0 {
+                problem(
+                    format!("resources.{kind}.{k}"),
+                    format!("{text:?} must not be negative"),
+                );
+            }
+        }
+    }
+    errors
+}
+
+/// A label value: at most 63 characters, alphanumerics at both ends and
+/// `-`, `_`, `.` between; or empty.
+pub fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() <= 63
+        && (s.is_empty()
+            || (b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))))
+}
+
+/// A DNS-1035 label: what a Service name must be.
+pub fn is_dns_1035(s: &str) -> bool {
+    s.len() <= MAX_CHILD_NAME
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl InvalidSpec {
@@ -103,6 +418,9 @@ impl InvalidSpec {
             Self::ModuleNotInPlan { .. } => "ModuleNotInPlan",
             Self::ExceedsPlan { .. } => "ExceedsPlan",
             Self::CalendarNotFound { .. } => "CalendarNotFound",
+            Self::InvalidName { .. } => "InvalidName",
+            Self::BadProfile { .. } => "InvalidProfile",
+            Self::TooMany { .. } => "TooMany",
         }
     }
 
@@ -113,13 +431,16 @@ impl InvalidSpec {
             | Self::TierNotFound { module, .. }
             | Self::CapacityOverflow { module }
             | Self::BadQuantity { module, .. }
+            | Self::BadProfile { module, .. }
             | Self::NameTooLong { module, .. }
             | Self::ModuleNotInPlan { module, .. }
             | Self::ExceedsPlan { module, .. } => Some(module),
             Self::Window(_)
             | Self::PlanNotFound { .. }
             | Self::PlanRequired
-            | Self::CalendarNotFound { .. } => None,
+            | Self::CalendarNotFound { .. }
+            | Self::InvalidName { .. }
+            | Self::TooMany { .. } => None,
         }
     }
 
@@ -203,6 +524,17 @@ impl fmt::Display for InvalidSpec {
                     f,
                     "spec.seasons.calendars: CapacityCalendar {calendar:?} not found"
                 )
+            }
+            Self::BadProfile {
+                module,
+                field,
+                problem,
+            } => write!(f, "{module}: ModuleProfile {field} {problem}"),
+            Self::TooMany { field, count, max } => {
+                write!(f, "{field}: {count} entries, at most {max} allowed")
+            }
+            Self::InvalidName { field, value, rule } => {
+                write!(f, "{field}: {value:?} is not {rule}")
             }
         }
     }
@@ -379,6 +711,14 @@ fn evaluate(
 ) -> Result<CapacityPlan, Vec<InvalidSpec>> {
     let profile = |n: &str| catalogue.profiles.get(n);
     let mut errors = Vec::new();
+    let misnamed = names(subscription, spec);
+    if !misnamed.is_empty() {
+        return Err(misnamed);
+    }
+    let oversized = sizes(spec, catalogue);
+    if !oversized.is_empty() {
+        return Err(oversized);
+    }
     let seasons = spec.seasons.clone().unwrap_or_default();
     let time_zone = window::parse_time_zone(seasons.time_zone.as_deref()).unwrap_or_else(|e| {
         errors.push(InvalidSpec::Window(e));
@@ -457,6 +797,11 @@ fn evaluate(
                 }
             },
         };
+        let problems = check_profile(&m.name, p, m.tier.as_deref());
+        if !problems.is_empty() {
+            errors.extend(problems);
+            continue;
+        }
         let child_name = child_name(subscription, &m.name);
         if child_name.len() > MAX_CHILD_NAME {
             errors.push(InvalidSpec::NameTooLong {

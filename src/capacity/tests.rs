@@ -708,3 +708,205 @@ fn the_quota_allows_no_load_balancer_and_no_node_port() {
     let none = quota_hard(&[]).unwrap();
     assert_eq!(none["services.nodeports"], Quantity(0));
 }
+
+#[test]
+fn a_subscription_name_that_cannot_name_children_is_refused() {
+    // The CRD refuses such names at apply; the offline preview reads files
+    // and must not render children named "-video-call".
+    let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}");
+    for name in ["", "Acme", "-acme", "9acme", "acme_1", "ac.me"] {
+        let errors = plan(name, &s, &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
+        assert_eq!(errors[0].reason(), "InvalidName", "{name:?}");
+        let text = errors[0].to_string();
+        assert!(
+            text.starts_with(&format!("metadata.name: {name:?} is not a DNS-1035 label")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn names_the_crd_holds_to_a_pattern_are_checked_before_anything_else() {
+    // Each would otherwise be reported in words that name nothing (": not
+    // in plan"), or render a label Kubernetes refuses.
+    let cases = [
+        (
+            "{tenantId: t, modules: [{name: '', concurrency: 10}]}",
+            "spec.modules[0].name: \"\" is not a DNS-1035 label",
+        ),
+        (
+            "{tenantId: t, modules: [{name: video-call, concurrency: 10}, {name: Video_Call, concurrency: 1}]}",
+            "spec.modules[1].name: \"Video_Call\" is not a DNS-1035 label",
+        ),
+        (
+            "{tenantId: t, modules: [{name: video-call, concurrency: 10}, {name: video-call, concurrency: 1}]}",
+            "spec.modules[1].name: \"video-call\" is not unique among the modules",
+        ),
+        (
+            "{tenantId: 'T 1', modules: []}",
+            "spec.tenantId: \"T 1\" is not a DNS-1123 label",
+        ),
+        (
+            "{tenantId: t, modules: [], seasons: {windows: [{name: '', days: [Mon]}]}}",
+            "spec.seasons.windows[0].name: \"\" is not a DNS-1123 label",
+        ),
+        (
+            "{tenantId: t, modules: [], seasons: {windows: [{name: w, days: [Mon]}, {name: w, days: [Tue]}]}}",
+            "spec.seasons.windows[1].name: \"w\" is not unique among the windows",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let errors = plan("t", &spec(yaml), &catalogue(), at("2026-02-10T00:00:00Z")).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors[0].reason(), "InvalidName", "{yaml}: {text:?}");
+        assert!(text[0].starts_with(message), "{yaml}: {text:?}");
+        assert_eq!(
+            text.len(),
+            1,
+            "nothing else is reported of a misnamed spec: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn profile_fields_that_would_make_invalid_pods_are_refused_naming_the_field() {
+    // What the CRD holds these fields to, checked again: a profile written
+    // under an older CRD, or read from a file by the offline preview, would
+    // otherwise render a Deployment or HPA the API server refuses.
+    let base = "image: x:1, sessionsPerReplica: 10";
+    let cases = [
+        (
+            "{image: '', sessionsPerReplica: 10}",
+            "image \"\" must be a container image reference",
+        ),
+        (
+            "{image: ' x:1', sessionsPerReplica: 10}",
+            "image \" x:1\" must be a container image reference",
+        ),
+        (
+            "{image: x:1, tiers: {hd: {image: ''}}, sessionsPerReplica: 10}",
+            "tiers.hd.image \"\" must be",
+        ),
+        (
+            &format!("{{{base}, port: 0}}"),
+            "port 0 is out of range 1..=65535",
+        ),
+        (
+            &format!("{{{base}, port: 70000}}"),
+            "port 70000 is out of range",
+        ),
+        (
+            "{image: x:1, sessionsPerReplica: 0}",
+            "sessionsPerReplica 0 is out of range 1..=1000000",
+        ),
+        (
+            &format!("{{{base}, minReplicas: -3}}"),
+            "minReplicas -3 is out of range 1..=10000",
+        ),
+        (
+            &format!("{{{base}, scaling: {{cpuUtilization: 0}}}}"),
+            "scaling.cpuUtilization 0 is out of range 1..=1000",
+        ),
+        (
+            &format!("{{{base}, scaling: {{memoryUtilization: -1}}}}"),
+            "scaling.memoryUtilization -1 is out of range",
+        ),
+        (
+            &format!("{{{base}, terminationGracePeriodSeconds: -1}}"),
+            "terminationGracePeriodSeconds -1 is out of range 0..=86400",
+        ),
+        (
+            &format!("{{{base}, security: {{runAsUser: -1}}}}"),
+            "security.runAsUser -1 is out of range",
+        ),
+        (
+            &format!("{{{base}, security: {{addCapabilities: [net_raw]}}}}"),
+            "security.addCapabilities \"net_raw\" must be",
+        ),
+        (
+            &format!("{{{base}, security: {{seccompLocalhostProfile: ''}}}}"),
+            "security.seccompLocalhostProfile \"\" must be",
+        ),
+        (
+            &format!("{{{base}, nodeSelector: {{gpu: 'a b'}}}}"),
+            "nodeSelector.gpu \"a b\" must be a label value",
+        ),
+        (
+            &format!("{{{base}, tiers: {{hd: {{sessionsPerReplica: 0}}}}}}"),
+            "tiers.hd.sessionsPerReplica 0 is out of range",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let mut c = Catalogue::default();
+        c.profiles.insert("video-call".into(), profile(yaml));
+        let s = spec("{tenantId: t, modules: [{name: video-call, concurrency: 10, tier: hd}]}");
+        let s = if yaml.contains("tiers") {
+            s
+        } else {
+            spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}")
+        };
+        let errors = plan("t", &s, &c, at("2026-02-10T00:00:00Z")).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors[0].reason(), "InvalidProfile", "{yaml}: {text:?}");
+        assert!(
+            text[0].starts_with(&format!("video-call: ModuleProfile {message}")),
+            "{yaml}: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn lists_past_the_crd_bounds_are_refused_before_they_are_evaluated() {
+    // The schema's bounds keep every reconcile cheap (each window is
+    // evaluated a year ahead); an object written under an older CRD, or a
+    // file read by the offline preview, is held to them too.
+    let modules: Vec<String> = (0..33)
+        .map(|i| format!("{{name: m{i}, concurrency: 1}}"))
+        .collect();
+    let windows: Vec<String> = (0..33)
+        .map(|i| format!("{{name: w{i}, days: [Mon]}}"))
+        .collect();
+    let calendars: Vec<String> = (0..17).map(|i| format!("c{i}")).collect();
+    let mut c = catalogue();
+    c.calendars.insert(
+        "big".into(),
+        serde_saphyr::from_str(&format!(
+            "{{windows: [{}]}}",
+            (0..65)
+                .map(|i| format!("{{name: w{i}, days: [Mon]}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .unwrap(),
+    );
+    let cases = [
+        (
+            format!("{{tenantId: t, modules: [{}]}}", modules.join(", ")),
+            "spec.modules: 33 entries, at most 32",
+        ),
+        (
+            format!(
+                "{{tenantId: t, modules: [], seasons: {{windows: [{}]}}}}",
+                windows.join(", ")
+            ),
+            "spec.seasons.windows: 33 entries, at most 32",
+        ),
+        (
+            format!(
+                "{{tenantId: t, modules: [], seasons: {{calendars: [{}]}}}}",
+                calendars.join(", ")
+            ),
+            "spec.seasons.calendars: 17 entries, at most 16",
+        ),
+        (
+            "{tenantId: t, modules: [], seasons: {calendars: [big]}}".to_string(),
+            "spec.seasons.calendars: CapacityCalendar \"big\" spec.windows: 65 entries, at most 64",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let errors = plan("t", &spec(&yaml), &c, at("2026-02-10T00:00:00Z")).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors[0].reason(), "TooMany", "{text:?}");
+        assert!(text[0].starts_with(message), "{text:?}");
+    }
+}

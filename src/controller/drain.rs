@@ -12,7 +12,7 @@ use k8s_openapi::{
 
 use super::facts::LiveModule;
 use crate::{
-    api::{DataRetention, ModuleState, ModuleStatus, TenantSubscription},
+    api::{DataRetention, ModuleState, ModuleStatus, TenantSubscription, bounds},
     capacity::{self, Catalogue, Footprint, Numbers, window::format_instant},
 };
 
@@ -103,7 +103,14 @@ impl DrainRecord {
         // of the operator's LimitRange (the quota may then be lower than
         // what the module's pods hold; they keep running).
         let resources = profile.and_then(|p| capacity::tier_resources(p, tier.as_deref()));
-        let drain = SignedDuration::from_secs(sub.spec.downgrade.drain_seconds);
+        // Held to the schema's bounds: an object written under an older
+        // CRD may say anything, and the clock must not overflow.
+        let drain = SignedDuration::from_secs(
+            sub.spec
+                .downgrade
+                .drain_seconds
+                .clamp(0, bounds::MAX_DRAIN_SECONDS),
+        );
         Self {
             since: now,
             deadline: ceil_to_second(now + drain),
@@ -131,6 +138,11 @@ impl DrainRecord {
     /// with the recorded tier, numbers and resources; `None` without a profile.
     pub fn plan(&self, module: &str, catalogue: &Catalogue) -> Option<capacity::ModulePlan> {
         let profile = catalogue.profiles.get(module)?;
+        // A profile its pods cannot be rendered from (changed since the
+        // drain began) leaves the children as they are.
+        if !capacity::check_profile(module, profile, self.tier.as_deref()).is_empty() {
+            return None;
+        }
         Some(capacity::draining_plan(
             module,
             profile,

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::{decide::Outcome, facts::LiveModule};
 use crate::{
-    api::{ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionStatus},
+    api::{ModuleState, ModuleStatus, TenantSubscription, TenantSubscriptionStatus, bounds},
     capacity::ModulePlan,
 };
 
@@ -135,7 +135,17 @@ pub fn build(
         conditions,
         active_windows: o.active_windows.clone(),
         next_transition: o.next_transition.clone(),
-        modules: o.modules.clone(),
+        modules: o
+            .modules
+            .iter()
+            .map(|m| ModuleStatus {
+                message: m
+                    .message
+                    .as_deref()
+                    .map(|t| truncate(t, bounds::MAX_MODULE_MESSAGE)),
+                ..m.clone()
+            })
+            .collect(),
     }
 }
 
@@ -295,6 +305,43 @@ mod tests {
         assert_eq!(again.last_transition_time, first.last_transition_time);
         let flipped = condition(&[first], READY, false, "ProfileNotFound", "x", Some(2), t1);
         assert_eq!(flipped.last_transition_time.0, t1);
+    }
+
+    #[test]
+    fn a_module_message_is_cut_to_the_schema_bound() {
+        let sub = TenantSubscription::new(
+            "acme",
+            serde_json::from_value(serde_json::json!({"tenantId": "acme", "modules": []})).unwrap(),
+        );
+        let long =
+            "video: ModuleProfile resources.limits.cpu is not a valid quantity; ".repeat(100);
+        let outcome = Outcome {
+            modules: vec![ModuleStatus {
+                name: "video".into(),
+                message: Some(long),
+                ..Default::default()
+            }],
+            ready: false,
+            ready_reason: super::super::decide::Reason {
+                reason: "InvalidProfile".into(),
+                message: "x".into(),
+            },
+            reconciling: None,
+            stalled: None,
+            limited: vec![],
+            active_windows: vec![],
+            next_transition: None,
+            requeue: None,
+            awaiting_quota: false,
+        };
+        let st = build(&sub, &Default::default(), &outcome, Timestamp::UNIX_EPOCH);
+        let message = st.modules[0].message.as_deref().unwrap();
+        assert!(
+            message.len() <= bounds::MAX_MODULE_MESSAGE,
+            "{}",
+            message.len()
+        );
+        assert!(message.starts_with("video: ModuleProfile") && message.ends_with("..."));
     }
 
     #[test]

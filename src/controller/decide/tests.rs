@@ -1610,3 +1610,33 @@ fn children_are_labelled_with_the_namespace_tenant() {
         "acme"
     );
 }
+
+#[test]
+fn a_drain_time_past_the_schema_bounds_is_held_to_them() {
+    // The CRD bounds drainSeconds to 0..=604800; an object written under an
+    // older CRD (or none) may hold any i64. The drain neither overflows the
+    // clock nor ends before it began.
+    for drain in [i64::MAX, 604_801] {
+        let mut w = World::converged(&video_on("Retain"));
+        w.edit(&video_off("Retain", drain));
+        w.reconcile();
+        let m = w.module("video");
+        assert_eq!(m.state, Some(ModuleState::Draining), "{drain}");
+        let deadline: Timestamp = m.drain_deadline.as_deref().unwrap().parse().unwrap();
+        let since: Timestamp = m.draining_since.as_deref().unwrap().parse().unwrap();
+        assert_eq!(deadline.duration_since(since).as_secs(), 604_800, "{drain}");
+    }
+    // Below zero: no drain at all, as with 0.
+    for drain in [i64::MIN, -1] {
+        let mut w = World::converged(&video_on("Retain"));
+        w.edit(&video_off("Retain", drain));
+        let d = w.reconcile();
+        assert!(
+            shape(&d.batches)
+                .concat()
+                .contains(&W::Delete(ChildKind::Deployment, "acme-video".into())),
+            "{drain}: {:?}",
+            shape(&d.batches)
+        );
+    }
+}
