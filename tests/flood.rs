@@ -418,14 +418,22 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let selector = format!("flood.test/run={}", self.run);
-        let _ = support::tools::try_kubectl(&[
-            "delete",
-            "namespaces,clusterroles,clusterrolebindings,moduleprofiles,subscriptionplans,capacitycalendars",
-            "-l",
-            &selector,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
+        for kinds in [
+            "namespaces",
+            "clusterroles,clusterrolebindings",
+            "moduleprofiles,subscriptionplans,capacitycalendars",
+        ] {
+            if let Err(e) = support::tools::try_kubectl(&[
+                "delete",
+                kinds,
+                "-l",
+                &selector,
+                "--wait=false",
+                "--ignore-not-found",
+            ]) {
+                eprintln!("cleanup of {kinds} ({selector}): {e}");
+            }
+        }
     }
 }
 
