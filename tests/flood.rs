@@ -499,29 +499,61 @@ async fn create_namespace(client: &Client, names: &Names, name: &str, tenant: Op
     .await;
 }
 
+/// Server-side apply, tried again while the API server answers that it is
+/// overloaded (5xx, 429: the flood itself, on a shared 2-core machine, can
+/// make etcd time out); any other refusal fails the test at once.
 async fn apply(client: &Client, ns: Option<&str>, value: &Value) {
-    try_apply(client, ns, value)
-        .await
-        .unwrap_or_else(|e| panic!("apply {}: {e}", value["metadata"]["name"]));
+    let mut tries = 0;
+    loop {
+        match try_apply(client, ns, value).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if (s.code >= 500 || s.code == 429) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => panic!("apply {}: {e}", value["metadata"]["name"]),
+        }
+    }
 }
 
 async fn create_sub(subs: &Api<TenantSubscription>, value: &Value) {
     let name = value["metadata"]["name"].as_str().unwrap();
     let sub: TenantSubscription = serde_json::from_value(value.clone()).unwrap();
-    subs.create(&PostParams::default(), &sub)
-        .await
-        .unwrap_or_else(|e| panic!("create subscription {name}: {e}"));
+    let mut tries = 0;
+    loop {
+        match subs.create(&PostParams::default(), &sub).await {
+            Ok(_) => return,
+            // An earlier try that timed out may have been stored after all.
+            Err(kube::Error::Api(s)) if s.code == 409 && tries > 0 => return,
+            Err(kube::Error::Api(s)) if (s.code >= 500 || s.code == 429) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => panic!("create subscription {name}: {e}"),
+        }
+    }
 }
 
 async fn apply_sub(subs: &Api<TenantSubscription>, value: &Value) {
     let name = value["metadata"]["name"].as_str().unwrap();
-    subs.patch(
-        name,
-        &PatchParams::apply("flood-test").force(),
-        &Patch::Apply(value),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply subscription {name}: {e}"));
+    let mut tries = 0;
+    loop {
+        match subs
+            .patch(
+                name,
+                &PatchParams::apply("flood-test").force(),
+                &Patch::Apply(value),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if (s.code >= 500 || s.code == 429) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => panic!("apply subscription {name}: {e}"),
+        }
+    }
 }
 
 /// A canary has converged to `concurrency`: Ready at its current
