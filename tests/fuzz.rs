@@ -538,9 +538,21 @@ fn clear(message: &str) -> Result<(), String> {
     if message.trim().is_empty() {
         return Err("empty message".into());
     }
-    for dump in ["Some(", "None", "Error {", "Ok(", "Err(", "\\\"", "{ "] {
+    for dump in ["Some(", "None", "Error {", "Ok(", "Err(", "\\\""] {
         if message.contains(dump) && !quoted_only(message, dump) {
             return Err(format!("message holds {dump:?}: {message}"));
+        }
+    }
+    // A struct's Debug form: `Name { field: ` (a map key written `{` in a
+    // field path is the input's, not a dump).
+    let words: Vec<&str> = message.split(' ').collect();
+    for w in words.windows(3) {
+        if w[1] == "{"
+            && w[0].starts_with(|c: char| c.is_ascii_uppercase())
+            && w[0].chars().all(|c| c.is_ascii_alphanumeric())
+            && w[2].ends_with(':')
+        {
+            return Err(format!("message holds a Debug dump: {message}"));
         }
     }
     Ok(())
