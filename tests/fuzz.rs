@@ -63,8 +63,8 @@ use tenant_capacity_operator::{
     preview,
 };
 
-/// Cases run by `cargo test`: 21–26 s in a debug build on two cores
-/// shared with other builds (load average 6–11; see docs/security.md).
+/// Cases run by `cargo test`: 8 s in a debug build on two cores, 21–26 s
+/// while other builds share them (see docs/security.md).
 const CI_CASES: u32 = 1000;
 const TENANT_LABEL: &str = "capacity.tenancy.dev/tenant";
 
