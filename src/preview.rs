@@ -123,7 +123,7 @@ pub fn render_yaml(
     let name = sub.name_any();
     let plan = capacity::plan(&name, &sub.spec, catalogue, at).map_err(|errors| {
         anyhow::anyhow!(
-            "subscription {name} cannot be applied:\n  {}",
+            "subscription {name:?} cannot be applied:\n  {}",
             errors
                 .iter()
                 .map(|e| format!("{} ({})", e, e.reason()))
@@ -242,5 +242,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "the object is a list, not a mapping of fields");
+    }
+
+    #[test]
+    fn a_refused_subscription_is_named_as_written() {
+        // A name that cannot name children is refused; the refusal quotes
+        // it, so "{" does not read as part of the sentence.
+        let sub: TenantSubscription = parse(json!({
+            "apiVersion": "capacity.tenancy.dev/v1alpha1", "kind": "TenantSubscription",
+            "metadata": {"name": "{"}, "spec": {"tenantId": "acme", "modules": []},
+        }))
+        .unwrap();
+        let e = render_yaml(&sub, &capacity::Catalogue::default(), Timestamp::UNIX_EPOCH)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("subscription \"{\" cannot be applied:\n  metadata.name: \"{\" is not a DNS-1035 label"),
+            "{e}"
+        );
     }
 }
