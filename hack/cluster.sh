@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real local Kubernetes control plane built from pinned upstream Go modules:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake
-# nodes), metrics-server and helm. Everything listens on 127.0.0.1 only.
+# nodes), metrics-server, a custom metrics API and helm. Everything listens
+# on 127.0.0.1 only, but for the custom metrics adapter's write port (below).
 #
 #   hack/cluster.sh build   build (or reuse) the pinned binaries
 #   hack/cluster.sh up      start the cluster and wait until it is usable
@@ -18,7 +19,8 @@
 #   TCO_NODES       number of fake nodes (default 3)
 #   TCO_API_PORT    kube-apiserver secure port (default 16443)
 #   TCO_ETCD_PORT, TCO_ETCD_PEER_PORT, TCO_KCM_PORT, TCO_SCHEDULER_PORT,
-#   TCO_KWOK_PORT, TCO_METRICS_SERVER_PORT   the other ports (see below)
+#   TCO_KWOK_PORT, TCO_METRICS_SERVER_PORT, TCO_CUSTOM_METRICS_PORT
+#                   the other ports (see below)
 #   TCO_NODE_CPU, TCO_NODE_MEMORY, TCO_NODE_PODS   allocatable of each fake node
 #   TCO_KCM_QPS     the controller manager's API rate limit (default 100/s)
 #
@@ -26,6 +28,15 @@
 # kwok.x-k8s.io/node=fake:NoSchedule. A pod's CPU/memory use, as metrics-server
 # and `kubectl top` see it, comes from its annotations
 # kwok.x-k8s.io/usage-cpu (e.g. "800m") and kwok.x-k8s.io/usage-memory.
+#
+# The custom metrics API (custom.metrics.k8s.io/v1beta2, what an HPA's `Pods`
+# metrics read) is served by upstream's test adapter from custom-metrics-
+# apiserver: it serves the values written to it, per object, with
+#   curl -X POST -H 'Content-Type: application/json' -d '"37"' \
+#     "$TCO_CUSTOM_METRICS_WRITE_URL/write-metrics/namespaces/NS/pods/POD/rtc_sessions_active"
+# (`hack/cluster.sh env` exports the URL). The adapter opens that write port
+# itself, on :8080 of every interface; it is not configurable upstream, so
+# `up` refuses to start when 8080 is taken.
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,11 +59,14 @@ KCM_PORT="${TCO_KCM_PORT:-16257}"
 SCHED_PORT="${TCO_SCHEDULER_PORT:-16259}"
 KWOK_PORT="${TCO_KWOK_PORT:-16250}"
 METRICS_SERVER_PORT="${TCO_METRICS_SERVER_PORT:-16444}"
+CUSTOM_METRICS_PORT="${TCO_CUSTOM_METRICS_PORT:-16445}"
+# Fixed by the test adapter (its main listens on ":8080").
+CUSTOM_METRICS_WRITE_PORT=8080
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok metrics-server helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok metrics-server custom-metrics-adapter helm)
 
 # BUILD-RECIPE-BEGIN
 go_env() {
@@ -137,6 +151,8 @@ cmd_build() {
     "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   build_simple metrics-server sigs.k8s.io/metrics-server "${METRICS_SERVER_VERSION}" sigs.k8s.io/metrics-server/cmd/metrics-server \
     "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
+  build_simple custom-metrics-adapter sigs.k8s.io/custom-metrics-apiserver "${CUSTOM_METRICS_APISERVER_VERSION}" \
+    sigs.k8s.io/custom-metrics-apiserver/test-adapter
   build_simple helm helm.sh/helm/v3 "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
   build_kubernetes
@@ -160,7 +176,7 @@ KUBECONFIG_PATH="${STATE_DIR}/kubeconfig"
 READY_MARK="${STATE_DIR}/ready"
 LOCK_FILE="${STATE_DIR%/}.lock"
 # Start order; `down` stops in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server custom-metrics-adapter)
 SERVICE_CIDR="10.96.0.0/16"
 SERVICE_FIRST_IP="10.96.0.1"
 POD_CIDR="10.244.0.1/16"
@@ -369,7 +385,7 @@ make_pki() {
   # kwok's kubelet-style server and metrics-server; the aggregator checks the
   # latter as <service>.<namespace>.svc.
   gen_cert serving ca "/CN=tco-local-serving" serverAuth \
-    "${serving_san},DNS:metrics-server.kube-system.svc"
+    "${serving_san},DNS:metrics-server.kube-system.svc,DNS:custom-metrics-adapter.kube-system.svc"
   gen_cert admin ca "/O=system:masters/CN=tco-admin" clientAuth
   gen_cert kube-controller-manager ca "/CN=system:kube-controller-manager" clientAuth
   gen_cert kube-scheduler ca "/CN=system:kube-scheduler" clientAuth
@@ -442,6 +458,14 @@ nodes_untainted() {
 default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
 metrics_api_available() {
   [[ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]
+}
+custom_metrics_api_available() {
+  [[ "$(kubectl_admin get apiservice v1beta2.custom.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]
+}
+custom_metrics_writable() {
+  curl -sS --max-time 3 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+    -d '"0"' "http://127.0.0.1:${CUSTOM_METRICS_WRITE_PORT}/write-metrics/namespaces/kube-system/pods/tco-probe/tco_probe" \
+    | grep -q '^2'
 }
 top_nodes_works() { [[ "$(kubectl_admin top nodes --no-headers | grep -c .)" -ge "${NODES}" ]]; }
 
@@ -545,6 +569,36 @@ spec:
 EOF
 }
 
+# The custom metrics adapter, like metrics-server: a local process behind an
+# ExternalName Service. v1beta2 is what the HPA controller asks for first.
+apply_custom_metrics_apiservice() {
+  kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: custom-metrics-adapter
+  namespace: kube-system
+spec:
+  type: ExternalName
+  externalName: 127.0.0.1
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta2.custom.metrics.k8s.io
+spec:
+  group: custom.metrics.k8s.io
+  version: v1beta2
+  groupPriorityMinimum: 100
+  versionPriority: 200
+  service:
+    name: custom-metrics-adapter
+    namespace: kube-system
+    port: ${CUSTOM_METRICS_PORT}
+  caBundle: $(base64 -w0 "${PKI_DIR}/ca.crt")
+EOF
+}
+
 # --- subcommands -------------------------------------------------------------
 
 cluster_is_up() {
@@ -570,7 +624,7 @@ cmd_up() {
   command -v curl >/dev/null || die "curl is required"
   [[ "${NODES}" =~ ^[1-9][0-9]*$ ]] || die "TCO_NODES must be a positive number, got '${NODES}'"
   local port busy=()
-  for port in "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}" "${API_PORT}" "${KCM_PORT}" "${SCHED_PORT}" "${KWOK_PORT}" "${METRICS_SERVER_PORT}"; do
+  for port in "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}" "${API_PORT}" "${KCM_PORT}" "${SCHED_PORT}" "${KWOK_PORT}" "${METRICS_SERVER_PORT}" "${CUSTOM_METRICS_PORT}" "${CUSTOM_METRICS_WRITE_PORT}"; do
     port_in_use "${port}" && busy+=("${port}")
   done
   ((${#busy[@]} == 0)) || die "port(s) ${busy[*]} on 127.0.0.1 already in use (see the TCO_*_PORT variables in $0)"
@@ -692,11 +746,23 @@ cmd_up() {
     --kubelet-request-timeout=5s \
     --metric-resolution="${METRIC_RESOLUTION}"
 
+  apply_custom_metrics_apiservice
+  start_component custom-metrics-adapter custom-metrics-adapter \
+    --lister-kubeconfig="${KUBECONFIG_PATH}" \
+    --authentication-kubeconfig="${KUBECONFIG_PATH}" \
+    --authorization-kubeconfig="${KUBECONFIG_PATH}" \
+    --bind-address=127.0.0.1 \
+    --secure-port="${CUSTOM_METRICS_PORT}" \
+    --tls-cert-file="${PKI_DIR}/serving.crt" \
+    --tls-private-key-file="${PKI_DIR}/serving.key"
+
   wait_for kwok 60 "${NODES} fake node(s) Ready" nodes_ready "${NODES}"
   wait_for kube-controller-manager 60 "nodes free of not-ready taints" nodes_untainted
   wait_for kube-controller-manager 60 "ServiceAccount default/default" default_sa_exists
   wait_for metrics-server 90 "APIService v1beta1.metrics.k8s.io Available" metrics_api_available
   wait_for metrics-server 90 "kubectl top nodes (all ${NODES} nodes)" top_nodes_works
+  wait_for custom-metrics-adapter 60 "APIService v1beta2.custom.metrics.k8s.io Available" custom_metrics_api_available
+  wait_for custom-metrics-adapter 30 "custom metrics write port :${CUSTOM_METRICS_WRITE_PORT}" custom_metrics_writable
 
   date -u +%FT%TZ >"${READY_MARK}"
   UP_IN_PROGRESS=0
@@ -742,6 +808,7 @@ cmd_env() {
   printf 'export KUBECONFIG=%q\n' "${KUBECONFIG_PATH}"
   # shellcheck disable=SC2016 # $PATH is expanded by the caller's eval
   printf 'export PATH=%q:"$PATH"\n' "${BIN_DIR}"
+  printf 'export TCO_CUSTOM_METRICS_WRITE_URL=%q\n' "http://127.0.0.1:${CUSTOM_METRICS_WRITE_PORT}"
 }
 
 cmd_logs() {

@@ -8,12 +8,15 @@ mod subscription_plan;
 mod tenant_subscription;
 
 pub use capacity_calendar::{CapacityCalendar, CapacityCalendarSpec};
-pub use module_profile::{ModuleProfile, ModuleProfileSpec, PodSecurity, Scaling, TierSpec};
+pub use module_profile::{
+    HttpGetHook, ModuleProfile, ModuleProfileSpec, PodSecurity, PreStop, ScaleRate, Scaling,
+    SessionsMetric, TierSpec,
+};
 pub use season::{Seasons, Weekday, Window};
 pub use subscription_plan::{PlanModule, SubscriptionPlan, SubscriptionPlanSpec};
 pub use tenant_subscription::{
-    DataRetention, Downgrade, ModuleRequest, ModuleState, ModuleStatus, TenantSubscription,
-    TenantSubscriptionSpec, TenantSubscriptionStatus,
+    DataRetention, Downgrade, ModuleRequest, ModuleState, ModuleStatus, RampingDown,
+    TenantSubscription, TenantSubscriptionSpec, TenantSubscriptionStatus,
 };
 
 use kube::CustomResourceExt;

@@ -59,7 +59,8 @@ pub struct ModuleProfileSpec {
     #[schemars(transform = super::bounds::resources)]
     pub resources: Option<ResourceRequirements>,
 
-    /// Horizontal autoscaling target.
+    /// What the autoscaler follows (sessions, CPU, memory) and how fast
+    /// pods may come and go.
     #[serde(default)]
     pub scaling: Scaling,
 
@@ -67,6 +68,10 @@ pub struct ModuleProfileSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86_400))]
     pub termination_grace_period_seconds: Option<i64>,
+
+    /// A drain hook run in each container before it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<PreStop>,
 
     /// Node selector for the module's pods (e.g. GPU nodes for conversational AI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,32 +160,121 @@ fn default_min_replicas() -> i32 {
     1
 }
 
-/// HPA target of a module.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// How the module's HorizontalPodAutoscaler follows demand, and how fast
+/// it may add and remove pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Scaling {
     /// Target average CPU utilisation, in percent of the requested CPU.
-    #[serde(default = "default_cpu_utilization")]
+    /// Unset: 70 when no sessions metric is named; with one, CPU is a
+    /// metric only when set here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub cpu_utilization: i32,
+    pub cpu_utilization: Option<i32>,
 
     /// Optional target average memory utilisation, in percent of the requested memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub memory_utilization: Option<i32>,
+
+    /// Live sessions as the demand signal: a per-pod custom metric (an
+    /// autoscaling/v2 `Pods` metric, served by the custom metrics API, e.g.
+    /// through prometheus-adapter). With CPU or memory also set, the HPA
+    /// follows whichever asks for the most replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsMetric>,
+
+    /// How fast pods may leave: the HPA's `behavior.scaleDown`, and the
+    /// pace at which a lowered ceiling comes down. Defaults suit calls: a
+    /// 300 s stabilisation, then at most 1 pod or 10 % of the pods
+    /// (whichever is more) every 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScaleRate>,
+
+    /// How fast pods may be added: the HPA's `behavior.scaleUp`. Defaults:
+    /// no stabilisation, at most 4 pods or 100 % more (whichever is more)
+    /// every 15 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScaleRate>,
 }
 
-impl Default for Scaling {
-    fn default() -> Self {
-        Self {
-            cpu_utilization: default_cpu_utilization(),
-            memory_utilization: None,
-        }
-    }
+/// The custom metric that counts a pod's live sessions.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsMetric {
+    /// The metric's name as the custom metrics API serves it per pod
+    /// (e.g. `rtc_sessions_active`).
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z_:][A-Za-z0-9_:.-]*$")
+    )]
+    pub metric: String,
+
+    /// Average sessions per pod the HPA aims at, in percent of what one
+    /// replica carries (`sessionsPerReplica` of the module's tier). Below
+    /// 100 leaves each pod room for the calls that arrive before new pods
+    /// are ready.
+    #[serde(default = "default_sessions_target_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_percent: i32,
 }
 
-fn default_cpu_utilization() -> i32 {
-    70
+fn default_sessions_target_percent() -> i32 {
+    80
+}
+
+/// A pace of scaling: the HPA's stabilisation window and its two policies
+/// over one period (`selectPolicy: Max`: the larger of the two applies).
+/// Unset fields take the defaults of the direction.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleRate {
+    /// Seconds of recommendations the HPA looks back over before it acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_seconds: Option<i32>,
+    /// Length of one period of the policies, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: Option<i32>,
+    /// Pods added or removed per period, in percent of the pods at the
+    /// period's start (removed: at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_percent: Option<i32>,
+    /// Pods added or removed per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_pods: Option<i32>,
+}
+
+/// What runs in a container before it is stopped, so it can drain: stop
+/// taking new sessions, hand over or wait for the live ones. The pod's
+/// `terminationGracePeriodSeconds` bounds the hook and the drain together.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.command) != has(self.httpGet)").message("preStop names exactly one of command and httpGet"))]
+pub struct PreStop {
+    /// A command run in the container (not in a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 1024)))]
+    pub command: Option<Vec<String>>,
+    /// An HTTP GET to the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetHook>,
+}
+
+/// An HTTP GET to the pod's own container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetHook {
+    /// Path of the request, e.g. `/drain`.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/\S*$"))]
+    pub path: String,
+    /// Container port; unset, the profile's `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 }
 
 /// A quality tier overriding the profile's defaults.

@@ -255,8 +255,27 @@ pub struct ModuleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = bounds::resources)]
     pub resources: Option<ResourceRequirements>,
+    /// A lowered ceiling coming down at the module's scale-down pace
+    /// (`maxReplicas` is the step in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramping_down: Option<RampingDown>,
     /// What holds the module back, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::MAX_MODULE_MESSAGE))]
     pub message: Option<String>,
+}
+
+/// A ceiling brought down in steps, so that live sessions are not cut at once.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RampingDown {
+    /// The ceiling it comes down to: the HPA's maxReplicas the plan asks for.
+    pub to_max_replicas: i32,
+    /// When it gets there if every step is taken on time (RFC 3339).
+    #[schemars(length(max = bounds::MAX_INSTANT))]
+    pub until: String,
+    /// When the last step was taken (RFC 3339); the next waits a period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::MAX_INSTANT))]
+    pub last_step: Option<String>,
 }

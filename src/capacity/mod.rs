@@ -2,6 +2,7 @@
 //! from a subscription, the module catalogue and the clock to the ceilings,
 //! floors and quota a tenant is entitled to.
 
+pub mod pace;
 pub mod quantity;
 pub mod window;
 
@@ -12,7 +13,7 @@ use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
 use crate::api::{
-    CapacityCalendarSpec, ModuleProfileSpec, PodSecurity, Scaling, SubscriptionPlanSpec,
+    CapacityCalendarSpec, ModuleProfileSpec, PodSecurity, PreStop, Scaling, SubscriptionPlanSpec,
     TenantSubscriptionSpec,
 };
 pub use quantity::Quantity;
@@ -260,10 +261,47 @@ pub fn check_profile(module: &str, p: &ModuleProfileSpec, tier: Option<&str>) ->
     range("minReplicas", Some(p.min_replicas.into()), 1, 10_000);
     range(
         "scaling.cpuUtilization",
-        Some(p.scaling.cpu_utilization.into()),
+        p.scaling.cpu_utilization.map(Into::into),
         1,
         1000,
     );
+    if let Some(s) = &p.scaling.sessions {
+        range(
+            "scaling.sessions.targetPercent",
+            Some(s.target_percent.into()),
+            1,
+            100,
+        );
+    }
+    for (field, rate, max_percent) in [
+        ("scaling.scaleDown", &p.scaling.scale_down, 100),
+        ("scaling.scaleUp", &p.scaling.scale_up, 1000),
+    ] {
+        let Some(r) = rate else { continue };
+        let f = |n: &str| format!("{field}.{n}");
+        range(
+            &f("stabilizationSeconds"),
+            r.stabilization_seconds.map(Into::into),
+            0,
+            3600,
+        );
+        range(
+            &f("periodSeconds"),
+            r.period_seconds.map(Into::into),
+            1,
+            1800,
+        );
+        range(
+            &f("maxPercent"),
+            r.max_percent.map(Into::into),
+            1,
+            max_percent,
+        );
+        range(&f("maxPods"), r.max_pods.map(Into::into), 1, 10_000);
+    }
+    if let Some(h) = p.pre_stop.as_ref().and_then(|h| h.http_get.as_ref()) {
+        range("preStop.httpGet.port", h.port.map(Into::into), 1, 65535);
+    }
     range(
         "scaling.memoryUtilization",
         p.scaling.memory_utilization.map(Into::into),
@@ -287,6 +325,52 @@ pub fn check_profile(module: &str, p: &ModuleProfileSpec, tier: Option<&str>) ->
             problem: message,
         })
     };
+    if let Some(s) = &p.scaling.sessions
+        && !is_metric_name(&s.metric)
+    {
+        problem(
+            "scaling.sessions.metric".into(),
+            format!(
+                "{:?} must be a metric name (1 to 128 of A-Z a-z 0-9 _ : . -, not starting with a digit, . or -)",
+                s.metric
+            ),
+        );
+    }
+    if let Some(h) = &p.pre_stop {
+        match (&h.command, &h.http_get) {
+            (Some(c), None) => {
+                if c.is_empty() || c.len() > 16 || c.iter().any(|a| a.is_empty() || a.len() > 1024)
+                {
+                    problem(
+                        "preStop.command".into(),
+                        "must have 1 to 16 arguments of 1 to 1024 characters".into(),
+                    );
+                }
+            }
+            (None, Some(g)) => {
+                if g.path.is_empty()
+                    || g.path.len() > 1024
+                    || !g.path.starts_with('/')
+                    || g.path.contains(char::is_whitespace)
+                {
+                    problem(
+                        "preStop.httpGet.path".into(),
+                        format!("{:?} must be a path starting with / (no spaces)", g.path),
+                    );
+                }
+                if g.port.is_none() && p.port.is_none() {
+                    problem(
+                        "preStop.httpGet.port".into(),
+                        "must be set when the profile has no port".into(),
+                    );
+                }
+            }
+            _ => problem(
+                "preStop".into(),
+                "must name exactly one of command and httpGet".into(),
+            ),
+        }
+    }
     let image_ok = |i: &str| !i.is_empty() && i.len() <= 512 && !i.contains(char::is_whitespace);
     let image =
         "must be a container image reference (not empty, at most 512 characters, no spaces)";
@@ -391,6 +475,18 @@ pub fn is_label_value(s: &str) -> bool {
                 && b[b.len() - 1].is_ascii_alphanumeric()
                 && b.iter()
                     .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))))
+}
+
+/// A metric name as Prometheus and the custom metrics API take it: 1 to
+/// 128 of letters, digits, `_`, `:`, `.` and `-`, not starting with a
+/// digit, `.` or `-`.
+pub fn is_metric_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphabetic() || b"_:".contains(&b[0]))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_:.-".contains(c))
 }
 
 /// A DNS-1035 label: what a Service name must be.
@@ -594,6 +690,7 @@ pub struct ModulePlan {
     pub resources: Option<ResourceRequirements>,
     pub scaling: Scaling,
     pub termination_grace_period_seconds: Option<i64>,
+    pub pre_stop: Option<PreStop>,
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
     pub security: PodSecurity,
@@ -637,6 +734,7 @@ pub fn draining_plan(
         resources,
         scaling: profile.scaling.clone(),
         termination_grace_period_seconds: profile.termination_grace_period_seconds,
+        pre_stop: profile.pre_stop.clone(),
         node_selector: profile.node_selector.clone(),
         tolerations: profile.tolerations.clone(),
         security: profile.security.clone(),
@@ -851,6 +949,7 @@ fn evaluate(
             ),
             scaling: p.scaling.clone(),
             termination_grace_period_seconds: p.termination_grace_period_seconds,
+            pre_stop: p.pre_stop.clone(),
             node_selector: p.node_selector.clone(),
             tolerations: p.tolerations.clone(),
             security: p.security.clone(),

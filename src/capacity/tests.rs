@@ -835,6 +835,34 @@ fn profile_fields_that_would_make_invalid_pods_are_refused_naming_the_field() {
             &format!("{{{base}, tiers: {{hd: {{sessionsPerReplica: 0}}}}}}"),
             "tiers.hd.sessionsPerReplica 0 is out of range",
         ),
+        (
+            &format!("{{{base}, scaling: {{sessions: {{metric: '1x'}}}}}}"),
+            "scaling.sessions.metric \"1x\" must be a metric name",
+        ),
+        (
+            &format!("{{{base}, scaling: {{sessions: {{metric: m, targetPercent: 101}}}}}}"),
+            "scaling.sessions.targetPercent 101 is out of range 1..=100",
+        ),
+        (
+            &format!("{{{base}, scaling: {{scaleDown: {{maxPercent: 150}}}}}}"),
+            "scaling.scaleDown.maxPercent 150 is out of range 1..=100",
+        ),
+        (
+            &format!("{{{base}, scaling: {{scaleUp: {{periodSeconds: 0}}}}}}"),
+            "scaling.scaleUp.periodSeconds 0 is out of range 1..=1800",
+        ),
+        (
+            &format!("{{{base}, preStop: {{httpGet: {{path: /drain}}}}}}"),
+            "preStop.httpGet.port must be set when the profile has no port",
+        ),
+        (
+            &format!("{{{base}, port: 8443, preStop: {{httpGet: {{path: drain}}}}}}"),
+            "preStop.httpGet.path \"drain\" must be a path starting with /",
+        ),
+        (
+            &format!("{{{base}, preStop: {{command: [a], httpGet: {{path: /d, port: 1}}}}}}"),
+            "preStop must name exactly one of command and httpGet",
+        ),
     ];
     for (yaml, message) in cases {
         let mut c = Catalogue::default();

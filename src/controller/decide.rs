@@ -5,7 +5,7 @@
 //! new pods; a module waiting for its quota; names taken by strangers;
 //! pause; a spec that cannot be applied) lives here and is tested here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,8 +20,12 @@ use super::{
     status,
 };
 use crate::{
-    api::{DataRetention, ModuleState, ModuleStatus, TenantSubscription},
-    capacity::{self, CapacityPlan, Catalogue, Footprint, InvalidSpec, window::format_instant},
+    api::{DataRetention, ModuleState, ModuleStatus, RampingDown, TenantSubscription},
+    capacity::{
+        self, CapacityPlan, Catalogue, Footprint, InvalidSpec,
+        pace::{self, Ramp, RampInput},
+        window::format_instant,
+    },
     live::digest,
     render::{self, Child, ChildKind, Owner},
 };
@@ -237,7 +241,7 @@ fn restrained(
     now: Timestamp,
 ) -> Option<CapacityPlan> {
     let old = sub.status.clone().unwrap_or_default();
-    let recorded: std::collections::BTreeMap<&str, &ModuleStatus> = old
+    let recorded: BTreeMap<&str, &ModuleStatus> = old
         .modules
         .iter()
         .filter(|m| m.state != Some(ModuleState::Draining))
@@ -293,6 +297,106 @@ fn restrained(
             .min(peak.unwrap_or(i64::MAX));
     }
     Some(plan)
+}
+
+/// A module whose lowered ceiling comes down in steps.
+#[derive(Debug, Clone)]
+struct Ramping {
+    record: RampingDown,
+    message: String,
+    next_at: Timestamp,
+}
+
+/// The plan with each lowered ceiling brought down at its module's
+/// scale-down pace (see [`pace::ramp_down`]), and the modules ramping. The
+/// ceiling in force is the module's recorded maxReplicas (a record only
+/// the operator writes), no higher than its HPA's: the step taken last
+/// time, or the old plan's ceiling. The quota follows the stepped ceiling.
+fn ramps(
+    sub: &TenantSubscription,
+    plan: &CapacityPlan,
+    live: &Live,
+    now: Timestamp,
+) -> (CapacityPlan, BTreeMap<String, Ramping>) {
+    let old = sub.status.as_ref();
+    let mut plan = plan.clone();
+    let mut ramps = BTreeMap::new();
+    for m in &mut plan.modules {
+        let Some(rec) = old
+            .into_iter()
+            .flat_map(|s| &s.modules)
+            // Active, or held by a spec that cannot be applied (a lowered
+            // plan the subscription is now over): not draining.
+            .find(|r| r.name == m.name && r.state != Some(ModuleState::Draining))
+        else {
+            continue;
+        };
+        let l = live.module(&m.name);
+        let Some(hpa) = l.hpa.as_ref().map(|h| &h.facts) else {
+            continue;
+        };
+        let (Some(recorded), Some(applied)) = (rec.max_replicas, hpa.max_replicas) else {
+            continue;
+        };
+        let seconds = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|s| s.parse::<Timestamp>().ok())
+                .map(|t| t.as_second().min(now.as_second()))
+        };
+        let target = m.numbers.max_replicas;
+        let input = RampInput {
+            target,
+            previous: recorded.min(applied),
+            current: hpa.current_replicas.or_else(|| {
+                let d = &l.deployment.as_ref()?.facts;
+                d.spec_replicas.or(d.replicas)
+            }),
+            last_step: rec
+                .ramping_down
+                .as_ref()
+                .and_then(|r| seconds(&r.last_step)),
+            last_scale: hpa.last_scale.map(|t| t.min(now.as_second())),
+            now: now.as_second(),
+        };
+        let Ramp::Step {
+            max_replicas,
+            stepped,
+            next_at,
+            until,
+        } = pace::ramp_down(input, m.scaling.down_pace())
+        else {
+            continue;
+        };
+        let at = |t: i64| Timestamp::from_second(t).unwrap_or(now);
+        let last_step = if stepped {
+            Some(format_instant(now, &plan.time_zone))
+        } else {
+            rec.ramping_down.as_ref().and_then(|r| r.last_step.clone())
+        };
+        let running = input.current.unwrap_or(max_replicas);
+        let message = format!(
+            "{}: ramping down to {target} replicas until {}, {running} now (ceiling {max_replicas})",
+            m.name,
+            at(until)
+                .to_zoned(plan.time_zone.clone())
+                .strftime("%H:%M %Z"),
+        );
+        m.numbers.max_replicas = max_replicas;
+        m.numbers.min_replicas = m.numbers.min_replicas.min(max_replicas);
+        ramps.insert(
+            m.name.clone(),
+            Ramping {
+                record: RampingDown {
+                    to_max_replicas: target,
+                    until: format_instant(at(until), &plan.time_zone),
+                    last_step,
+                },
+                message,
+                next_at: at(next_at) + SignedDuration::from_millis(500),
+            },
+        );
+    }
+    (plan, ramps)
 }
 
 /// A restrained converge's outcome, reported as paused.
@@ -876,6 +980,11 @@ fn converge(
     let mut requeue = plan
         .next_transition
         .map(|t| t + SignedDuration::from_millis(500));
+    let (ramped, ramps) = ramps(sub, plan, live, now);
+    let plan = &ramped;
+    if let Some(next) = ramps.values().map(|r| r.next_at).min() {
+        requeue = Some(requeue.map_or(next, |r| r.min(next)));
+    }
     let drains = drains(sub, &owner, plan, catalogue, known, live, now);
     if let Some(deadline) = drains.earliest_deadline {
         requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
@@ -902,6 +1011,7 @@ fn converge(
     let mut progress = Vec::new();
     let mut limited = Vec::new();
     let mut refused = Vec::new();
+    let mut ramping = Vec::new();
     let mut writes = Vec::new();
     for (m, (l, children)) in plan.modules.iter().zip(rendered) {
         if l.deployment.is_none() && !quota.in_force {
@@ -941,7 +1051,13 @@ fn converge(
         limited.extend(status::capacity_limit(m, &l));
         refused.extend(status::refused(m, &l));
         progress.extend(status::progress(m, &l));
-        modules.push(status::active_module(m, &l));
+        let mut st = status::active_module(m, &l);
+        if let Some(r) = ramps.get(&m.name) {
+            st.ramping_down = Some(r.record.clone());
+            st.message.get_or_insert_with(|| r.message.clone());
+            ramping.push(r.message.clone());
+        }
+        modules.push(st);
     }
 
     writes.extend(drains.applies);
@@ -1006,6 +1122,8 @@ fn converge(
         Some(Reason::new("Draining", draining.join("; ")))
     } else if !progress.is_empty() {
         Some(Reason::new("Progressing", progress.join("; ")))
+    } else if !ramping.is_empty() {
+        Some(Reason::new("RampingDown", ramping.join("; ")))
     } else {
         None
     };

@@ -176,6 +176,7 @@ impl DrainRecord {
             draining_since: Some(format_instant(self.since, time_zone)),
             data_retention: Some(self.retention),
             resources: self.resources.clone(),
+            ramping_down: None,
             message: Some(message),
         }
     }

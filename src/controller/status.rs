@@ -21,13 +21,21 @@ pub const CAPACITY_LIMITED: &str = "CapacityLimited";
 /// Why an active module cannot have the replicas its load asks for, if so:
 /// the ceiling bought, or the quota refusing pods.
 pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
-    if let Some(want) = live.hpa.as_ref().and_then(|h| h.facts.unbounded_want)
+    let hpa = live.hpa.as_ref().map(|h| &h.facts);
+    if let Some(want) = hpa.and_then(|h| h.unbounded_want)
         && want > plan.numbers.max_replicas
     {
-        return Some(format!(
-            "{}: HPA wants {want} replicas, ceiling is {}",
-            plan.name, plan.numbers.max_replicas
-        ));
+        let max = plan.numbers.max_replicas;
+        // In sessions when the sessions metric is known: what was bought.
+        return Some(match hpa.and_then(|h| h.limited_sessions) {
+            Some(live) if plan.scaling.sessions.is_some() => format!(
+                "{}: {} sessions live, ceiling {} (HPA wants {want} replicas, ceiling {max})",
+                plan.name,
+                thousands(live),
+                thousands(plan.numbers.ceiling),
+            ),
+            _ => format!("{}: HPA wants {want} replicas, ceiling is {max}", plan.name),
+        });
     }
     let d = &live.deployment.as_ref()?.facts;
     let want = d.spec_replicas.unwrap_or(0);
@@ -38,6 +46,22 @@ pub fn capacity_limit(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
             plan.name
         )
     })
+}
+
+/// A count with thousands separated by commas, as people read it: 1,240.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The API server's refusal of pods the module's Deployment tried to
@@ -228,6 +252,7 @@ fn only_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionS
                     m.max_replicas,
                     m.concurrency,
                     m.drain_deadline.clone(),
+                    m.ramping_down.clone(),
                 )
             })
             .collect::<Vec<_>>()

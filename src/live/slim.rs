@@ -95,6 +95,14 @@ pub struct Facts {
     pub desired_replicas: Option<i32>,
     /// Replicas the HPA would run without its ceiling, when the ceiling holds it back.
     pub unbounded_want: Option<i32>,
+    /// HPA `status.currentReplicas`.
+    pub current_replicas: Option<i32>,
+    /// HPA `status.lastScaleTime`, in Unix seconds.
+    pub last_scale: Option<i64>,
+    /// Live sessions over all pods (the `Pods` metric's average times the
+    /// pods), when the ceiling holds the HPA back: read only then, so that
+    /// an ordinary change of load is not a change of facts.
+    pub limited_sessions: Option<i64>,
     /// The quota controller has taken up every limit of the quota's spec.
     pub quota_enforced: bool,
     /// The API server's message for pods the Deployment's ReplicaSets could
@@ -241,41 +249,93 @@ impl Slimmable for HorizontalPodAutoscaler {
             min_replicas: self.spec.min_replicas,
             max_replicas: Some(self.spec.max_replicas),
             desired_replicas: self.status.as_ref().map(|s| s.desired_replicas),
-            unbounded_want: unbounded_want(self),
+            current_replicas: self.status.as_ref().and_then(|s| s.current_replicas),
+            last_scale: self
+                .status
+                .as_ref()
+                .and_then(|s| s.last_scale_time.as_ref())
+                .map(|t| t.0.as_second()),
+            unbounded_want: limited(self).then(|| unbounded_want(self)).flatten(),
+            limited_sessions: limited(self).then(|| limited_sessions(self)).flatten(),
             ..Default::default()
         }
     }
 }
 
-/// Replicas the HPA would run without a ceiling: current replicas scaled by
-/// how far CPU utilisation is above its target; only while the ceiling holds.
+/// The HPA's ceiling holds it back (`ScalingLimited` for `TooManyReplicas`).
+fn limited(hpa: &HorizontalPodAutoscaler) -> bool {
+    hpa.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().flatten().any(|c| {
+            c.type_ == "ScalingLimited"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("TooManyReplicas")
+        })
+    })
+}
+
+/// Live sessions over the HPA's pods: its `Pods` metric's current average
+/// times the pods it runs (the operator renders at most one `Pods` metric,
+/// the sessions metric).
+fn limited_sessions(hpa: &HorizontalPodAutoscaler) -> Option<i64> {
+    let status = hpa.status.as_ref()?;
+    let current = status.current_replicas?;
+    let average = status
+        .current_metrics
+        .iter()
+        .flatten()
+        .find_map(|m| m.pods.as_ref())?
+        .current
+        .average_value
+        .as_ref()?;
+    let nano = Quantity::parse(&average.0).ok()?.0;
+    Some(((nano * current as i128 + 500_000_000) / 1_000_000_000) as i64)
+}
+
+/// Replicas the HPA would run without a ceiling: current replicas scaled
+/// by how far each metric (CPU, memory, the sessions metric) is above its
+/// target, the largest of them, as the HPA itself takes the largest.
 fn unbounded_want(hpa: &HorizontalPodAutoscaler) -> Option<i32> {
     let status = hpa.status.as_ref()?;
-    let limited = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "ScalingLimited"
-            && c.status == "True"
-            && c.reason.as_deref() == Some("TooManyReplicas")
-    });
-    if !limited {
-        return None;
+    let current = status.current_replicas? as i128;
+    let mut want: Option<i128> = None;
+    for target in hpa.spec.metrics.iter().flatten() {
+        let ratio = if let Some(r) = &target.resource {
+            let used = status.current_metrics.iter().flatten().find_map(|m| {
+                m.resource
+                    .as_ref()
+                    .filter(|c| c.name == r.name)
+                    .and_then(|c| c.current.average_utilization)
+            });
+            match (used, r.target.average_utilization) {
+                (Some(used), Some(t)) if t > 0 => Some((used as i128, t as i128)),
+                _ => None,
+            }
+        } else if let Some(p) = &target.pods {
+            let used = status.current_metrics.iter().flatten().find_map(|m| {
+                m.pods
+                    .as_ref()
+                    .filter(|c| c.metric.name == p.metric.name)
+                    .and_then(|c| c.current.average_value.as_ref())
+            });
+            let parse = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+                Quantity::parse(&q.0).ok().map(|q| q.0)
+            };
+            match (
+                used.and_then(parse),
+                p.target.average_value.as_ref().and_then(parse),
+            ) {
+                (Some(used), Some(t)) if t > 0 => Some((used, t)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some((used, t)) = ratio {
+            let w = (current * used + t - 1) / t;
+            want = Some(want.map_or(w, |x| x.max(w)));
+        }
     }
-    let current = status.current_replicas?;
-    let target = hpa.spec.metrics.iter().flatten().find_map(|m| {
-        m.resource
-            .as_ref()
-            .filter(|r| r.name == "cpu")
-            .and_then(|r| r.target.average_utilization)
-    })?;
-    let used = status.current_metrics.iter().flatten().find_map(|m| {
-        m.resource
-            .as_ref()
-            .filter(|r| r.name == "cpu")
-            .and_then(|r| r.current.average_utilization)
-    })?;
-    if target <= 0 {
-        return None;
-    }
-    Some(((current as i64 * used as i64 + target as i64 - 1) / target as i64) as i32)
+    want.map(|w| w.min(i32::MAX as i128) as i32)
 }
 
 impl Slimmable for Service {
@@ -467,5 +527,46 @@ mod tests {
         assert_eq!(hard["requests.cpu"], Quantity::parse("1.6").unwrap());
         assert_eq!(hard["pods"], Quantity::parse("5").unwrap());
         assert_eq!(f.held_until.as_deref(), Some("2026-03-02T10:10:30Z"));
+    }
+
+    #[test]
+    fn an_hpa_held_by_its_ceiling_says_how_many_sessions_are_live() {
+        let hpa = |limited: bool| -> HorizontalPodAutoscaler {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "acme-video"},
+                "spec": {
+                    "scaleTargetRef": {"kind": "Deployment", "name": "acme-video"},
+                    "maxReplicas": 25,
+                    "metrics": [
+                        {"type": "Pods", "pods": {"metric": {"name": "rtc_sessions_active"},
+                            "target": {"type": "AverageValue", "averageValue": "32"}}},
+                        {"type": "Resource", "resource": {"name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70}}}]},
+                "status": {
+                    "currentReplicas": 25, "desiredReplicas": 25,
+                    "lastScaleTime": "2026-03-02T10:00:00Z",
+                    "currentMetrics": [
+                        {"type": "Pods", "pods": {"metric": {"name": "rtc_sessions_active"},
+                            "current": {"averageValue": "49600m"}}},
+                        {"type": "Resource", "resource": {"name": "cpu",
+                            "current": {"averageUtilization": 35}}}],
+                    "conditions": [{"type": "ScalingLimited", "status": if limited { "True" } else { "False" },
+                        "reason": "TooManyReplicas", "lastTransitionTime": "2026-03-02T10:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        let f = hpa(true).facts();
+        // 49.6 sessions a pod over 25 pods; 25 × 49.6 / 32 = 38.75 → 39 pods
+        // (CPU asks for fewer: the HPA takes the largest).
+        assert_eq!(f.limited_sessions, Some(1240));
+        assert_eq!(f.unbounded_want, Some(39));
+        assert_eq!(f.current_replicas, Some(25));
+        assert_eq!(f.last_scale, Some(1_772_445_600));
+        let f = hpa(false).facts();
+        assert_eq!(
+            (f.limited_sessions, f.unbounded_want),
+            (None, None),
+            "read only while limited"
+        );
     }
 }

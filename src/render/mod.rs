@@ -7,13 +7,15 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         autoscaling::v2::{
-            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-            MetricSpec, MetricTarget, ResourceMetricSource,
+            CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules,
+            HorizontalPodAutoscaler, HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec,
+            MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, LimitRange, LimitRangeItem,
-            LimitRangeSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceQuota,
-            ResourceQuotaSpec, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+            Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
+            LifecycleHandler, LimitRange, LimitRangeItem, LimitRangeSpec, PodSecurityContext,
+            PodSpec, PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, SeccompProfile,
+            SecurityContext, Service, ServicePort, ServiceSpec,
         },
     },
     apimachinery::pkg::{
@@ -24,10 +26,12 @@ use k8s_openapi::{
 };
 use kube::core::ApiResource;
 
-use crate::api::PodSecurity;
+use crate::api::{PodSecurity, PreStop};
 use crate::capacity::{
     CapacityPlan, DEFAULT_LIMITS, DEFAULT_REQUESTS, Footprint, MAX_SURGE_PERCENT, ModulePlan,
-    Quantity, quota_hard,
+    Quantity,
+    pace::{self, Pace},
+    quota_hard,
 };
 
 /// Field manager of every write, and value of the managed-by label.
@@ -215,6 +219,7 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
         }),
         resources: m.resources.clone(),
         security_context: Some(container_security(&m.security)),
+        lifecycle: m.pre_stop.as_ref().and_then(|h| pre_stop(h, m.port)),
         ..Default::default()
     };
     let mut metadata = meta(owner, child_name(&owner.name, &m.name), Some(&m.name));
@@ -259,6 +264,31 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
         }),
         status: None,
     }
+}
+
+/// The container's drain hook: a command, or a GET to its own port.
+fn pre_stop(hook: &PreStop, port: Option<i32>) -> Option<Lifecycle> {
+    let handler = match (&hook.command, &hook.http_get) {
+        (Some(command), _) => LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(command.clone()),
+            }),
+            ..Default::default()
+        },
+        (None, Some(get)) => LifecycleHandler {
+            http_get: Some(HTTPGetAction {
+                path: Some(get.path.clone()),
+                port: IntOrString::Int(get.port.or(port)?),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        (None, None) => return None,
+    };
+    Some(Lifecycle {
+        pre_stop: Some(handler),
+        ..Default::default()
+    })
 }
 
 /// The pod's part of the `restricted` Pod Security Standard: not root, a
@@ -312,10 +342,52 @@ pub fn hpa(owner: &Owner, m: &ModulePlan) -> HorizontalPodAutoscaler {
         }),
         ..Default::default()
     };
-    let mut metrics = vec![resource("cpu", m.scaling.cpu_utilization)];
+    // Sessions first: the signal a real-time product sells. The HPA takes
+    // the largest of the replica counts its metrics ask for.
+    let mut metrics = Vec::new();
+    if let Some(s) = &m.scaling.sessions {
+        metrics.push(MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: s.metric.clone(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(K8sQuantity(pace::sessions_target(
+                        m.sessions_per_replica,
+                        s.target_percent,
+                    ))),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(pct) = m.scaling.cpu_target() {
+        metrics.push(resource("cpu", pct));
+    }
     if let Some(pct) = m.scaling.memory_utilization {
         metrics.push(resource("memory", pct));
     }
+    let rules = |p: Pace| HPAScalingRules {
+        stabilization_window_seconds: Some(p.stabilization_seconds),
+        select_policy: Some("Max".into()),
+        policies: Some(vec![
+            HPAScalingPolicy {
+                type_: "Pods".into(),
+                value: p.max_pods,
+                period_seconds: p.period_seconds,
+            },
+            HPAScalingPolicy {
+                type_: "Percent".into(),
+                value: p.max_percent,
+                period_seconds: p.period_seconds,
+            },
+        ]),
+        tolerance: None,
+    };
     let name = child_name(&owner.name, &m.name);
     HorizontalPodAutoscaler {
         metadata: meta(owner, name.clone(), Some(&m.name)),
@@ -328,7 +400,11 @@ pub fn hpa(owner: &Owner, m: &ModulePlan) -> HorizontalPodAutoscaler {
             min_replicas: Some(m.numbers.min_replicas),
             max_replicas: m.numbers.max_replicas,
             metrics: Some(metrics),
-            behavior: None,
+            // Every HPA has a bounded scale-down: calls are long-lived.
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(rules(m.scaling.down_pace())),
+                scale_up: Some(rules(m.scaling.up_pace())),
+            }),
         },
         status: None,
     }

@@ -288,3 +288,129 @@ fn a_profile_loosens_only_what_it_names() {
         ["unrestricted capabilities (add)", "runAsNonRoot != true"]
     );
 }
+
+fn video_with(scaling_and_more: &str, tier: Option<&str>) -> CapacityPlan {
+    let profile: ModuleProfileSpec = serde_saphyr::from_str(&format!(
+        "{{image: video:1, port: 8443, sessionsPerReplica: 40, tiers: {{uhd: {{sessionsPerReplica: 15}}}}, resources: {{requests: {{cpu: '1'}}}}, {scaling_and_more}}}"
+    ))
+    .unwrap();
+    let tier = tier.map(|t| format!(", tier: {t}")).unwrap_or_default();
+    let spec: TenantSubscriptionSpec = serde_saphyr::from_str(&format!(
+        "{{tenantId: acme, modules: [{{name: video-call, concurrency: 1000{tier}}}]}}"
+    ))
+    .unwrap();
+    let mut c = crate::capacity::Catalogue::default();
+    c.profiles.insert("video-call".into(), profile);
+    plan("acme", &spec, &c, Timestamp::UNIX_EPOCH).unwrap()
+}
+
+#[test]
+fn a_sessions_metric_targets_a_share_of_what_one_replica_carries_per_tier() {
+    let sessions = "scaling: {sessions: {metric: rtc_sessions_active}}";
+    let h = serde_json::to_value(hpa(&owner(), &video_with(sessions, None).modules[0])).unwrap();
+    assert_eq!(
+        h["spec"]["metrics"],
+        serde_json::json!([{"type": "Pods", "pods": {
+            "metric": {"name": "rtc_sessions_active"},
+            "target": {"type": "AverageValue", "averageValue": "32"}}}]),
+        "80 % of 40 sessions per replica, and no CPU metric unless asked for"
+    );
+    let h =
+        serde_json::to_value(hpa(&owner(), &video_with(sessions, Some("uhd")).modules[0])).unwrap();
+    assert_eq!(
+        h["spec"]["metrics"][0]["pods"]["target"]["averageValue"],
+        "12"
+    );
+    let both = "scaling: {cpuUtilization: 60, memoryUtilization: 80, sessions: {metric: rtc_sessions_active, targetPercent: 90}}";
+    let h = serde_json::to_value(hpa(&owner(), &video_with(both, None).modules[0])).unwrap();
+    let types: Vec<&str> = h["spec"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Pods", "Resource", "Resource"]);
+    assert_eq!(
+        h["spec"]["metrics"][0]["pods"]["target"]["averageValue"],
+        "36"
+    );
+    assert_eq!(
+        h["spec"]["metrics"][1]["resource"]["target"]["averageUtilization"],
+        60
+    );
+}
+
+#[test]
+fn every_hpa_has_a_bounded_scale_down() {
+    for plan in [
+        sample(1000),
+        video_with(
+            "scaling: {scaleDown: {periodSeconds: 30, maxPercent: 5}}",
+            None,
+        ),
+    ] {
+        for m in &plan.modules {
+            let h = serde_json::to_value(hpa(&owner(), m)).unwrap();
+            let down = &h["spec"]["behavior"]["scaleDown"];
+            assert_eq!(down["selectPolicy"], "Max", "{h}");
+            let policies = down["policies"].as_array().unwrap();
+            assert_eq!(policies.len(), 2);
+            assert!(down["stabilizationWindowSeconds"].as_i64().unwrap() >= 0);
+            assert!(h["spec"]["behavior"]["scaleUp"]["policies"].is_array());
+        }
+    }
+    let h = serde_json::to_value(hpa(&owner(), &sample(1000).modules[0])).unwrap();
+    assert_eq!(
+        h["spec"]["behavior"]["scaleDown"],
+        serde_json::json!({"stabilizationWindowSeconds": 300, "selectPolicy": "Max", "policies": [
+            {"type": "Pods", "value": 1, "periodSeconds": 60},
+            {"type": "Percent", "value": 10, "periodSeconds": 60}]})
+    );
+    assert_eq!(
+        h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 65,
+        "a profile without a sessions metric keeps its CPU target"
+    );
+    let custom = video_with(
+        "scaling: {scaleDown: {periodSeconds: 30, maxPercent: 5}}",
+        None,
+    );
+    let h = serde_json::to_value(hpa(&owner(), &custom.modules[0])).unwrap();
+    assert_eq!(
+        h["spec"]["behavior"]["scaleDown"]["policies"],
+        serde_json::json!([{"type": "Pods", "value": 1, "periodSeconds": 30},
+            {"type": "Percent", "value": 5, "periodSeconds": 30}])
+    );
+    assert_eq!(
+        h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+}
+
+#[test]
+fn a_pre_stop_hook_drains_each_container() {
+    let get = video_with(
+        "preStop: {httpGet: {path: /drain}}, terminationGracePeriodSeconds: 3600",
+        None,
+    );
+    let d = serde_json::to_value(deployment(&owner(), &get.modules[0])).unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 3600);
+    assert_eq!(
+        pod["containers"][0]["lifecycle"],
+        serde_json::json!({"preStop": {"httpGet": {"path": "/drain", "port": 8443}}}),
+        "the port defaults to the profile's"
+    );
+    let cmd = video_with("preStop: {command: [/bin/drain, --wait]}", None);
+    let d = serde_json::to_value(deployment(&owner(), &cmd.modules[0])).unwrap();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["lifecycle"],
+        serde_json::json!({"preStop": {"exec": {"command": ["/bin/drain", "--wait"]}}})
+    );
+    let none = video_with("scaling: {}", None);
+    let d = serde_json::to_value(deployment(&owner(), &none.modules[0])).unwrap();
+    assert!(
+        d["spec"]["template"]["spec"]["containers"][0]
+            .get("lifecycle")
+            .is_none()
+    );
+}

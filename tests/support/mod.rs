@@ -13,7 +13,8 @@
 //! - [`window`]: a seasonal window at the next full minute;
 //! - [`chart`]: the Helm chart's paths, rendered arguments, and templates
 //!   applied for one test;
-//! - [`proxy`]: a proxy before the API server that can stall requests.
+//! - [`proxy`]: a proxy before the API server that can stall requests;
+//! - [`sessions`]: live sessions per pod, written to the custom metrics API.
 #![allow(dead_code, unused_imports)]
 
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod fixture;
 pub mod https;
 pub mod process;
 pub mod proxy;
+pub mod sessions;
 pub mod tools;
 pub mod wait;
 pub mod window;

@@ -1640,3 +1640,235 @@ fn a_drain_time_past_the_schema_bounds_is_held_to_them() {
         );
     }
 }
+
+impl World {
+    /// The HPA controller runs `pods` pods of `module` (scaling now if that
+    /// is a change), and the Deployment follows.
+    fn hpa_runs(&mut self, module: &str, pods: i32) {
+        let now = self.now.as_second();
+        let l = self.live.modules.get_mut(module).unwrap();
+        let h = l.hpa.as_ref().unwrap();
+        let mut slim = (**h).clone();
+        if slim.facts.current_replicas != Some(pods) {
+            slim.facts.last_scale = Some(now);
+        }
+        slim.facts.current_replicas = Some(pods);
+        slim.facts.desired_replicas = Some(pods);
+        l.hpa = Some(Arc::new(slim));
+        self.set_deployment(module, |f| {
+            f.spec_replicas = Some(pods);
+            f.replicas = Some(pods);
+            f.ready_replicas = Some(pods);
+        });
+    }
+
+    fn hpa_max(&self, module: &str) -> i32 {
+        self.live.modules[module]
+            .hpa
+            .as_ref()
+            .unwrap()
+            .facts
+            .max_replicas
+            .unwrap()
+    }
+}
+
+const VIDEO_2000: &str =
+    "{tenantId: acme, modules: [{name: video, concurrency: 2000}, {name: im, concurrency: 1000}]}";
+
+#[test]
+fn a_lowered_ceiling_comes_down_in_steps_no_faster_than_the_scale_down_pace() {
+    let mut w = World::converged(VIDEO_2000);
+    assert_eq!(w.hpa_max("video"), 50);
+    let cpu = |w: &World| w.quota().0["limits.cpu"].clone();
+    let cpu_at_50 = cpu(&w);
+    w.hpa_runs("video", 50);
+    w.later(600);
+    // The season ends (here: the plan is lowered): 2000 → 400 sessions, 50 → 10 replicas.
+    w.edit(BOTH);
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![
+            apply(ChildKind::Hpa, "acme-video"),
+            apply(ChildKind::Quota, "acme-capacity")
+        ]],
+        "the ceiling and the quota come down together"
+    );
+    // Default pace: at most max(1 pod, 10 %) per 60 s.
+    assert_eq!(w.hpa_max("video"), 45);
+    assert_ne!(cpu(&w), cpu_at_50, "the quota follows the stepped ceiling");
+    let m = w.module("video").clone();
+    assert_eq!(m.max_replicas, Some(45));
+    let ramp = m.ramping_down.clone().expect("rampingDown recorded");
+    assert_eq!(ramp.to_max_replicas, 10);
+    assert_eq!(ramp.last_step.as_deref(), Some("2026-03-02T10:10:00+00:00"));
+    assert!(
+        m.message
+            .as_deref()
+            .unwrap()
+            .starts_with("video: ramping down to 10 replicas until "),
+        "{:?}",
+        m.message
+    );
+    let reconciling = d.outcome.reconciling.clone().unwrap();
+    assert_eq!(reconciling.reason, "RampingDown");
+    assert!(d.outcome.ready, "ramping down is not a readiness problem");
+    assert_eq!(
+        d.outcome.requeue,
+        Some(w.now + SignedDuration::from_millis(60_500)),
+        "the next step is looked at when it is due"
+    );
+    // Before the period is over nothing moves, whatever wakes the reconcile.
+    w.hpa_runs("video", 45);
+    w.later(30);
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.hpa_max("video"), 45);
+    // Step by step to the target, each step within the pace of its period.
+    let mut steps = vec![50, 45];
+    for _ in 0..40 {
+        w.later(61);
+        w.reconcile();
+        let max = w.hpa_max("video");
+        let last = *steps.last().unwrap();
+        if max == last {
+            continue;
+        }
+        let allowed = (last * 10 / 100).max(1);
+        assert!(
+            last - max <= allowed,
+            "{last} → {max}: more than {allowed} in one period"
+        );
+        steps.push(max);
+        w.hpa_runs("video", max);
+        if max == 10 {
+            break;
+        }
+    }
+    assert_eq!(*steps.last().unwrap(), 10, "{steps:?}");
+    assert_eq!(
+        steps,
+        [
+            50, 45, 41, 37, 34, 31, 28, 26, 24, 22, 20, 18, 17, 16, 15, 14, 13, 12, 11, 10
+        ]
+    );
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.module("video").ramping_down, None);
+    assert_eq!(w.module("video").message, None);
+    assert_eq!(d.outcome.reconciling, None);
+}
+
+#[test]
+fn a_raise_during_a_ramp_applies_at_once() {
+    let mut w = World::converged(VIDEO_2000);
+    w.hpa_runs("video", 50);
+    w.later(600);
+    w.edit(BOTH);
+    w.reconcile();
+    assert_eq!(w.hpa_max("video"), 45);
+    w.edit(VIDEO_2000);
+    let d = w.reconcile();
+    assert_eq!(w.hpa_max("video"), 50);
+    assert_eq!(w.module("video").ramping_down, None);
+    assert_eq!(d.outcome.reconciling, None);
+}
+
+#[test]
+fn a_lowering_no_running_pod_is_above_applies_at_once() {
+    let mut w = World::converged(VIDEO_2000);
+    w.hpa_runs("video", 8);
+    w.later(600);
+    w.edit(BOTH);
+    w.reconcile();
+    assert_eq!(w.hpa_max("video"), 10);
+    assert_eq!(w.module("video").ramping_down, None);
+}
+
+#[test]
+fn a_ramp_goes_on_when_the_lower_plan_makes_the_spec_invalid() {
+    let mut w = World::converged(
+        "{tenantId: acme, plan: pro, modules: [{name: video, concurrency: 2000}, {name: im, concurrency: 1000}]}",
+    );
+    w.hpa_runs("video", 50);
+    w.later(600);
+    w.catalogue.plans.insert(
+        "pro".into(),
+        serde_saphyr::from_str(
+            "{modules: [{name: video, maxConcurrency: 400, tiers: [hd]}, {name: im, maxConcurrency: 20000}]}",
+        )
+        .unwrap(),
+    );
+    let d = w.reconcile();
+    assert_eq!(d.outcome.ready_reason.reason, "ExceedsPlan");
+    assert_eq!(w.hpa_max("video"), 45);
+    w.hpa_runs("video", 45);
+    w.later(61);
+    w.reconcile();
+    assert_eq!(w.hpa_max("video"), 41, "the next step, not the whole drop");
+}
+
+#[test]
+fn a_profile_sets_its_own_pace() {
+    let mut w = World::converged(VIDEO_2000);
+    let video = w.catalogue.profiles.get_mut("video").unwrap();
+    video.scaling.scale_down = Some(crate::api::ScaleRate {
+        period_seconds: Some(15),
+        max_percent: Some(50),
+        max_pods: Some(2),
+        ..Default::default()
+    });
+    w.hpa_runs("video", 50);
+    w.later(600);
+    w.edit(BOTH);
+    let d = w.reconcile();
+    assert_eq!(w.hpa_max("video"), 25);
+    assert_eq!(
+        d.outcome.requeue,
+        Some(w.now + SignedDuration::from_millis(15_500))
+    );
+}
+
+#[test]
+fn capacity_limited_speaks_in_sessions_when_the_metric_is_known() {
+    let mut w = World::new(BOTH);
+    let video = w.catalogue.profiles.get_mut("video").unwrap();
+    video.scaling.sessions = Some(crate::api::SessionsMetric {
+        metric: "rtc_sessions_active".into(),
+        target_percent: 80,
+    });
+    w.reconcile();
+    w.quota_controller_answers();
+    w.reconcile();
+    w.pods_ready();
+    w.reconcile();
+    let l = w.live.modules.get_mut("video").unwrap();
+    let hpa = l.hpa.as_ref().unwrap();
+    let mut facts = hpa.facts.clone();
+    facts.unbounded_want = Some(16);
+    facts.limited_sessions = Some(1240);
+    l.hpa = Some(Arc::new(Slim::new(
+        hpa.metadata.clone(),
+        hpa.applied,
+        facts,
+    )));
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(
+        d.outcome.limited,
+        ["video: 1,240 sessions live, ceiling 400 (HPA wants 16 replicas, ceiling 10)"]
+    );
+    assert_eq!(
+        w.module("video").message.as_deref(),
+        Some("video: 1,240 sessions live, ceiling 400 (HPA wants 16 replicas, ceiling 10)")
+    );
+}
+
+#[test]
+fn counts_read_with_thousands_separated() {
+    assert_eq!(status::thousands(0), "0");
+    assert_eq!(status::thousands(999), "999");
+    assert_eq!(status::thousands(1240), "1,240");
+    assert_eq!(status::thousands(-1_000_000), "-1,000,000");
+}
