@@ -364,3 +364,137 @@ spec:
     );
     assert!((700.0..=900.0).contains(&cpu));
 }
+
+/// POSTs `value` as `metric` of pod `pod` to the custom metrics adapter's
+/// write port (`TCO_CUSTOM_METRICS_WRITE_URL`, from `hack/cluster.sh env`).
+fn write_pod_metric(ns: &str, pod: &str, metric: &str, value: i64) -> Result<(), String> {
+    let url = std::env::var("TCO_CUSTOM_METRICS_WRITE_URL")
+        .map_err(|_| "TCO_CUSTOM_METRICS_WRITE_URL is not set: eval \"$(hack/cluster.sh env)\"")?;
+    let out = support::tools::run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!("\"{value}\""),
+            &format!("{url}/write-metrics/namespaces/{ns}/pods/{pod}/{metric}"),
+        ],
+        None,
+    );
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    if code.starts_with('2') {
+        Ok(())
+    } else {
+        Err(format!(
+            "write refused: {code} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The custom metrics API serves what is written per pod, and the real HPA
+/// controller reads it: a `Pods` metric at twice its target doubles the
+/// replicas.
+#[test]
+fn custom_metrics_api_serves_written_pod_values_to_the_hpa() {
+    let ns = namespace("custom-metrics");
+    apply(
+        ns.name(),
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: rtc
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: rtc}}
+  template:
+    metadata:
+      labels: {{app: rtc}}
+    spec:
+      containers:
+      - name: rtc
+        image: registry.invalid/rtc:1
+        resources:
+          requests: {{cpu: 100m, memory: 64Mi}}{KWOK_TOLERATION}
+"#
+        ),
+    );
+    let pods = wait_blocking("2 pods of rtc Running", TIMEOUT, || {
+        let out = try_kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            ns.name(),
+            "-l",
+            "app=rtc",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?;
+        let names: Vec<String> = out.split_whitespace().map(String::from).collect();
+        if names.len() == 2 {
+            Ok(names)
+        } else {
+            Err(format!("running: {names:?}"))
+        }
+    });
+    for pod in &pods {
+        write_pod_metric(ns.name(), pod, "rtc_sessions_active", 40).unwrap();
+    }
+    let raw = format!(
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/*/rtc_sessions_active",
+        ns.name()
+    );
+    let served = kubectl(&["get", "--raw", &raw]);
+    for pod in &pods {
+        assert!(served.contains(&format!("\"name\":\"{pod}\"")), "{served}");
+    }
+    assert_eq!(served.matches("\"value\":\"40\"").count(), 2, "{served}");
+    // Target 20 a pod, 40 served: the HPA asks for 4 replicas.
+    apply(
+        ns.name(),
+        r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: rtc
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: rtc}
+  minReplicas: 1
+  maxReplicas: 10
+  metrics:
+  - type: Pods
+    pods:
+      metric: {name: rtc_sessions_active}
+      target: {type: AverageValue, averageValue: "20"}
+"#,
+    );
+    wait_blocking("the HPA to read 40 sessions a pod and want 4", TIMEOUT, || {
+        let out = try_kubectl(&[
+            "get",
+            "hpa",
+            "rtc",
+            "-n",
+            ns.name(),
+            "-o",
+            "jsonpath={.status.currentMetrics[0].pods.current.averageValue} {.status.desiredReplicas}",
+        ])?;
+        if out.trim() == "40 4" {
+            Ok(())
+        } else {
+            Err(format!("averageValue desiredReplicas = {out:?}"))
+        }
+    });
+}
