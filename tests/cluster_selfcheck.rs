@@ -481,20 +481,24 @@ spec:
       target: {type: AverageValue, averageValue: "20"}
 "#,
     );
-    wait_blocking("the HPA to read 40 sessions a pod and want 4", TIMEOUT, || {
-        let out = try_kubectl(&[
-            "get",
-            "hpa",
-            "rtc",
-            "-n",
-            ns.name(),
-            "-o",
-            "jsonpath={.status.currentMetrics[0].pods.current.averageValue} {.status.desiredReplicas}",
-        ])?;
-        if out.trim() == "40 4" {
-            Ok(())
-        } else {
-            Err(format!("averageValue desiredReplicas = {out:?}"))
-        }
-    });
+    wait_blocking(
+        "the HPA to read 40 sessions a pod and want 4",
+        TIMEOUT,
+        || {
+            let out = try_kubectl(&[
+                "get",
+                "hpa",
+                "rtc",
+                "-n",
+                ns.name(),
+                "-o",
+                "jsonpath={.status.currentMetrics[0].pods.current.averageValue} {.status.desiredReplicas}",
+            ])?;
+            if out.trim() == "40 4" {
+                Ok(())
+            } else {
+                Err(format!("averageValue desiredReplicas = {out:?}"))
+            }
+        },
+    );
 }

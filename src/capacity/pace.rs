@@ -108,7 +108,8 @@ pub enum Ramp {
     /// The ceiling comes down in steps: write `max_replicas` now.
     Step {
         max_replicas: i32,
-        /// True when `max_replicas` is lower than the ceiling in force.
+        /// True when this is a step (pods may leave now); false when the
+        /// ceiling only comes down to the pods that run.
         stepped: bool,
         /// When the next step may be taken (Unix seconds).
         next_at: i64,
@@ -141,20 +142,23 @@ pub fn ramp_down(input: RampInput, pace: Pace) -> Ramp {
         return Ramp::Direct;
     }
     let period = pace.period_seconds.max(1) as i64;
+    // Both instants are whole seconds, cut from later ones: a step waits a
+    // second more than the period, so that none comes early.
     let due = [last_step, last_scale]
         .into_iter()
         .flatten()
-        .map(|t| t + period)
+        .map(|t| t + period + 1)
         .max()
         .unwrap_or(now);
     // Step from what runs (the HPA may already be below the old ceiling),
     // never above the ceiling in force.
     let base = running.min(previous);
+    // Not yet due: the ceiling comes down to what runs (no pod leaves).
     let (max_replicas, stepped, next_at) = if now >= due {
         let next = (base - pace.per_period(base)).max(target);
-        (next, next < previous, now + period)
+        (next, true, now + period + 1)
     } else {
-        (previous, false, due)
+        (base, false, due)
     };
     // How long the rest takes at this pace, one step per period.
     let mut until = if stepped { now } else { due - period };
@@ -211,7 +215,7 @@ mod tests {
             Ramp::Step {
                 max_replicas: 36,
                 stepped: true,
-                next_at: 1_060,
+                next_at: 1_061,
                 // 36→33→30→27→25→23→21→19→18→17→16→15→14→13→12→11→10
                 until: 1_000 + 16 * 60,
             }
@@ -234,6 +238,23 @@ mod tests {
     #[test]
     fn the_next_step_waits_a_period_after_the_last_one_or_the_hpas_own_scale() {
         let mut i = input(10, 36, Some(36));
+        // Not due, but fewer pods run than the ceiling: down to them at once.
+        i.current = Some(30);
+        i.last_step = Some(970);
+        let r = ramp_down(i, Pace::DOWN);
+        assert!(
+            matches!(
+                r,
+                Ramp::Step {
+                    max_replicas: 30,
+                    stepped: false,
+                    next_at: 1_031,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        i.current = Some(36);
         i.last_step = Some(970);
         let r = ramp_down(i, Pace::DOWN);
         assert!(
@@ -242,13 +263,13 @@ mod tests {
                 Ramp::Step {
                     max_replicas: 36,
                     stepped: false,
-                    next_at: 1_030,
+                    next_at: 1_031,
                     ..
                 }
             ),
             "{r:?}"
         );
-        i.last_step = Some(940);
+        i.last_step = Some(939);
         i.last_scale = Some(990);
         let r = ramp_down(i, Pace::DOWN);
         assert!(
@@ -257,7 +278,7 @@ mod tests {
                 Ramp::Step {
                     max_replicas: 36,
                     stepped: false,
-                    next_at: 1_050,
+                    next_at: 1_051,
                     ..
                 }
             ),
@@ -271,7 +292,7 @@ mod tests {
                 Ramp::Step {
                     max_replicas: 33,
                     stepped: true,
-                    next_at: 1_060,
+                    next_at: 1_061,
                     ..
                 }
             ),

@@ -138,7 +138,9 @@ impl Fixture {
             None,
             &profile_yaml(
                 &video,
-                "  port: 8443\n  scaling: {cpuUtilization: 65}\n  tiers: {sd: {sessionsPerReplica: 60}, uhd: {sessionsPerReplica: 15}}",
+                // A minute's scale-down stabilisation and 15 s periods (the
+                // default is 5 minutes and 60 s): scale-ins within a test.
+                "  port: 8443\n  scaling: {cpuUtilization: 65, scaleDown: {stabilizationSeconds: 60, periodSeconds: 15}}\n  tiers: {sd: {sessionsPerReplica: 60}, uhd: {sessionsPerReplica: 15}}",
             ),
         )
         .await;

@@ -1,6 +1,7 @@
 //! Renders the demo timeline (hack/demo.sh → docs/demo/timeline.csv) as an
-//! SVG chart: one panel per module with the simulated load, what the HPA
-//! wants, the replicas running, and the ceiling and floor the operator set.
+//! SVG chart: one panel per module with the simulated live sessions, what
+//! the HPA wants, the replicas running, the ceiling and floor the operator
+//! set, and when the tenant was capacity-limited or a ceiling ramped down.
 //!
 //!     tco-demo-plot <timeline.csv> <timeline.svg>
 
@@ -14,30 +15,32 @@ struct Sample {
     t: f64,
     phase: String,
     module: String,
-    load_per_pod_m: f64,
+    sessions_per_pod: f64,
     demand_replicas: f64,
     desired: Option<f64>,
     replicas: Option<f64>,
     ceiling: Option<f64>,
     floor: Option<f64>,
     limited: bool,
+    ramping: bool,
 }
 
 fn parse(csv: &str) -> Result<Vec<Sample>, Box<dyn Error>> {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().ok_or("empty CSV")?.split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| format!("no column {name:?} in the CSV"));
-    let (t, phase, module, load, demand, desired, replicas, ceiling, floor, limited) = (
+    let (t, phase, module, load, demand, desired, replicas, ceiling, floor, limited, ramping) = (
         col("t_s")?,
         col("phase")?,
         col("module")?,
-        col("load_cpu_per_pod_m")?,
+        col("sessions_per_pod")?,
         col("demand_replicas")?,
         col("hpa_desired")?,
         col("replicas")?,
         col("ceiling")?,
         col("floor")?,
         col("capacity_limited")?,
+        col("ramping_down")?,
     );
     let mut out = Vec::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -47,13 +50,14 @@ fn parse(csv: &str) -> Result<Vec<Sample>, Box<dyn Error>> {
             t: num(t).ok_or_else(|| format!("line {}: bad t_s", i + 2))?,
             phase: f.get(phase).unwrap_or(&"").to_string(),
             module: f.get(module).unwrap_or(&"").to_string(),
-            load_per_pod_m: num(load).unwrap_or(0.0),
+            sessions_per_pod: num(load).unwrap_or(0.0),
             demand_replicas: num(demand).unwrap_or(0.0),
             desired: num(desired),
             replicas: num(replicas),
             ceiling: num(ceiling),
             floor: num(floor),
             limited: f.get(limited).is_some_and(|v| v.trim() == "1"),
+            ramping: f.get(ramping).is_some_and(|v| v.trim() == "1"),
         });
     }
     Ok(out)
@@ -134,16 +138,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     let demand_c = RGBColor(90, 90, 90);
     let load_c = RGBColor(150, 60, 170);
     let limited_c = RGBColor(255, 210, 210);
+    let ramping_c = RGBColor(205, 225, 250);
 
     // One legend for all panels, in rows of three under the title.
-    let legend: [(&str, RGBColor, u32, bool); 7] = [
+    let legend: [(&str, RGBColor, u32, bool); 8] = [
         ("Deployment replicas", replicas_c, 5, false),
         ("HPA desired replicas", desired_c, 2, false),
-        ("demand: replicas needed at the CPU target", demand_c, 2, false),
+        ("demand: replicas needed at the sessions target", demand_c, 2, false),
         ("ceiling (HPA maxReplicas)", ceiling_c, 2, true),
         ("floor (HPA minReplicas)", floor_c, 2, true),
-        ("load: simulated CPU per pod (millicores, right axis)", load_c, 1, true),
+        ("load: live sessions per pod (right axis)", load_c, 1, true),
         ("CapacityLimited=True (shaded)", limited_c, 10, false),
+        ("ceiling ramping down (shaded)", ramping_c, 10, false),
     ];
     let font = ("sans-serif", 14).into_font().color(&BLACK);
     for (i, (label, color, width_px, dashed)) in legend.iter().enumerate() {
@@ -168,7 +174,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             .fold(1.0, f64::max);
         // Head room for the phase labels.
         let y_max = (y_top * 1.3).ceil();
-        let load_max = rows.iter().map(|s| s.load_per_pod_m).fold(100.0, f64::max) * 1.3;
+        let load_max = rows.iter().map(|s| s.sessions_per_pod).fold(10.0, f64::max) * 1.3;
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("module {module}"), ("sans-serif", 18))
             .margin(12)
@@ -189,6 +195,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         for (a, b) in spans(rows, |s| s.limited) {
             chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_top * 1.08)], limited_c.filled())))?;
         }
+        for (a, b) in spans(rows, |s| s.ramping) {
+            chart.draw_series(std::iter::once(Rectangle::new([(a, 0.0), (b, y_top * 1.08)], ramping_c.filled())))?;
+        }
         chart
             .configure_mesh()
             .x_desc("time since the demo started (s)")
@@ -199,7 +208,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             .draw()?;
         chart
             .configure_secondary_axes()
-            .y_desc("simulated CPU per pod (millicores)")
+            .y_desc("live sessions per pod")
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()?;
         for (i, (t0, name)) in starts.iter().enumerate() {
@@ -231,7 +240,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         chart.draw_series(LineSeries::new(steps(series(|s| Some(s.demand_replicas))), demand_c.stroke_width(2)))?;
         chart.draw_series(DashedLineSeries::new(steps(series(|s| s.ceiling)), 10, 6, ceiling_c.stroke_width(2)))?;
         chart.draw_series(DashedLineSeries::new(steps(series(|s| s.floor)), 10, 6, floor_c.stroke_width(2)))?;
-        let load: Vec<(f64, f64)> = steps(rows.iter().map(|s| (s.t, s.load_per_pod_m)).collect());
+        let load: Vec<(f64, f64)> = steps(rows.iter().map(|s| (s.t, s.sessions_per_pod)).collect());
         chart.draw_secondary_series(DashedLineSeries::new(load, 4, 3, load_c.stroke_width(1)))?;
     }
     root.present()?;

@@ -1716,7 +1716,7 @@ fn a_lowered_ceiling_comes_down_in_steps_no_faster_than_the_scale_down_pace() {
     assert!(d.outcome.ready, "ramping down is not a readiness problem");
     assert_eq!(
         d.outcome.requeue,
-        Some(w.now + SignedDuration::from_millis(60_500)),
+        Some(w.now + SignedDuration::from_millis(61_500)),
         "the next step is looked at when it is due"
     );
     // Before the period is over nothing moves, whatever wakes the reconcile.
@@ -1826,7 +1826,7 @@ fn a_profile_sets_its_own_pace() {
     assert_eq!(w.hpa_max("video"), 25);
     assert_eq!(
         d.outcome.requeue,
-        Some(w.now + SignedDuration::from_millis(15_500))
+        Some(w.now + SignedDuration::from_millis(16_500))
     );
 }
 
