@@ -160,12 +160,12 @@ pub fn ramp_down(input: RampInput, pace: Pace) -> Ramp {
     } else {
         (base, false, due)
     };
-    // How long the rest takes at this pace, one step per period.
-    let mut until = if stepped { now } else { due - period };
+    // How long the rest takes at this pace: a step each period and a second.
+    let mut until = if stepped { now } else { due - period - 1 };
     let mut pods = max_replicas;
     while pods > target {
         pods = (pods - pace.per_period(pods)).max(target);
-        until += period;
+        until += period + 1;
     }
     if max_replicas <= target {
         return Ramp::Direct;
@@ -217,7 +217,7 @@ mod tests {
                 stepped: true,
                 next_at: 1_061,
                 // 36→33→30→27→25→23→21→19→18→17→16→15→14→13→12→11→10
-                until: 1_000 + 16 * 60,
+                until: 1_000 + 16 * 61,
             }
         );
         // From fewer running pods than the old ceiling, the step starts there.
@@ -317,7 +317,7 @@ mod tests {
                 Ramp::Step {
                     max_replicas: 12,
                     stepped: true,
-                    until: 1_060,
+                    until: 1_061,
                     ..
                 }
             ),
