@@ -64,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "installing the CRDs and the example catalogue (profiles, plans)"
-"${BIN}" crd | kubectl apply --server-side -f - >/dev/null
+"${BIN}" crd | kubectl apply --server-side --force-conflicts -f - >/dev/null
 for crd in moduleprofiles tenantsubscriptions subscriptionplans capacitycalendars; do
   kubectl wait --for condition=established --timeout=60s "crd/${crd}.capacity.tenancy.dev" >/dev/null
 done

@@ -112,6 +112,30 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
             "spec.nodeSelector.gpu",
         ),
         (too_many_tolerations.as_str(), "spec.tolerations"),
+        (
+            "{image: x, sessionsPerReplica: 10, scaling: {sessions: {metric: '1 sessions'}}}",
+            "spec.scaling.sessions.metric",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, scaling: {sessions: {metric: m, targetPercent: 120}}}",
+            "spec.scaling.sessions.targetPercent",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, scaling: {scaleDown: {maxPercent: 150}}}",
+            "spec.scaling.scaleDown.maxPercent",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, scaling: {scaleUp: {periodSeconds: 0}}}",
+            "spec.scaling.scaleUp.periodSeconds",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, preStop: {}}",
+            "spec.preStop",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, preStop: {httpGet: {path: drain}}}",
+            "spec.preStop.httpGet.path",
+        ),
     ];
     for (i, (spec, field)) in bad_profiles.iter().enumerate() {
         let value: serde_json::Value = serde_saphyr::from_str(&format!(

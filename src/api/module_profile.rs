@@ -164,6 +164,7 @@ fn default_min_replicas() -> i32 {
 /// it may add and remove pods.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.scaleDown) || !has(self.scaleDown.maxPercent) || self.scaleDown.maxPercent <= 100").message("scaleDown.maxPercent must be at most 100 (pods removed per period, in percent)").field_path(".scaleDown.maxPercent"))]
 pub struct Scaling {
     /// Target average CPU utilisation, in percent of the requested CPU.
     /// Unset: 70 when no sessions metric is named; with one, CPU is a

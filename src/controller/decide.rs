@@ -317,11 +317,12 @@ fn ramps(
     plan: &CapacityPlan,
     live: &Live,
     now: Timestamp,
-) -> (CapacityPlan, BTreeMap<String, Ramping>) {
+) -> (Option<CapacityPlan>, BTreeMap<String, Ramping>) {
     let old = sub.status.as_ref();
-    let mut plan = plan.clone();
     let mut ramps = BTreeMap::new();
-    for m in &mut plan.modules {
+    // The steps, by module index: the plan is copied only when one ramps.
+    let mut steps = Vec::new();
+    for (i, m) in plan.modules.iter().enumerate() {
         let Some(rec) = old
             .into_iter()
             .flat_map(|s| &s.modules)
@@ -351,10 +352,15 @@ fn ramps(
                 let d = &l.deployment.as_ref()?.facts;
                 d.spec_replicas.or(d.replicas)
             }),
-            last_step: rec
-                .ramping_down
-                .as_ref()
-                .and_then(|r| seconds(&r.last_step)),
+            // The HPA below the recorded ceiling: a step was written whose
+            // status the cache does not hold yet. It was taken just now.
+            last_step: if applied < recorded {
+                Some(now.as_second())
+            } else {
+                rec.ramping_down
+                    .as_ref()
+                    .and_then(|r| seconds(&r.last_step))
+            },
             last_scale: hpa.last_scale.map(|t| t.min(now.as_second())),
             now: now.as_second(),
         };
@@ -381,8 +387,7 @@ fn ramps(
                 .to_zoned(plan.time_zone.clone())
                 .strftime("%H:%M %Z"),
         );
-        m.numbers.max_replicas = max_replicas;
-        m.numbers.min_replicas = m.numbers.min_replicas.min(max_replicas);
+        steps.push((i, max_replicas));
         ramps.insert(
             m.name.clone(),
             Ramping {
@@ -396,7 +401,16 @@ fn ramps(
             },
         );
     }
-    (plan, ramps)
+    if steps.is_empty() {
+        return (None, ramps);
+    }
+    let mut plan = plan.clone();
+    for (i, max) in steps {
+        let n = &mut plan.modules[i].numbers;
+        n.max_replicas = max;
+        n.min_replicas = n.min_replicas.min(max);
+    }
+    (Some(plan), ramps)
 }
 
 /// A restrained converge's outcome, reported as paused.
@@ -981,7 +995,7 @@ fn converge(
         .next_transition
         .map(|t| t + SignedDuration::from_millis(500));
     let (ramped, ramps) = ramps(sub, plan, live, now);
-    let plan = &ramped;
+    let plan = ramped.as_ref().unwrap_or(plan);
     if let Some(next) = ramps.values().map(|r| r.next_at).min() {
         requeue = Some(requeue.map_or(next, |r| r.min(next)));
     }

@@ -1872,3 +1872,22 @@ fn counts_read_with_thousands_separated() {
     assert_eq!(status::thousands(1240), "1,240");
     assert_eq!(status::thousands(-1_000_000), "-1,000,000");
 }
+
+#[test]
+fn a_step_whose_status_is_not_cached_yet_is_not_taken_twice() {
+    let mut w = World::converged(VIDEO_2000);
+    w.hpa_runs("video", 50);
+    w.later(600);
+    w.edit(BOTH);
+    let before = w.sub.status.clone();
+    w.reconcile();
+    assert_eq!(w.hpa_max("video"), 45);
+    // The HPA's cache has the step, the subscription's cache not yet its
+    // status (the HPA's update event comes first).
+    w.sub.status = before;
+    w.later(1);
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.hpa_max("video"), 45, "one step per period");
+    assert_eq!(w.module("video").max_replicas, Some(45));
+}
