@@ -539,14 +539,16 @@ spec:
 EOF
 }
 
-# metrics-server runs as a local process: an ExternalName Service points the
-# aggregator at 127.0.0.1:<port>, and the APIService trusts our CA.
-apply_metrics_apiservice() {
+# metrics-server and the custom metrics adapter run as local processes: an
+# ExternalName Service points the aggregator at 127.0.0.1:<port>, and the
+# APIService trusts our CA.
+apply_apiservice() { # service group version port priority
+  local service="$1" group="$2" version="$3" port="$4" priority="$5"
   kubectl_admin apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
 metadata:
-  name: metrics-server
+  name: ${service}
   namespace: kube-system
 spec:
   type: ExternalName
@@ -555,48 +557,25 @@ spec:
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
 metadata:
-  name: v1beta1.metrics.k8s.io
+  name: ${version}.${group}
 spec:
-  group: metrics.k8s.io
-  version: v1beta1
+  group: ${group}
+  version: ${version}
   groupPriorityMinimum: 100
-  versionPriority: 100
+  versionPriority: ${priority}
   service:
-    name: metrics-server
+    name: ${service}
     namespace: kube-system
-    port: ${METRICS_SERVER_PORT}
+    port: ${port}
   caBundle: $(base64 -w0 "${PKI_DIR}/ca.crt")
 EOF
 }
-
-# The custom metrics adapter, like metrics-server: a local process behind an
-# ExternalName Service. v1beta2 is what the HPA controller asks for first.
+apply_metrics_apiservice() {
+  apply_apiservice metrics-server metrics.k8s.io v1beta1 "${METRICS_SERVER_PORT}" 100
+}
+# v1beta2 is what the HPA controller asks the custom metrics API for first.
 apply_custom_metrics_apiservice() {
-  kubectl_admin apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata:
-  name: custom-metrics-adapter
-  namespace: kube-system
-spec:
-  type: ExternalName
-  externalName: 127.0.0.1
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata:
-  name: v1beta2.custom.metrics.k8s.io
-spec:
-  group: custom.metrics.k8s.io
-  version: v1beta2
-  groupPriorityMinimum: 100
-  versionPriority: 200
-  service:
-    name: custom-metrics-adapter
-    namespace: kube-system
-    port: ${CUSTOM_METRICS_PORT}
-  caBundle: $(base64 -w0 "${PKI_DIR}/ca.crt")
-EOF
+  apply_apiservice custom-metrics-adapter custom.metrics.k8s.io v1beta2 "${CUSTOM_METRICS_PORT}" 200
 }
 
 # --- subcommands -------------------------------------------------------------

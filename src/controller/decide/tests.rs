@@ -1662,6 +1662,16 @@ impl World {
         });
     }
 
+    /// Video bought at 2000 sessions (50 replicas), its HPA running
+    /// `running` pods, then lowered to 400 (10 replicas) ten minutes later.
+    fn video_lowered_while_running(running: i32) -> Self {
+        let mut w = World::converged(VIDEO_2000);
+        w.hpa_runs("video", running);
+        w.later(600);
+        w.edit(BOTH);
+        w
+    }
+
     fn hpa_max(&self, module: &str) -> i32 {
         self.live.modules[module]
             .hpa
@@ -1762,10 +1772,7 @@ fn a_lowered_ceiling_comes_down_in_steps_no_faster_than_the_scale_down_pace() {
 
 #[test]
 fn a_raise_during_a_ramp_applies_at_once() {
-    let mut w = World::converged(VIDEO_2000);
-    w.hpa_runs("video", 50);
-    w.later(600);
-    w.edit(BOTH);
+    let mut w = World::video_lowered_while_running(50);
     w.reconcile();
     assert_eq!(w.hpa_max("video"), 45);
     w.edit(VIDEO_2000);
@@ -1777,10 +1784,7 @@ fn a_raise_during_a_ramp_applies_at_once() {
 
 #[test]
 fn a_lowering_no_running_pod_is_above_applies_at_once() {
-    let mut w = World::converged(VIDEO_2000);
-    w.hpa_runs("video", 8);
-    w.later(600);
-    w.edit(BOTH);
+    let mut w = World::video_lowered_while_running(8);
     w.reconcile();
     assert_eq!(w.hpa_max("video"), 10);
     assert_eq!(w.module("video").ramping_down, None);
@@ -1875,10 +1879,7 @@ fn counts_read_with_thousands_separated() {
 
 #[test]
 fn a_step_whose_status_is_not_cached_yet_is_not_taken_twice() {
-    let mut w = World::converged(VIDEO_2000);
-    w.hpa_runs("video", 50);
-    w.later(600);
-    w.edit(BOTH);
+    let mut w = World::video_lowered_while_running(50);
     let before = w.sub.status.clone();
     w.reconcile();
     assert_eq!(w.hpa_max("video"), 45);
