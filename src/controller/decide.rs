@@ -374,10 +374,15 @@ fn ramps(
             continue;
         };
         let at = |t: i64| Timestamp::from_second(t).unwrap_or(now);
+        // The step the next one waits for: this one, or the last one as
+        // this reconcile knew it (possibly inferred from the HPA, above:
+        // recording an older one would let the next step come early).
         let last_step = if stepped {
             Some(format_instant(now, &plan.time_zone))
         } else {
-            rec.ramping_down.as_ref().and_then(|r| r.last_step.clone())
+            input
+                .last_step
+                .map(|t| format_instant(at(t), &plan.time_zone))
         };
         let running = input.current.unwrap_or(max_replicas);
         let message = format!(

@@ -1891,4 +1891,10 @@ fn a_step_whose_status_is_not_cached_yet_is_not_taken_twice() {
     assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
     assert_eq!(w.hpa_max("video"), 45, "one step per period");
     assert_eq!(w.module("video").max_replicas, Some(45));
+    // That reconcile's status (written over the step's) keeps the step's
+    // time: the HPA has not scaled yet, and still no second step.
+    w.later(5);
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.hpa_max("video"), 45);
 }
