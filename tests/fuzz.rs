@@ -777,14 +777,45 @@ fn child(body: &Value) -> Vec<String> {
             if h.spec.scale_target_ref.name != h.metadata.name.clone().unwrap_or_default() {
                 errors.push("scales another object".into());
             }
-            for m in h.spec.metrics.iter().flatten() {
-                let u = m
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.target.average_utilization);
-                if u.is_none_or(|u| u < 1) {
-                    errors.push(format!("utilization target {u:?}"));
+            let metrics = h.spec.metrics.clone().unwrap_or_default();
+            if metrics.is_empty() {
+                errors.push("no metric".into());
+            }
+            for m in &metrics {
+                match (&m.resource, &m.pods) {
+                    (Some(r), None) => {
+                        let u = r.target.average_utilization;
+                        if u.is_none_or(|u| u < 1) {
+                            errors.push(format!("utilization target {u:?}"));
+                        }
+                    }
+                    (None, Some(p)) => {
+                        let v = p.target.average_value.as_ref().map(|q| q.0.clone());
+                        let positive = v.as_deref().is_some_and(|v| {
+                            tenant_capacity_operator::capacity::Quantity::parse(v)
+                                .is_ok_and(|q| q.0 > 0)
+                        });
+                        if !positive || p.metric.name.is_empty() {
+                            errors.push(format!("pods metric {:?} target {v:?}", p.metric.name));
+                        }
+                    }
+                    _ => errors.push(format!("metric of type {}", m.type_)),
                 }
+            }
+            // Every HPA has a bounded scale-down.
+            let down = h.spec.behavior.as_ref().and_then(|b| b.scale_down.as_ref());
+            let bounded = down.is_some_and(|d| {
+                let policies = d.policies.clone().unwrap_or_default();
+                !policies.is_empty()
+                    && d.select_policy.as_deref() != Some("Disabled")
+                    && policies.iter().all(|p| {
+                        p.value >= 1
+                            && p.period_seconds >= 1
+                            && (p.type_ != "Percent" || p.value <= 100)
+                    })
+            });
+            if !bounded {
+                errors.push(format!("scale-down not bounded: {down:?}"));
             }
         }
         "Service" => {
