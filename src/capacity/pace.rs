@@ -182,6 +182,32 @@ pub fn ramp_down(input: RampInput, pace: Pace) -> Ramp {
 mod tests {
     use super::*;
 
+    /// A step's ceiling, whether it is a step, and when the next is due.
+    fn step(r: Ramp) -> Option<(i32, bool, i64)> {
+        match r {
+            Ramp::Step {
+                max_replicas,
+                stepped,
+                next_at,
+                ..
+            } => Some((max_replicas, stepped, next_at)),
+            Ramp::Direct => None,
+        }
+    }
+
+    /// A step's ceiling, whether it is a step, and when the ramp ends.
+    fn step_until(r: Ramp) -> Option<(i32, bool, i64)> {
+        match r {
+            Ramp::Step {
+                max_replicas,
+                stepped,
+                until,
+                ..
+            } => Some((max_replicas, stepped, until)),
+            Ramp::Direct => None,
+        }
+    }
+
     fn input(target: i32, previous: i32, current: Option<i32>) -> RampInput {
         RampInput {
             target,
@@ -222,17 +248,7 @@ mod tests {
         );
         // From fewer running pods than the old ceiling, the step starts there.
         let r = ramp_down(input(10, 40, Some(20)), Pace::DOWN);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 18,
-                    stepped: true,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step(r), Some((18, true, 1_061)));
     }
 
     #[test]
@@ -242,62 +258,18 @@ mod tests {
         i.current = Some(30);
         i.last_step = Some(970);
         let r = ramp_down(i, Pace::DOWN);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 30,
-                    stepped: false,
-                    next_at: 1_031,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step(r), Some((30, false, 1_031)));
         i.current = Some(36);
         i.last_step = Some(970);
         let r = ramp_down(i, Pace::DOWN);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 36,
-                    stepped: false,
-                    next_at: 1_031,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step(r), Some((36, false, 1_031)));
         i.last_step = Some(939);
         i.last_scale = Some(990);
         let r = ramp_down(i, Pace::DOWN);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 36,
-                    stepped: false,
-                    next_at: 1_051,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step(r), Some((36, false, 1_051)));
         i.last_scale = Some(900);
         let r = ramp_down(i, Pace::DOWN);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 33,
-                    stepped: true,
-                    next_at: 1_061,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step(r), Some((33, true, 1_061)));
     }
 
     #[test]
@@ -311,18 +283,7 @@ mod tests {
         };
         assert_eq!(ramp_down(input(10, 16, Some(16)), pace), Ramp::Direct);
         let r = ramp_down(input(10, 24, Some(24)), pace);
-        assert!(
-            matches!(
-                r,
-                Ramp::Step {
-                    max_replicas: 12,
-                    stepped: true,
-                    until: 1_061,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_eq!(step_until(r), Some((12, true, 1_061)));
     }
 
     #[test]
