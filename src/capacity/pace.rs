@@ -95,7 +95,10 @@ pub struct RampInput {
     /// When the ceiling was last stepped down (Unix seconds), if it was.
     pub last_step: Option<i64>,
     /// When the HPA last scaled (Unix seconds), if known: a scale-down the
-    /// HPA made itself uses up the same period.
+    /// HPA made itself uses up the same period. The namespace's admin can
+    /// make the HPA scale (scaling the Deployment by hand, which the HPA
+    /// scales back), so this delays a step by one more period at most:
+    /// the ramp cannot be held up from inside the namespace.
     pub last_scale: Option<i64>,
     pub now: i64,
 }
@@ -144,12 +147,14 @@ pub fn ramp_down(input: RampInput, pace: Pace) -> Ramp {
     let period = pace.period_seconds.max(1) as i64;
     // Both instants are whole seconds, cut from later ones: a step waits a
     // second more than the period, so that none comes early.
-    let due = [last_step, last_scale]
-        .into_iter()
-        .flatten()
-        .map(|t| t + period + 1)
-        .max()
-        .unwrap_or(now);
+    let wait = period + 1;
+    let due = match (last_step, last_scale) {
+        (None, None) => now,
+        (None, Some(scale)) => scale + wait,
+        (Some(step), scale) => {
+            (step + wait).max(scale.map_or(0, |scale| (scale + wait).min(step + 2 * wait)))
+        }
+    };
     // Step from what runs (the HPA may already be below the old ceiling),
     // never above the ceiling in force.
     let base = running.min(previous);
@@ -270,6 +275,29 @@ mod tests {
         i.last_scale = Some(900);
         let r = ramp_down(i, Pace::DOWN);
         assert_eq!(step(r), Some((33, true, 1_061)));
+    }
+
+    #[test]
+    fn an_hpa_scaling_again_and_again_delays_a_step_by_one_period_at_most() {
+        // The HPA scales every few seconds (the namespace admin scales the
+        // Deployment by hand, the HPA scales it back): each step still
+        // comes within two periods of the last.
+        let mut i = input(10, 36, Some(36));
+        i.last_step = Some(900);
+        for now in [961, 1_000, 1_021] {
+            i.now = now;
+            i.last_scale = Some(now - 1);
+            let r = ramp_down(i, Pace::DOWN);
+            assert_eq!(step(r).map(|s| s.1), Some(now >= 1_022), "at {now}: {r:?}");
+        }
+        i.now = 1_022;
+        i.last_scale = Some(1_021);
+        assert_eq!(step(ramp_down(i, Pace::DOWN)), Some((33, true, 1_083)));
+        // Before any step, the HPA's last scale is waited for once; the
+        // operator records it as the step to count from (see decide).
+        let mut i = input(10, 36, Some(36));
+        i.last_scale = Some(990);
+        assert_eq!(step(ramp_down(i, Pace::DOWN)), Some((36, false, 1_051)));
     }
 
     #[test]

@@ -377,11 +377,15 @@ fn ramps(
         // The step the next one waits for: this one, or the last one as
         // this reconcile knew it (possibly inferred from the HPA, above:
         // recording an older one would let the next step come early).
+        // Before any step, the HPA's last scale it waits for stands in
+        // for one, so that the HPA scaling again (which the namespace can
+        // cause) delays the first step by one more period at most.
         let last_step = if stepped {
             Some(format_instant(now, &plan.time_zone))
         } else {
             input
                 .last_step
+                .or(input.last_scale)
                 .map(|t| format_instant(at(t), &plan.time_zone))
         };
         let running = input.current.unwrap_or(max_replicas);

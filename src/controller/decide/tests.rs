@@ -1898,3 +1898,33 @@ fn a_step_whose_status_is_not_cached_yet_is_not_taken_twice() {
     assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
     assert_eq!(w.hpa_max("video"), 45);
 }
+
+#[test]
+fn the_namespace_cannot_hold_a_ramp_by_making_the_hpa_scale() {
+    // The tenant's admin scales the Deployment up by hand every 10 s; the
+    // HPA scales it back to its ceiling each time, so its last scale is
+    // always seconds ago while it runs as many pods as before.
+    let mut w = World::video_lowered_while_running(50);
+    w.reconcile();
+    assert_eq!(w.hpa_max("video"), 45);
+    let mut last_change = w.now;
+    let mut steps = 0;
+    for _ in 0..120 {
+        w.later(10);
+        let max = w.hpa_max("video");
+        w.hpa_runs("video", max);
+        let now = w.now.as_second();
+        let l = w.live.modules.get_mut("video").unwrap();
+        let mut hpa = (**l.hpa.as_ref().unwrap()).clone();
+        hpa.facts.last_scale = Some(now - 1);
+        l.hpa = Some(Arc::new(hpa));
+        w.reconcile();
+        if w.hpa_max("video") < max {
+            let gap = w.now.duration_since(last_change).as_secs();
+            assert!(gap <= 2 * 61 + 10, "a step held {gap}s");
+            last_change = w.now;
+            steps += 1;
+        }
+    }
+    assert!(steps >= 9, "{steps} steps in 20 minutes");
+}
