@@ -23,6 +23,8 @@ mod namespace;
 mod pause;
 #[path = "tenant_boundary/quota.rs"]
 mod quota;
+#[path = "tenant_boundary/ramp.rs"]
+mod ramp;
 
 use std::time::Duration;
 

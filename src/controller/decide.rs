@@ -348,10 +348,16 @@ fn ramps(
         let input = RampInput {
             target,
             previous: recorded.min(applied),
-            current: hpa.current_replicas.or_else(|| {
-                let d = &l.deployment.as_ref()?.facts;
-                d.spec_replicas.or(d.replicas)
-            }),
+            // The most pods known to run: the HPA's count lags a scale it
+            // has just made (or a floor just raised) by up to a sync.
+            current: [
+                hpa.current_replicas,
+                l.deployment.as_ref().and_then(|d| d.facts.spec_replicas),
+                l.deployment.as_ref().and_then(|d| d.facts.replicas),
+            ]
+            .into_iter()
+            .flatten()
+            .max(),
             // The HPA below the recorded ceiling: a step was written whose
             // status the cache does not hold yet. It was taken just now.
             last_step: if applied < recorded {

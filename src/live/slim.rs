@@ -245,6 +245,7 @@ impl Slimmable for Deployment {
 
 impl Slimmable for HorizontalPodAutoscaler {
     fn facts(&self) -> Facts {
+        let limited = limited(self);
         Facts {
             min_replicas: self.spec.min_replicas,
             max_replicas: Some(self.spec.max_replicas),
@@ -255,8 +256,8 @@ impl Slimmable for HorizontalPodAutoscaler {
                 .as_ref()
                 .and_then(|s| s.last_scale_time.as_ref())
                 .map(|t| t.0.as_second()),
-            unbounded_want: limited(self).then(|| unbounded_want(self)).flatten(),
-            limited_sessions: limited(self).then(|| limited_sessions(self)).flatten(),
+            unbounded_want: limited.then(|| unbounded_want(self)).flatten(),
+            limited_sessions: limited.then(|| limited_sessions(self)).flatten(),
             ..Default::default()
         }
     }
