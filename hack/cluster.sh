@@ -16,7 +16,9 @@
 # Environment:
 #   TCO_CACHE       build cache root   (default ~/.cache/tenant-capacity-operator)
 #   TCO_CLUSTER_DIR runtime state/logs (default ~/.local/state/tenant-capacity-operator/cluster)
-#   TCO_NODES       number of fake nodes (default 3)
+#   TCO_NODES       number of fake nodes (default 6: one per zone)
+#   TCO_REGIONS     regions of the fake nodes (default "eu-west-1 us-east-1"),
+#                   three zones each (<region>a, <region>b, <region>c)
 #   TCO_API_PORT    kube-apiserver secure port (default 16443)
 #   TCO_ETCD_PORT, TCO_ETCD_PEER_PORT, TCO_KCM_PORT, TCO_SCHEDULER_PORT,
 #   TCO_KWOK_PORT, TCO_METRICS_SERVER_PORT, TCO_CUSTOM_METRICS_PORT
@@ -24,8 +26,11 @@
 #   TCO_NODE_CPU, TCO_NODE_MEMORY, TCO_NODE_PODS   allocatable of each fake node
 #   TCO_KCM_QPS     the controller manager's API rate limit (default 100/s)
 #
-# Pods only land on the fake nodes if they tolerate the taint
-# kwok.x-k8s.io/node=fake:NoSchedule. A pod's CPU/memory use, as metrics-server
+# The fake nodes carry no taint (there is no real node to keep pods off), and
+# the labels of a cloud's nodes: topology.kubernetes.io/region and
+# topology.kubernetes.io/zone, node i in the i-th zone round-robin over the
+# regions' zones. Pods schedule there as they would on a real cluster. A
+# pod's CPU/memory use, as metrics-server
 # and `kubectl top` see it, comes from its annotations
 # kwok.x-k8s.io/usage-cpu (e.g. "800m") and kwok.x-k8s.io/usage-memory.
 #
@@ -50,7 +55,8 @@ BUILD_DIR="${CACHE_ROOT}/controlplane-${K8S_VERSION}-${CACHE_KEY}"
 BIN_DIR="${BUILD_DIR}/bin"
 STATE_DIR="${TCO_CLUSTER_DIR:-${HOME}/.local/state/tenant-capacity-operator/cluster}"
 API_PORT="${TCO_API_PORT:-16443}"
-NODES="${TCO_NODES:-3}"
+NODES="${TCO_NODES:-6}"
+REGIONS="${TCO_REGIONS:-eu-west-1 us-east-1}"
 # All in 16xxx, away from the upstream defaults (2379, 6443, 10250-10259, 4443)
 # and below the Linux ephemeral range.
 ETCD_CLIENT_PORT="${TCO_ETCD_PORT:-16379}"
@@ -186,7 +192,6 @@ NODE_PODS="${TCO_NODE_PODS:-250}"
 # The controller manager's client rate limit (requests/s; burst is twice it).
 KCM_QPS="${TCO_KCM_QPS:-100}"
 METRIC_RESOLUTION="10s"
-KWOK_TAINT_KEY="kwok.x-k8s.io/node"
 
 kubectl_admin() { "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" --request-timeout=10s "$@"; }
 
@@ -472,9 +477,13 @@ top_nodes_works() { [[ "$(kubectl_admin top nodes --no-headers | grep -c .)" -ge
 # --- manifests ---------------------------------------------------------------
 
 apply_nodes() {
-  local i name
+  local i name zones=() region zone
+  for region in ${REGIONS}; do
+    for zone in a b c; do zones+=("${region} ${region}${zone}"); done
+  done
   for ((i = 0; i < NODES; i++)); do
     name="kwok-node-${i}"
+    read -r region zone <<<"${zones[i % ${#zones[@]}]}"
     cat <<EOF
 ---
 apiVersion: v1
@@ -492,11 +501,8 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     node-role.kubernetes.io/agent: ""
-spec:
-  taints:
-  - key: ${KWOK_TAINT_KEY}
-    value: fake
-    effect: NoSchedule
+    topology.kubernetes.io/region: ${region}
+    topology.kubernetes.io/zone: ${zone}
 status:
   allocatable: {cpu: "${NODE_CPU}", memory: "${NODE_MEMORY}", pods: "${NODE_PODS}"}
   capacity: {cpu: "${NODE_CPU}", memory: "${NODE_MEMORY}", pods: "${NODE_PODS}"}
@@ -529,8 +535,6 @@ spec:
     spec:
       priorityClassName: system-node-critical
       nodeSelector: {type: kwok}
-      tolerations:
-      - {key: ${KWOK_TAINT_KEY}, operator: Exists, effect: NoSchedule}
       containers:
       - name: agent
         image: registry.invalid/tco-node-agent:0
@@ -602,6 +606,7 @@ cmd_up() {
   command -v openssl >/dev/null || die "openssl is required"
   command -v curl >/dev/null || die "curl is required"
   [[ "${NODES}" =~ ^[1-9][0-9]*$ ]] || die "TCO_NODES must be a positive number, got '${NODES}'"
+  [[ "${REGIONS}" =~ ^[a-z0-9-]+( [a-z0-9-]+)*$ ]] || die "TCO_REGIONS must be region names separated by spaces, got '${REGIONS}'"
   local port busy=()
   for port in "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}" "${API_PORT}" "${KCM_PORT}" "${SCHED_PORT}" "${KWOK_PORT}" "${METRICS_SERVER_PORT}" "${CUSTOM_METRICS_PORT}" "${CUSTOM_METRICS_WRITE_PORT}"; do
     port_in_use "${port}" && busy+=("${port}")

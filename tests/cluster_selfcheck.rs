@@ -17,13 +17,6 @@ use support::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const KWOK_TOLERATION: &str = r#"
-      tolerations:
-      - key: kwok.x-k8s.io/node
-        operator: Equal
-        value: fake
-        effect: NoSchedule"#;
-
 /// A namespace of its own for one test (deleted when dropped, also on panic).
 fn namespace(test: &str) -> TestNamespace {
     TestNamespace::with_kubectl(&format!("selfcheck-{test}"))
@@ -125,7 +118,7 @@ spec:
       - name: web
         image: registry.invalid/web:1
         resources:
-          requests: {{cpu: 100m, memory: 64Mi}}{KWOK_TOLERATION}
+          requests: {{cpu: 100m, memory: 64Mi}}
 "#
         ),
     );
@@ -211,11 +204,6 @@ spec:
     resources:
       requests: {cpu: 250m, memory: 128Mi}
       limits: {cpu: 250m, memory: 128Mi}
-  tolerations:
-  - key: kwok.x-k8s.io/node
-    operator: Equal
-    value: fake
-    effect: NoSchedule
 "#,
     );
     wait_blocking(
@@ -320,11 +308,6 @@ spec:
     image: registry.invalid/busy:1
     resources:
       requests: {cpu: "1", memory: 512Mi}
-  tolerations:
-  - key: kwok.x-k8s.io/node
-    operator: Equal
-    value: fake
-    effect: NoSchedule
 "#,
     );
     wait_blocking("pod busy Running", TIMEOUT, || {
@@ -427,7 +410,7 @@ spec:
       - name: rtc
         image: registry.invalid/rtc:1
         resources:
-          requests: {{cpu: 100m, memory: 64Mi}}{KWOK_TOLERATION}
+          requests: {{cpu: 100m, memory: 64Mi}}
 "#
         ),
     );

@@ -146,7 +146,6 @@ impl Names {
                 "sessionsPerReplica": 100,
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "20m", "memory": "32Mi"}},
                 "scaling": {"cpuUtilization": cpu_utilization},
-                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
                 "tiers": {"sd": {"sessionsPerReplica": 120}, "hd": {"sessionsPerReplica": 80}},
             }
         })

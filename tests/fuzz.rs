@@ -1003,6 +1003,11 @@ impl World {
                     .collect(),
             ),
             namespaces: store(vec![namespace]),
+            pods: tenant_capacity_operator::controller::placement::Pods::index(
+                futures::stream::empty(),
+            )
+            .0,
+            nodes: store(vec![]),
             subscriptions: store(vec![self.sub.clone()]),
             tenant_label: TENANT_LABEL.into(),
         }

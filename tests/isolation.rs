@@ -97,7 +97,6 @@ async fn a_tenant_cannot_exceed_its_quota_and_nothing_leaks_out_of_its_namespace
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rogue"},
         "spec": {"replicas": 60, "selector": {"matchLabels": {"app": "rogue"}},
           "template": {"metadata": {"labels": {"app": "rogue"}}, "spec": {
-            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"cpu": "10m", "memory": "8Mi"}}}]}}}
     });
     let deployments: Api<Deployment> = Api::namespaced(tenant.clone(), &ns);

@@ -866,7 +866,6 @@ fn intruder(name: &str) -> Pod {
         "spec": {
             "containers": [{"name": "x", "image": "registry.example.com/x:1",
                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}}],
-            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
         }
     }))
     .unwrap()

@@ -120,7 +120,6 @@ spec:
   port: 8443
   sessionsPerReplica: 10
   resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
   scaling:
     sessions: {{metric: {metric}, targetPercent: 80}}
     scaleDown: {{stabilizationSeconds: 10, periodSeconds: {PERIOD}, maxPercent: 10, maxPods: 1}}

@@ -206,6 +206,5 @@ fn release_values(catalogue: &capacity::Catalogue, ns: &str, i: usize, video: i6
         "modules": modules,
         "quota": quota,
         "limitRange": limit_range,
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     })
 }

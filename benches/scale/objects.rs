@@ -29,7 +29,6 @@ pub fn profile(name: &str, sessions: i32, port: Option<i32>) -> Value {
         "sessionsPerReplica": sessions,
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "50m", "memory": "32Mi"}},
         "scaling": {"cpuUtilization": 70},
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     });
     if let Some(p) = port {
         spec["port"] = json!(p);

@@ -104,9 +104,15 @@ pub async fn ensure_capacity(client: &Client, n: usize) -> Res<()> {
     for k in 0..extra {
         let name = format!("bench-node-{k}");
         let mut v = serde_json::to_value(template)?;
+        // In the zones of the cluster's nodes, in turn: the modules' pods
+        // spread over zones, so every zone needs room.
+        let like = list.items[k % list.items.len()].labels();
+        let topology = |key: &str| like.get(key).cloned().unwrap_or_default();
         v["metadata"] = json!({
             "name": name,
-            "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", BENCH_LABEL: "true"},
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", BENCH_LABEL: "true",
+                       "topology.kubernetes.io/region": topology("topology.kubernetes.io/region"),
+                       "topology.kubernetes.io/zone": topology("topology.kubernetes.io/zone")},
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0",
                             "metrics.k8s.io/resource-metrics-path": format!("/metrics/nodes/{name}/metrics/resource")},
         });

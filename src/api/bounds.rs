@@ -34,6 +34,14 @@ pub const MAX_LABEL_KEY: usize = MAX_OBJECT_NAME + 1 + MAX_LABEL;
 pub const MAX_NODE_SELECTOR: usize = 32;
 /// Tolerations of a module's pods.
 pub const MAX_TOLERATIONS: usize = 32;
+/// Regions a subscription, one of its modules or a plan may name.
+pub const MAX_REGIONS: usize = 16;
+/// Zones a module's status reports ready pods in.
+pub const MAX_ZONES: usize = 64;
+/// A region or zone: a label value of `topology.kubernetes.io/region`
+/// (`eu-west-1`, `westeurope`, `us-central1`), lowercase as every
+/// provider writes them.
+pub const REGION_PATTERN: &str = r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$";
 /// Resource names in one `requests` or `limits` (CPU, memory, ephemeral
 /// storage, huge pages, a few extended resources).
 pub const MAX_RESOURCES: usize = 16;

@@ -10,7 +10,7 @@ mod tenant_subscription;
 pub use capacity_calendar::{CapacityCalendar, CapacityCalendarSpec};
 pub use module_profile::{
     HttpGetHook, ModuleProfile, ModuleProfileSpec, PodSecurity, PreStop, ScaleRate, Scaling,
-    SessionsMetric, TierSpec,
+    SessionsMetric, TierSpec, WhenUnsatisfiable, ZoneSpread,
 };
 pub use season::{Seasons, Weekday, Window};
 pub use subscription_plan::{PlanModule, SubscriptionPlan, SubscriptionPlanSpec};

@@ -79,6 +79,10 @@ pub struct ModuleProfileSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(k, size(k) <= 317)").message("node selector keys are label keys of at most 317 characters"))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
+    /// How the module's pods spread over the zones of their regions.
+    #[serde(default, skip_serializing_if = "ZoneSpread::is_default")]
+    pub zone_spread: ZoneSpread,
+
     /// Tolerations for the module's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = super::bounds::tolerations)]
@@ -97,6 +101,64 @@ pub struct ModuleProfileSpec {
     #[x_kube(validation = kube::core::Rule::new("self.all(k, k.matches('^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$'))").message("tier names must be lowercase DNS labels of at most 32 characters"))]
     #[schemars(extend("maxProperties" = 32))]
     pub tiers: BTreeMap<String, TierSpec>,
+}
+
+/// The pods' `topologySpreadConstraints` over `topology.kubernetes.io/zone`.
+/// Zones whose nodes are tainted (unreachable, cordoned) or do not match
+/// the pods' regions and node selector do not count, so a zone lost does
+/// not stop pods from starting in the others.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneSpread {
+    /// The most the pods in one zone may exceed those in the emptiest zone.
+    #[serde(default = "default_max_skew")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_skew: i32,
+
+    /// DoNotSchedule (default) keeps a pod pending rather than skew the
+    /// spread further: a zone lost takes at most its share of the calls.
+    /// ScheduleAnyway only prefers spreading: for clusters whose nodes
+    /// have no zone label, or when a full zone should not hold pods back.
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+impl Default for ZoneSpread {
+    fn default() -> Self {
+        Self {
+            max_skew: default_max_skew(),
+            when_unsatisfiable: WhenUnsatisfiable::default(),
+        }
+    }
+}
+
+impl ZoneSpread {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_max_skew() -> i32 {
+    1
+}
+
+/// What the scheduler does with a pod that would skew the spread.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum WhenUnsatisfiable {
+    #[default]
+    DoNotSchedule,
+    ScheduleAnyway,
+}
+
+impl WhenUnsatisfiable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DoNotSchedule => "DoNotSchedule",
+            Self::ScheduleAnyway => "ScheduleAnyway",
+        }
+    }
 }
 
 /// What a module's pods may do beyond the `restricted` Pod Security

@@ -30,6 +30,14 @@ pub struct SubscriptionPlanSpec {
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = super::bounds::MAX_MODULES))]
     pub modules: Vec<PlanModule>,
+
+    /// The regions the plan includes (values of the nodes' label
+    /// `topology.kubernetes.io/region`). A subscription naming another is
+    /// over its plan; one naming none is served in these. Unset: any region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::bounds::MAX_REGIONS), inner(length(min = 1, max = super::bounds::MAX_LABEL), regex(pattern = super::bounds::REGION_PATTERN)))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub regions: Vec<String>,
 }
 
 /// What a plan allows for one module.

@@ -82,6 +82,15 @@ pub struct TenantSubscriptionSpec {
     #[serde(default)]
     pub paused: bool,
 
+    /// Where the tenant is served: values of the nodes' label
+    /// `topology.kubernetes.io/region`. Its pods run only on nodes of these
+    /// regions, spread over their zones. A module may name its own. Unset:
+    /// the regions the plan includes, else any node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::MAX_REGIONS), inner(length(min = 1, max = bounds::MAX_LABEL), regex(pattern = bounds::REGION_PATTERN)))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub regions: Vec<String>,
+
     /// The modules bought. Module names are unique.
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = bounds::MAX_MODULES))]
@@ -118,6 +127,12 @@ pub struct ModuleRequest {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub tier: Option<String>,
+
+    /// Where this module is served, instead of the subscription's regions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::MAX_REGIONS), inner(length(min = 1, max = bounds::MAX_LABEL), regex(pattern = bounds::REGION_PATTERN)))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub regions: Vec<String>,
 
     /// false switches the module off: it drains for downgrade.drainSeconds, then its objects are removed.
     #[serde(default = "default_true")]
@@ -255,6 +270,16 @@ pub struct ModuleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = bounds::resources)]
     pub resources: Option<ResourceRequirements>,
+    /// Regions the module's pods are held to (none: any node). A record
+    /// only the operator writes: a spec that cannot be applied keeps these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::MAX_REGIONS), inner(length(max = bounds::MAX_LABEL)))]
+    pub regions: Vec<String>,
+    /// Ready pods by zone (the `topology.kubernetes.io/zone` label of the
+    /// node each runs on; pods on nodes without it are not counted).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = bounds::MAX_ZONES))]
+    pub ready_by_zone: std::collections::BTreeMap<String, i32>,
     /// A lowered ceiling coming down at the module's scale-down pace
     /// (`maxReplicas` is the step in force).
     #[serde(default, skip_serializing_if = "Option::is_none")]

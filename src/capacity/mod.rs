@@ -13,8 +13,8 @@ use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 
 use crate::api::{
-    CapacityCalendarSpec, ModuleProfileSpec, PodSecurity, PreStop, Scaling, SubscriptionPlanSpec,
-    TenantSubscriptionSpec,
+    CapacityCalendarSpec, ModuleProfileSpec, ModuleRequest, PodSecurity, PreStop, Scaling,
+    SubscriptionPlanSpec, TenantSubscriptionSpec, ZoneSpread,
 };
 pub use quantity::Quantity;
 pub use window::{CompiledWindow, WindowError};
@@ -259,6 +259,12 @@ pub fn check_profile(module: &str, p: &ModuleProfileSpec, tier: Option<&str>) ->
         );
     }
     range("minReplicas", Some(p.min_replicas.into()), 1, 10_000);
+    range(
+        "zoneSpread.maxSkew",
+        Some(p.zone_spread.max_skew.into()),
+        1,
+        100,
+    );
     range(
         "scaling.cpuUtilization",
         p.scaling.cpu_utilization.map(Into::into),
@@ -692,6 +698,9 @@ pub struct ModulePlan {
     pub termination_grace_period_seconds: Option<i64>,
     pub pre_stop: Option<PreStop>,
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// Regions the pods are held to, sorted; empty: any node.
+    pub regions: Vec<String>,
+    pub zone_spread: ZoneSpread,
     pub tolerations: Option<Vec<Toleration>>,
     pub security: PodSecurity,
 }
@@ -717,6 +726,7 @@ pub fn draining_plan(
     concurrency: i64,
     numbers: Numbers,
     resources: Option<ResourceRequirements>,
+    regions: Vec<String>,
 ) -> ModulePlan {
     let t = tier.and_then(|t| profile.tiers.get(t));
     ModulePlan {
@@ -736,6 +746,8 @@ pub fn draining_plan(
         termination_grace_period_seconds: profile.termination_grace_period_seconds,
         pre_stop: profile.pre_stop.clone(),
         node_selector: profile.node_selector.clone(),
+        regions,
+        zone_spread: profile.zone_spread.clone(),
         tolerations: profile.tolerations.clone(),
         security: profile.security.clone(),
     }
@@ -856,6 +868,13 @@ fn evaluate(
         }
     }
     let (active, next_transition) = window::evaluate(&windows, now);
+    // The plan's regions serve a subscription that names none (only where
+    // the plan is checked: a held spec keeps the regions on record).
+    let sold = spec
+        .plan
+        .as_ref()
+        .and_then(|p| catalogue.plans.get(p))
+        .filter(|_| check);
     match &spec.plan {
         _ if !check => {}
         Some(plan_name) => match catalogue.plans.get(plan_name) {
@@ -951,9 +970,15 @@ fn evaluate(
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             pre_stop: p.pre_stop.clone(),
             node_selector: p.node_selector.clone(),
+            regions: regions(m, spec, sold),
+            zone_spread: p.zone_spread.clone(),
             tolerations: p.tolerations.clone(),
             security: p.security.clone(),
         };
+        if let Some(e) = region_conflict(&plan) {
+            errors.push(e);
+            continue;
+        }
         if let Err(e) = plan.footprint() {
             errors.push(e);
             continue;
@@ -975,6 +1000,41 @@ fn evaluate(
     })
 }
 
+/// Where a module is served: its own regions, else the subscription's,
+/// else the plan's; sorted, each once. Empty: any node.
+fn regions(
+    m: &ModuleRequest,
+    spec: &TenantSubscriptionSpec,
+    sold: Option<&SubscriptionPlanSpec>,
+) -> Vec<String> {
+    let named = [&m.regions, &spec.regions]
+        .into_iter()
+        .chain(sold.map(|p| &p.regions))
+        .find(|r| !r.is_empty());
+    let mut out = named.cloned().unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The node label that names a node's region, and its zone.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A profile whose node selector holds its pods to one region, for a
+/// module served elsewhere: no node could ever take its pods.
+fn region_conflict(plan: &ModulePlan) -> Option<InvalidSpec> {
+    let only = plan.node_selector.as_ref()?.get(REGION_LABEL)?;
+    (!plan.regions.is_empty() && !plan.regions.contains(only)).then(|| InvalidSpec::BadProfile {
+        module: plan.name.clone(),
+        field: format!("nodeSelector[{REGION_LABEL}]"),
+        problem: format!(
+            "the profile runs its pods only in region {only:?}, but the module is served in [{}]",
+            plan.regions.join(", ")
+        ),
+    })
+}
+
 /// Whether a subscription stays within what its plan sells. Checked against
 /// every window, not just the active ones, so a subscription that would
 /// exceed its plan next season is refused now rather than mid-season. No
@@ -993,6 +1053,22 @@ pub fn check_plan(
         limit,
     };
     for m in spec.modules.iter().filter(|m| m.enabled) {
+        let named = if m.regions.is_empty() {
+            &spec.regions
+        } else {
+            &m.regions
+        };
+        if !sold.regions.is_empty() {
+            for r in named.iter().filter(|r| !sold.regions.contains(r)) {
+                errors.push(exceeds(
+                    &m.name,
+                    format!(
+                        "region {r:?} is not in the plan's regions [{}]",
+                        sold.regions.join(", ")
+                    ),
+                ));
+            }
+        }
         let Some(allowed) = sold.modules.iter().find(|p| p.name == m.name) else {
             errors.push(InvalidSpec::ModuleNotInPlan {
                 module: m.name.clone(),

@@ -103,7 +103,7 @@ proptest! {
         for (i, (c, s, min, on)) in reqs.iter().enumerate() {
             let name = format!("m{i}");
             catalogue.profiles.insert(name.clone(), profile(*s, *min));
-            modules.push(ModuleRequest { name, concurrency: *c, tier: None, enabled: *on });
+            modules.push(ModuleRequest { name, concurrency: *c, tier: None, regions: vec![], enabled: *on });
         }
         let sold: SubscriptionPlanSpec = serde_json::from_value(serde_json::json!({
             "modules": modules.iter().map(|m| serde_json::json!({
@@ -115,6 +115,7 @@ proptest! {
             tenant_id: "t".into(),
             plan: Some("p".into()),
             paused: false,
+            regions: vec![],
             modules,
             seasons: Some(Seasons { calendars: vec![], time_zone: Some(tz.into()), windows }),
             downgrade: Default::default(),

@@ -266,8 +266,12 @@ fn restrained(
     }
     spec.modules
         .retain(|m| !m.enabled || recorded.contains_key(m.name.as_str()));
+    // Placement is held too: the regions on record, not the spec's (nor,
+    // when it names none, the plan's).
+    spec.regions.clear();
     for m in spec.modules.iter_mut().filter(|m| m.enabled) {
         m.tier = recorded[m.name.as_str()].tier.clone();
+        m.regions = recorded[m.name.as_str()].regions.clone();
         if let Some(allowed) = sold.and_then(|p| p.modules.iter().find(|a| a.name == m.name)) {
             m.concurrency = m.concurrency.min(allowed.max_concurrency);
         }
@@ -1040,6 +1044,7 @@ fn converge(
     let mut progress = Vec::new();
     let mut limited = Vec::new();
     let mut refused = Vec::new();
+    let mut unschedulable = Vec::new();
     let mut ramping = Vec::new();
     let mut writes = Vec::new();
     for (m, (l, children)) in plan.modules.iter().zip(rendered) {
@@ -1079,7 +1084,15 @@ fn converge(
         );
         limited.extend(status::capacity_limit(m, &l));
         refused.extend(status::refused(m, &l));
-        progress.extend(status::progress(m, &l));
+        let below_floor = status::progress(m, &l);
+        // Pods no node can take: not ready while the floor is not met, a
+        // limit on capacity above it.
+        match (status::unschedulable(m, &l), &below_floor) {
+            (Some(s), Some(_)) => unschedulable.push(s),
+            (Some(s), None) => limited.push(s),
+            (None, _) => {}
+        }
+        progress.extend(below_floor);
         let mut st = status::active_module(m, &l);
         if let Some(r) = ramps.get(&m.name) {
             st.ramping_down = Some(r.record.clone());
@@ -1131,6 +1144,11 @@ fn converge(
         (false, Reason::new("ObjectConflict", conflicts.join("; ")))
     } else if !refused.is_empty() {
         (false, Reason::new("PodsRefused", refused.join("; ")))
+    } else if !unschedulable.is_empty() {
+        (
+            false,
+            Reason::new("Unschedulable", unschedulable.join("; ")),
+        )
     } else if !progress.is_empty() || !draining.is_empty() {
         let all: Vec<&str> = progress
             .iter()

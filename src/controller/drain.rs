@@ -29,6 +29,8 @@ pub struct DrainRecord {
     pub numbers: Numbers,
     /// Per-replica resources; `None` when the module declared none.
     pub resources: Option<ResourceRequirements>,
+    /// Regions its pods were held to; a draining module does not move.
+    pub regions: Vec<String>,
 }
 
 impl DrainRecord {
@@ -53,6 +55,7 @@ impl DrainRecord {
                 min_replicas: st.min_replicas.unwrap_or(1).clamp(1, max.max(1)),
             },
             resources: st.resources.clone(),
+            regions: st.regions.clone(),
         })
     }
 
@@ -119,6 +122,7 @@ impl DrainRecord {
             concurrency: numbers.ceiling,
             numbers,
             resources,
+            regions: last.map(|s| s.regions.clone()).unwrap_or_default(),
         }
     }
 
@@ -150,6 +154,7 @@ impl DrainRecord {
             self.concurrency,
             self.numbers,
             self.resources.clone(),
+            self.regions.clone(),
         ))
     }
 
@@ -176,6 +181,8 @@ impl DrainRecord {
             draining_since: Some(format_instant(self.since, time_zone)),
             data_retention: Some(self.retention),
             resources: self.resources.clone(),
+            regions: self.regions.clone(),
+            ready_by_zone: live.ready_by_zone(),
             ramping_down: None,
             message: Some(message),
         }

@@ -11,7 +11,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{LimitRange, Namespace, ResourceQuota, Service},
+        core::v1::{LimitRange, Namespace, Node, ResourceQuota, Service},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -21,6 +21,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
+use super::placement::{self, Placement, Pods};
 use crate::{
     api::TenantSubscription,
     capacity::{self, child_name},
@@ -34,6 +35,8 @@ pub struct LiveModule {
     pub deployment: Option<Arc<Slim<Deployment>>>,
     pub hpa: Option<Arc<Slim<HorizontalPodAutoscaler>>>,
     pub service: Option<Arc<Slim<Service>>>,
+    /// Where its pods run, and why one cannot (status only).
+    pub placement: Placement,
 }
 
 impl LiveModule {
@@ -58,6 +61,11 @@ impl LiveModule {
     pub fn replicas(&self) -> (Option<i32>, Option<i32>) {
         let f = self.deployment.as_ref().map(|d| &d.facts);
         (f.and_then(|f| f.replicas), f.and_then(|f| f.ready_replicas))
+    }
+
+    /// Ready pods by zone.
+    pub fn ready_by_zone(&self) -> BTreeMap<String, i32> {
+        self.placement.ready_by_zone.clone()
     }
 
     pub fn hpa_desired(&self) -> Option<i32> {
@@ -125,6 +133,10 @@ pub struct Caches {
     pub limit_ranges: Store<Slim<LimitRange>>,
     /// Namespaces, metadata only: their tenant label.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The modules' pods, by namespace.
+    pub pods: Pods,
+    /// Nodes, metadata only: their zone label.
+    pub nodes: Store<PartialObjectMeta<Node>>,
     pub subscriptions: Store<TenantSubscription>,
     /// The namespace label that assigns a namespace to a tenant.
     pub tenant_label: String,
@@ -190,6 +202,8 @@ impl Caches {
                     live.taken.insert((kind, child.clone()));
                 }
             }
+            let pods = self.pods.of(&ns, &name, module);
+            l.placement = Placement::of(&pods, |node| placement::zone_of(&self.nodes, node));
             live.modules.insert(module.to_string(), l);
         }
         let quota = quota_name(&name);
@@ -310,6 +324,8 @@ mod tests {
             services: store(vec![]),
             quotas: store(vec![]),
             limit_ranges: store(vec![]),
+            pods: Pods::index(futures::stream::empty()).0,
+            nodes: store(vec![]),
             namespaces: store(namespaces),
             subscriptions: store(subs),
             tenant_label: "capacity.tenancy.dev/tenant".into(),

@@ -19,22 +19,28 @@ pub mod error;
 pub mod events;
 mod execute;
 pub mod facts;
+pub mod placement;
 mod reconcile;
 pub mod status;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use jiff::Timestamp;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     autoscaling::v2::HorizontalPodAutoscaler,
-    core::v1::{LimitRange, ResourceQuota, Service},
+    core::v1::{LimitRange, Node, Pod, ResourceQuota, Service},
 };
 use kube::{
     Api, Client,
-    runtime::{Controller, controller::Config as ControllerConfig},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::Config as ControllerConfig,
+        reflector::{Lookup, Store},
+    },
 };
 use tracing::{debug, info};
 
@@ -45,7 +51,7 @@ pub use watch::{InitialList, LIST_PAGE_SIZE, WatchBackoff};
 use crate::{
     api::{CapacityCalendar, ModuleProfile, SubscriptionPlan, TenantSubscription},
     metrics::Metrics,
-    render::MANAGER,
+    render::{LABEL_MANAGED_BY, MANAGER},
     server::Readiness,
 };
 use events::Events;
@@ -158,6 +164,24 @@ pub async fn run(
         watch::namespaces(&client, &settings.namespace, catalogue.clone());
     let (namespaces, namespace_stream) = cache(namespace_api, namespace_config, readiness.clone());
 
+    // The modules' pods (by the managed-by label their template carries),
+    // indexed by namespace, and the nodes' labels: where pods run and why
+    // one cannot, for status.
+    let pod_config = catalogue
+        .clone()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let (pods, pod_triggers) = placement::Pods::index(watch::watch(
+        scoped::<Pod>(&client, &settings.namespace),
+        pod_config,
+        readiness.clone(),
+    ));
+    let (nodes, node_stream) = cache(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        catalogue.clone(),
+        readiness.clone(),
+    );
+    tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
+
     // Subscriptions through the same stripped cache: the controller's own
     // watch would keep every object's managed fields in memory.
     let (subscription_store, subscription_stream) = cache(
@@ -181,29 +205,29 @@ pub async fn run(
     // caches never reported synced and no subscription was reconciled).
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     {
-        let stores = (
-            plans.clone(),
-            calendars.clone(),
-            profiles.clone(),
-            deployments.clone(),
-            hpas.clone(),
-            services.clone(),
-            quotas.clone(),
-            limit_ranges.clone(),
-            namespaces.clone(),
-        );
+        // Every cache but the controller's own, each named once: a listed
+        // store not waited for would let the first reconciles read it empty
+        // (a namespace store read empty says no namespace is assigned, and
+        // a restarted operator would mark every subscription not ready).
+        let waits = [
+            first_list(plans.clone()),
+            first_list(calendars.clone()),
+            first_list(profiles.clone()),
+            first_list(deployments.clone()),
+            first_list(hpas.clone()),
+            first_list(services.clone()),
+            first_list(quotas.clone()),
+            first_list(limit_ranges.clone()),
+            first_list(namespaces.clone()),
+            first_list(nodes.clone()),
+            {
+                let pods = pods.clone();
+                async move { pods.wait_until_ready().await }.boxed()
+            },
+        ];
         let readiness = readiness.clone();
         tokio::spawn(async move {
-            let _ = tokio::join!(
-                stores.0.wait_until_ready(),
-                stores.1.wait_until_ready(),
-                stores.2.wait_until_ready(),
-                stores.3.wait_until_ready(),
-                stores.4.wait_until_ready(),
-                stores.5.wait_until_ready(),
-                stores.6.wait_until_ready(),
-                stores.7.wait_until_ready(),
-            );
+            futures::future::join_all(waits).await;
             info!("caches synced");
             readiness.set_ready();
             let _ = synced_tx.send(true);
@@ -221,6 +245,8 @@ pub async fn run(
             quotas,
             limit_ranges,
             namespaces,
+            pods,
+            nodes,
             subscriptions: subscription_store.clone(),
             tenant_label: settings.tenant_label.clone(),
         },
@@ -263,6 +289,8 @@ pub async fn run(
         .owns_stream(service_stream)
         .owns_stream(quota_stream)
         .owns_stream(limit_range_stream)
+        // A pod no node can take (or no longer) shows in its module's status.
+        .reconcile_on(pod_triggers)
         // A namespace assigned, reassigned or unassigned re-decides its subscriptions.
         .watches_stream(namespace_stream, residents(subscription_store.clone()))
         // A changed profile, plan or calendar re-plans every subscription
@@ -362,4 +390,16 @@ mod tests {
         .join()
         .unwrap();
     }
+}
+
+/// Resolves when `store` has its first complete list (or its writer is gone).
+fn first_list<K>(store: Store<K>) -> BoxFuture<'static, ()>
+where
+    K: Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    async move {
+        let _ = store.wait_until_ready().await;
+    }
+    .boxed()
 }

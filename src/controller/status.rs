@@ -71,6 +71,21 @@ pub fn refused(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
     Some(format!("{}: pods refused: {message}", plan.name))
 }
 
+/// Pods of the module no node can take, with the scheduler's message.
+pub fn unschedulable(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
+    let (n, message) = live.placement.unschedulable.as_ref()?;
+    let pods = if *n == 1 { "pod" } else { "pods" };
+    let regions = if plan.regions.is_empty() {
+        String::new()
+    } else {
+        format!(" in region(s) {}", plan.regions.join(", "))
+    };
+    Some(format!(
+        "{}: {n} {pods} pending, no node{regions} can take them: {message}",
+        plan.name
+    ))
+}
+
 /// Progress message of an active module, `None` when it is at its floor or better.
 pub fn progress(plan: &ModulePlan, live: &LiveModule) -> Option<String> {
     let (_, ready) = live.replicas();
@@ -99,7 +114,10 @@ pub fn active_module(plan: &ModulePlan, live: &LiveModule) -> ModuleStatus {
         replicas,
         ready_replicas: ready,
         concurrency: Some(plan.numbers.ceiling),
+        regions: plan.regions.clone(),
+        ready_by_zone: live.ready_by_zone(),
         message: refused(plan, live)
+            .or_else(|| unschedulable(plan, live))
             .or_else(|| capacity_limit(plan, live))
             .or_else(|| progress(plan, live)),
         ..Default::default()

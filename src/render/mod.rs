@@ -12,10 +12,11 @@ use k8s_openapi::{
             MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, Lifecycle,
-            LifecycleHandler, LimitRange, LimitRangeItem, LimitRangeSpec, PodSecurityContext,
-            PodSpec, PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, SeccompProfile,
-            SecurityContext, Service, ServicePort, ServiceSpec,
+            Affinity, Capabilities, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction,
+            Lifecycle, LifecycleHandler, LimitRange, LimitRangeItem, LimitRangeSpec, NodeAffinity,
+            NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec,
+            PodTemplateSpec, ResourceQuota, ResourceQuotaSpec, SeccompProfile, SecurityContext,
+            Service, ServicePort, ServiceSpec, TopologySpreadConstraint,
         },
     },
     apimachinery::pkg::{
@@ -29,7 +30,7 @@ use kube::core::ApiResource;
 use crate::api::{PodSecurity, PreStop};
 use crate::capacity::{
     CapacityPlan, DEFAULT_LIMITS, DEFAULT_REQUESTS, Footprint, MAX_SURGE_PERCENT, ModulePlan,
-    Quantity,
+    Quantity, REGION_LABEL, ZONE_LABEL,
     pace::{self, Pace},
     quota_hard,
 };
@@ -254,6 +255,8 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
                     containers: vec![container],
                     termination_grace_period_seconds: m.termination_grace_period_seconds,
                     node_selector: m.node_selector.clone(),
+                    affinity: region_affinity(&m.regions),
+                    topology_spread_constraints: Some(vec![zone_spread(owner, m)]),
                     tolerations: m.tolerations.clone(),
                     security_context: Some(pod_security(&m.security)),
                     automount_service_account_token: Some(m.security.service_account_token),
@@ -263,6 +266,46 @@ pub fn deployment(owner: &Owner, m: &ModulePlan) -> Deployment {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// Pods only on nodes of the module's regions (none named: any node).
+fn region_affinity(regions: &[String]) -> Option<Affinity> {
+    (!regions.is_empty()).then(|| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: REGION_LABEL.into(),
+                        operator: "In".into(),
+                        values: Some(regions.to_vec()),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The module's pods spread over the zones of the nodes they may run on.
+/// Each revision spreads on its own (`pod-template-hash`), so a rollout, a
+/// region move included, lands spread whatever the old pods' places.
+/// Zones whose nodes are tainted (unreachable, cordoned) do not count.
+fn zone_spread(owner: &Owner, m: &ModulePlan) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: m.zone_spread.max_skew,
+        topology_key: ZONE_LABEL.into(),
+        when_unsatisfiable: m.zone_spread.when_unsatisfiable.as_str().into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector(owner, &m.name)),
+            ..Default::default()
+        }),
+        match_label_keys: Some(vec!["pod-template-hash".into()]),
+        node_affinity_policy: Some("Honor".into()),
+        node_taints_policy: Some("Honor".into()),
+        ..Default::default()
     }
 }
 

@@ -304,7 +304,6 @@ spec:
   image: registry.example.com/rtc/{name}:1.0
   sessionsPerReplica: 40
   resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
 {extra}
 "#
     )

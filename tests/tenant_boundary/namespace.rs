@@ -55,7 +55,6 @@ spec:
   template:
     metadata: {{labels: {{app: shared-app}}}}
     spec:
-      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
       containers: [{{name: c, image: registry.example.com/shared:1}}]
 "#
         ),

@@ -28,8 +28,6 @@ use tenant_capacity_operator::{
 use super::Tenant;
 use crate::support::{T, apply_yaml, condition, is, tools::kubectl, unique, wait::POLL, wait_for};
 
-const TOLERATION: &str = "[{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}]";
-
 /// A ModuleProfile written by the provider: `spec` is the YAML under `spec:`
 /// (indented two spaces), tolerating the fake nodes.
 async fn profile(t: &Tenant, name: &str, spec: &str) {
@@ -37,7 +35,7 @@ async fn profile(t: &Tenant, name: &str, spec: &str) {
         &t.f.client,
         None,
         &format!(
-            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: ModuleProfile\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/rtc/{name}:1.0\n  tolerations: {TOLERATION}\n{spec}\n"
+            "apiVersion: capacity.tenancy.dev/v1alpha1\nkind: ModuleProfile\nmetadata: {{name: {name}}}\nspec:\n  image: registry.example.com/rtc/{name}:1.0\n{spec}\n"
         ),
     )
     .await;
@@ -112,7 +110,7 @@ async fn replica_failure(client: &Client, ns: &str, selector: &str) -> Option<St
 /// A Deployment of the namespace admin's own, its pods asking for `resources`.
 fn own_deployment(name: &str, replicas: i32, resources: &str) -> String {
     format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      tolerations: {TOLERATION}\n      containers: [{{name: c, image: registry.example.com/own:1, resources: {resources}}}]\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: c, image: registry.example.com/own:1, resources: {resources}}}]\n"
     )
 }
 
@@ -261,7 +259,7 @@ async fn gpus_and_cpu_beyond_the_plan_are_refused_and_undeclared_pods_are_counte
     let (_, before) = quota(&t, "acme").await.unwrap();
     let cpu_before = used(&before)["requests.cpu"];
     t.apply_as_admin(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: undeclared, labels: {{app: undeclared}}}}\nspec:\n  tolerations: {TOLERATION}\n  containers: [{{name: c, image: registry.example.com/own:1}}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: undeclared, labels: {{app: undeclared}}}}\nspec:\n  containers: [{{name: c, image: registry.example.com/own:1}}]\n"
     ))
     .expect("a pod without resources is admitted");
     let mine = pods(&client, &ns, "app=undeclared").await;
