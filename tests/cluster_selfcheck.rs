@@ -100,8 +100,7 @@ fn deployment_pods_run_on_fake_nodes() {
     let nodes = fake_nodes();
     apply(
         ns.name(),
-        &format!(
-            r#"
+        r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -109,18 +108,17 @@ metadata:
 spec:
   replicas: 2
   selector:
-    matchLabels: {{app: web}}
+    matchLabels: {app: web}
   template:
     metadata:
-      labels: {{app: web}}
+      labels: {app: web}
     spec:
       containers:
       - name: web
         image: registry.invalid/web:1
         resources:
-          requests: {{cpu: 100m, memory: 64Mi}}
-"#
-        ),
+          requests: {cpu: 100m, memory: 64Mi}
+"#,
     );
     wait_blocking(
         "2 Running pods of deployment web on fake nodes",
@@ -392,8 +390,7 @@ fn custom_metrics_api_serves_written_pod_values_to_the_hpa() {
     let ns = namespace("custom-metrics");
     apply(
         ns.name(),
-        &format!(
-            r#"
+        r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -401,18 +398,17 @@ metadata:
 spec:
   replicas: 2
   selector:
-    matchLabels: {{app: rtc}}
+    matchLabels: {app: rtc}
   template:
     metadata:
-      labels: {{app: rtc}}
+      labels: {app: rtc}
     spec:
       containers:
       - name: rtc
         image: registry.invalid/rtc:1
         resources:
-          requests: {{cpu: 100m, memory: 64Mi}}
-"#
-        ),
+          requests: {cpu: 100m, memory: 64Mi}
+"#,
     );
     let pods = wait_blocking("2 pods of rtc Running", TIMEOUT, || {
         let out = try_kubectl(&[

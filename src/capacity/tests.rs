@@ -938,3 +938,103 @@ fn lists_past_the_crd_bounds_are_refused_before_they_are_evaluated() {
         assert!(text[0].starts_with(message), "{text:?}");
     }
 }
+
+#[test]
+fn a_module_is_served_in_its_own_regions_else_the_subscriptions_else_the_plans() {
+    let plan_yaml = "{regions: [us-east-1, eu-west-1], modules: [{name: video-call, maxConcurrency: 1000}, {name: real-time-messaging, maxConcurrency: 1000}]}";
+    let regions = |yaml: &str| {
+        let p = plan(
+            "t",
+            &spec(yaml),
+            &with_plan(plan_yaml),
+            at("2026-02-10T00:00:00Z"),
+        )
+        .unwrap();
+        (
+            module(&p, "video-call").regions.clone(),
+            module(&p, "real-time-messaging").regions.clone(),
+        )
+    };
+    // Named nowhere: the plan's, sorted.
+    assert_eq!(
+        regions(
+            "{tenantId: t, plan: pro, modules: [{name: video-call, concurrency: 10}, {name: real-time-messaging, concurrency: 10}]}"
+        ),
+        (
+            vec!["eu-west-1".to_string(), "us-east-1".into()],
+            vec!["eu-west-1".to_string(), "us-east-1".into()]
+        )
+    );
+    // The subscription's, and a module's own over it.
+    assert_eq!(
+        regions(
+            "{tenantId: t, plan: pro, regions: [eu-west-1], modules: [{name: video-call, concurrency: 10, regions: [us-east-1]}, {name: real-time-messaging, concurrency: 10}]}"
+        ),
+        (vec!["us-east-1".to_string()], vec!["eu-west-1".to_string()])
+    );
+    // No plan, no region: any node.
+    let p = plan(
+        "t",
+        &spec("{tenantId: t, modules: [{name: video-call, concurrency: 10}]}"),
+        &catalogue(),
+        at("2026-02-10T00:00:00Z"),
+    )
+    .unwrap();
+    assert!(module(&p, "video-call").regions.is_empty());
+}
+
+#[test]
+fn a_region_outside_the_plan_is_refused_for_every_module_it_serves() {
+    let plan_yaml = "{regions: [eu-west-1], modules: [{name: video-call, maxConcurrency: 1000}, {name: real-time-messaging, maxConcurrency: 1000}]}";
+    let s = spec(
+        "{tenantId: t, plan: pro, regions: [eu-west-1], modules: [{name: video-call, concurrency: 10, regions: [ap-south-1, eu-west-1]}, {name: real-time-messaging, concurrency: 10}]}",
+    );
+    let errors = plan("t", &s, &with_plan(plan_yaml), at("2026-02-10T00:00:00Z")).unwrap_err();
+    let text: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{} {e}", e.reason()))
+        .collect();
+    assert_eq!(
+        text,
+        vec![
+            "ExceedsPlan video-call: exceeds plan \"pro\": region \"ap-south-1\" is not in the plan's regions [eu-west-1]"
+        ]
+    );
+    // Without a plan naming regions, any region is sold.
+    let open = "{modules: [{name: video-call, maxConcurrency: 1000}, {name: real-time-messaging, maxConcurrency: 1000}]}";
+    assert!(plan("t", &s, &with_plan(open), at("2026-02-10T00:00:00Z")).is_ok());
+}
+
+#[test]
+fn a_profile_held_to_one_region_cannot_serve_a_module_elsewhere() {
+    let mut c = catalogue();
+    c.profiles.get_mut("video-call").unwrap().node_selector = Some(BTreeMap::from([(
+        REGION_LABEL.to_string(),
+        "us-east-1".to_string(),
+    )]));
+    let at_ = at("2026-02-10T00:00:00Z");
+    let errors = plan(
+        "t",
+        &spec(
+            "{tenantId: t, regions: [eu-west-1], modules: [{name: video-call, concurrency: 10}]}",
+        ),
+        &c,
+        at_,
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].to_string().contains(
+            "the profile runs its pods only in region \"us-east-1\", but the module is served in [eu-west-1]"
+        ),
+        "{}",
+        errors[0]
+    );
+    // Served there, or anywhere: fine.
+    for regions in ["[us-east-1]", "[]"] {
+        let yaml = format!(
+            "{{tenantId: t, regions: {regions}, modules: [{{name: video-call, concurrency: 10}}]}}"
+        );
+        assert!(plan("t", &spec(&yaml), &c, at_).is_ok(), "{regions}");
+    }
+}

@@ -353,6 +353,18 @@ fn give_back_free_memory() {
     }
 }
 
+/// Resolves when `store` has its first complete list (or its writer is gone).
+fn first_list<K>(store: Store<K>) -> BoxFuture<'static, ()>
+where
+    K: Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    async move {
+        let _ = store.wait_until_ready().await;
+    }
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,16 +402,4 @@ mod tests {
         .join()
         .unwrap();
     }
-}
-
-/// Resolves when `store` has its first complete list (or its writer is gone).
-fn first_list<K>(store: Store<K>) -> BoxFuture<'static, ()>
-where
-    K: Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    async move {
-        let _ = store.wait_until_ready().await;
-    }
-    .boxed()
 }

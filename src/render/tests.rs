@@ -414,3 +414,45 @@ fn a_pre_stop_hook_drains_each_container() {
             .is_none()
     );
 }
+
+#[test]
+fn pods_are_held_to_their_regions_and_spread_over_zones() {
+    let mut p = sample(400);
+    let m = &mut p.modules[0];
+    let pod = |m: &ModulePlan| {
+        serde_json::to_value(deployment(&owner(), m).spec.unwrap().template.spec.unwrap()).unwrap()
+    };
+    // Any node: no affinity, still spread, each revision on its own.
+    let any = pod(m);
+    assert!(any.get("affinity").is_none(), "{any}");
+    assert_eq!(
+        any["topologySpreadConstraints"],
+        serde_json::json!([{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {
+                "capacity.tenancy.dev/subscription": "acme",
+                "capacity.tenancy.dev/module": "video-call",
+            }},
+            "matchLabelKeys": ["pod-template-hash"],
+            "nodeAffinityPolicy": "Honor",
+            "nodeTaintsPolicy": "Honor",
+        }])
+    );
+    m.regions = vec!["eu-west-1".into(), "us-east-1".into()];
+    m.zone_spread.max_skew = 2;
+    m.zone_spread.when_unsatisfiable = crate::api::WhenUnsatisfiable::ScheduleAnyway;
+    let placed = pod(m);
+    assert_eq!(
+        placed["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+        serde_json::json!({"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["eu-west-1", "us-east-1"]}
+        ]}]})
+    );
+    assert_eq!(placed["topologySpreadConstraints"][0]["maxSkew"], 2);
+    assert_eq!(
+        placed["topologySpreadConstraints"][0]["whenUnsatisfiable"],
+        "ScheduleAnyway"
+    );
+}

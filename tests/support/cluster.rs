@@ -293,7 +293,7 @@ pub async fn get_opt<K: Namespaced>(client: &Client, ns: &str, name: &str) -> Op
         .expect("get")
 }
 
-/// A ModuleProfile with a unique name, tolerating the fake nodes' taint.
+/// A ModuleProfile with a unique name.
 pub fn profile_yaml(name: &str, extra: &str) -> String {
     format!(
         r#"

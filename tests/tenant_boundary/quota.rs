@@ -258,9 +258,9 @@ async fn gpus_and_cpu_beyond_the_plan_are_refused_and_undeclared_pods_are_counte
     // A pod that declares nothing is admitted at the defaults and counted.
     let (_, before) = quota(&t, "acme").await.unwrap();
     let cpu_before = used(&before)["requests.cpu"];
-    t.apply_as_admin(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: undeclared, labels: {{app: undeclared}}}}\nspec:\n  containers: [{{name: c, image: registry.example.com/own:1}}]\n"
-    ))
+    t.apply_as_admin(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: undeclared, labels: {app: undeclared}}\nspec:\n  containers: [{name: c, image: registry.example.com/own:1}]\n"
+    )
     .expect("a pod without resources is admitted");
     let mine = pods(&client, &ns, "app=undeclared").await;
     assert_eq!(container_resources(&mine[0]), defaults());

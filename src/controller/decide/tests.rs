@@ -1928,3 +1928,42 @@ fn the_namespace_cannot_hold_a_ramp_by_making_the_hpa_scale() {
     }
     assert!(steps >= 9, "{steps} steps in 20 minutes");
 }
+
+#[test]
+fn a_region_move_rolls_the_pods_and_a_held_spec_keeps_them_where_they_are() {
+    let mut w = World::converged(
+        "{tenantId: acme, regions: [eu-west-1], modules: [{name: video, concurrency: 400}]}",
+    );
+    assert_eq!(w.module("video").regions, ["eu-west-1"]);
+    // A move: a new pod template (the Deployment's rolling update does the
+    // rest), nothing else.
+    w.edit("{tenantId: acme, regions: [us-east-1], modules: [{name: video, concurrency: 400}]}");
+    let d = w.reconcile();
+    assert_eq!(
+        shape(&d.batches),
+        [vec![apply(ChildKind::Deployment, "acme-video")]]
+    );
+    assert_eq!(w.module("video").regions, ["us-east-1"]);
+    // Paused, a move waits; so does one the plan does not sell.
+    w.edit("{tenantId: acme, paused: true, regions: [eu-west-1], modules: [{name: video, concurrency: 400}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(w.module("video").regions, ["us-east-1"]);
+    w.catalogue.plans.insert(
+        "pro".into(),
+        serde_saphyr::from_str(
+            "{regions: [us-east-1], modules: [{name: video, maxConcurrency: 1000}]}",
+        )
+        .unwrap(),
+    );
+    w.edit("{tenantId: acme, plan: pro, regions: [eu-west-1], modules: [{name: video, concurrency: 400}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert_eq!(d.outcome.ready_reason.reason, "ExceedsPlan");
+    assert_eq!(w.module("video").regions, ["us-east-1"]);
+    // Named nowhere, on that plan: its regions, which is where it runs.
+    w.edit("{tenantId: acme, plan: pro, modules: [{name: video, concurrency: 400}]}");
+    let d = w.reconcile();
+    assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
+    assert!(d.outcome.ready, "{:?}", d.outcome.ready_reason);
+}
