@@ -52,6 +52,8 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
         ("{tenantId: x, modules: [], seasons: {timeZone: ''}}".into(), "spec.seasons.timeZone"),
         ("{tenantId: x, modules: [], downgrade: {drainSeconds: 99999999}}".into(), "spec.downgrade.drainSeconds"),
         ("{tenantId: x, modules: [], downgrade: {dataRetention: Shred}}".into(), "spec.downgrade.dataRetention"),
+        ("{tenantId: x, modules: [], regions: ['EU West']}".into(), "spec.regions[0]"),
+        ("{tenantId: x, modules: [{name: a, concurrency: 1, regions: ['-eu']}]}".into(), "spec.modules[0].regions[0]"),
     ];
     let mut misses = Vec::new();
     for (i, (spec, field)) in refused.iter().enumerate() {
@@ -112,6 +114,14 @@ async fn a_corpus_of_bad_input_is_refused_or_reported_and_good_tenants_carry_on(
             "spec.nodeSelector.gpu",
         ),
         (too_many_tolerations.as_str(), "spec.tolerations"),
+        (
+            "{image: x, sessionsPerReplica: 10, zoneSpread: {maxSkew: 0}}",
+            "spec.zoneSpread.maxSkew",
+        ),
+        (
+            "{image: x, sessionsPerReplica: 10, zoneSpread: {whenUnsatisfiable: Sometimes}}",
+            "spec.zoneSpread.whenUnsatisfiable",
+        ),
         (
             "{image: x, sessionsPerReplica: 10, scaling: {sessions: {metric: '1 sessions'}}}",
             "spec.scaling.sessions.metric",

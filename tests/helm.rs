@@ -204,9 +204,9 @@ moduleProfiles:
     port: 8443
     sessionsPerReplica: 40
     resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-    tolerations: [{KWOK_TOLERATION}]
 subscriptionPlans:
   {plan}:
+    regions: [eu-west-1, us-east-1]
     modules:
       - {{name: {profile}, maxConcurrency: 1000}}
 admission:
@@ -363,6 +363,14 @@ metrics:
         (
             format!("{{tenantId: acme, modules: [{{name: {profile}, concurrency: 100}}]}}"),
             "spec.plan: required".to_string(),
+        ),
+        (
+            format!(
+                "{{tenantId: acme, plan: {plan}, regions: [eu-west-1], modules: [{{name: {profile}, concurrency: 100, regions: [ap-south-1]}}]}}"
+            ),
+            format!(
+                "{profile}: region ap-south-1 is not in the regions [eu-west-1, us-east-1] of plan {plan}"
+            ),
         ),
     ] {
         let manifest = format!(

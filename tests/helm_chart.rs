@@ -143,6 +143,7 @@ fn expected_manager_grants() -> BTreeSet<(String, String, String)> {
             &["get", "list", "watch", "create", "patch"],
         ),
         ("", &["persistentvolumeclaims"], &["list", "delete"]),
+        ("", &["pods"], &["list", "watch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
     ])
 }
@@ -341,7 +342,7 @@ fn default_render_is_least_privilege_and_hardened() {
                 &["moduleprofiles", "subscriptionplans", "capacitycalendars"],
                 &["get", "list", "watch"]
             ),
-            ("", &["namespaces"], &["get", "list", "watch"]),
+            ("", &["namespaces", "nodes"], &["get", "list", "watch"]),
         ])
     );
     let leases = must(&docs, "Role", &format!("{full}-leader-election"));

@@ -271,6 +271,7 @@ fn only_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionS
                     m.concurrency,
                     m.drain_deadline.clone(),
                     m.ramping_down.clone(),
+                    m.regions.clone(),
                 )
             })
             .collect::<Vec<_>>()
