@@ -4,7 +4,9 @@
 # nodes), metrics-server, a custom metrics API and helm. Everything listens
 # on 127.0.0.1 only, but for the custom metrics adapter's write port (below).
 #
-#   hack/cluster.sh build   build (or reuse) the pinned binaries
+#   hack/cluster.sh build   build (or reuse) the pinned binaries and test tools
+#   hack/cluster.sh build-tools   only the test tools (prometheus, promtool,
+#                           hack/tools helpers), each cached on its own version
 #   hack/cluster.sh up      start the cluster and wait until it is usable
 #   hack/cluster.sh env     print exports for KUBECONFIG and PATH
 #   hack/cluster.sh status  say whether the cluster is up
@@ -50,7 +52,7 @@ source "${HACK_DIR}/versions.env"
 
 CACHE_ROOT="${TCO_CACHE:-${HOME}/.cache/tenant-capacity-operator}"
 GO_VERSION="$(go env GOVERSION 2>/dev/null || echo nogo)"
-CACHE_KEY="$( (cat "${HACK_DIR}/versions.env"; echo "${GO_VERSION}"; sed -n '/^# BUILD-RECIPE-BEGIN/,/^# BUILD-RECIPE-END/p' "${BASH_SOURCE[0]}") | sha256sum | cut -c1-12)"
+CACHE_KEY="$( (sed '/^# TOOLS-BEGIN/,$d' "${HACK_DIR}/versions.env"; echo "${GO_VERSION}"; sed -n '/^# BUILD-RECIPE-BEGIN/,/^# BUILD-RECIPE-END/p' "${BASH_SOURCE[0]}") | sha256sum | cut -c1-12)"
 BUILD_DIR="${CACHE_ROOT}/controlplane-${K8S_VERSION}-${CACHE_KEY}"
 BIN_DIR="${BUILD_DIR}/bin"
 STATE_DIR="${TCO_CLUSTER_DIR:-${HOME}/.local/state/tenant-capacity-operator/cluster}"
@@ -169,6 +171,71 @@ cmd_build() {
   chmod -R u+w "${BUILD_DIR}/kwok"
   built || die "build finished but binaries are missing in ${BIN_DIR}"
   log "built ${#BINARIES[@]} binaries in $((SECONDS - start))s into ${BIN_DIR}"
+}
+
+# ---------------------------------------------------------------------------
+# Tools of the tests (versions.env, below TOOLS-BEGIN): each in a folder of its
+# own under ${TOOLS_ROOT}, keyed on its version, the Go version and its recipe
+# (for hack/tools, on the helpers' own source), sharing one module cache.
+
+TOOLS_ROOT="${CACHE_ROOT}/tools"
+tool_key() { (cat; echo "${GO_VERSION}") | sha256sum | cut -c1-12; }
+PROMETHEUS_DIR="${TOOLS_ROOT}/prometheus-${PROMETHEUS_VERSION}-$(
+  { echo "${PROMETHEUS_VERSION}"; sed -n '/^# PROMETHEUS-RECIPE-BEGIN/,/^# PROMETHEUS-RECIPE-END/p' "${BASH_SOURCE[0]}"; } | tool_key)"
+HELPERS_SRC="${HACK_DIR}/tools"
+HELPERS_DIR="${TOOLS_ROOT}/helpers-$(
+  cd "${HELPERS_SRC}" && find . -type f -not -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | tool_key)"
+
+tools_env() {
+  export GOMODCACHE="${TOOLS_ROOT}/gomod" GOCACHE="${TOOLS_ROOT}/gocache"
+  export CGO_ENABLED=0 GOTOOLCHAIN=local GONOSUMDB="" GOPRIVATE=""
+}
+
+# PROMETHEUS-RECIPE-BEGIN
+build_prometheus() {
+  local bin="${PROMETHEUS_DIR}/bin" c
+  [[ -x "${bin}/prometheus" && -x "${bin}/promtool" ]] && return 0
+  local dir="${PROMETHEUS_DIR}/src" mod=github.com/prometheus/prometheus
+  mkdir -p "${bin}" "${dir}"
+  if [[ ! -f "${dir}/go.mod" ]]; then
+    (cd "${dir}" && go mod init tco.local/prometheus >/dev/null 2>&1 && go mod edit -require="${mod}@${PROMETHEUS_VERSION}")
+  fi
+  # v0.3MM.P of the module is Prometheus 3.MM.P.
+  local release="${PROMETHEUS_VERSION#v0.}"
+  release="3.$((10#${release%%.*} - 300)).${release#*.}"
+  local ldflags="-s -w -X github.com/prometheus/common/version.Version=${release}"
+  ldflags+=" -X github.com/prometheus/common/version.Revision=${PROMETHEUS_VERSION}"
+  (cd "${dir}" && GOFLAGS="-mod=mod -buildvcs=false" go get "${mod}/cmd/prometheus@${PROMETHEUS_VERSION}" "${mod}/cmd/promtool@${PROMETHEUS_VERSION}" >/dev/null)
+  for c in prometheus promtool; do
+    [[ -x "${bin}/${c}" ]] && continue
+    log "building ${c} ${release} (${mod}@${PROMETHEUS_VERSION})"
+    (cd "${dir}" && GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -ldflags "${ldflags}" -o "${bin}/${c}.tmp" "${mod}/cmd/${c}")
+    mv "${bin}/${c}.tmp" "${bin}/${c}"
+  done
+}
+# PROMETHEUS-RECIPE-END
+
+# hack/tools: one Go module (go.mod and go.sum committed), one command per
+# folder, installed as tco-<folder>.
+build_helpers() {
+  local bin="${HELPERS_DIR}/bin" d name
+  [[ -f "${HELPERS_DIR}/built" ]] && return 0
+  mkdir -p "${bin}"
+  for d in "${HELPERS_SRC}"/*/; do
+    name="$(basename "${d}")"
+    log "building tco-${name} (hack/tools/${name})"
+    (cd "${HELPERS_SRC}" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -ldflags "-s -w" -o "${bin}/tco-${name}" "./${name}")
+  done
+  touch "${HELPERS_DIR}/built"
+}
+
+cmd_build_tools() {
+  command -v go >/dev/null || die "go is required to build the test tools"
+  local start=${SECONDS}
+  tools_env
+  build_prometheus
+  [[ -f "${HELPERS_SRC}/go.mod" ]] && build_helpers
+  log "test tools in ${PROMETHEUS_DIR}/bin and ${HELPERS_DIR}/bin ($((SECONDS - start))s)"
 }
 
 # ---------------------------------------------------------------------------
@@ -594,6 +661,7 @@ cluster_is_up() {
 cmd_up() {
   take_lock
   cmd_build
+  cmd_build_tools
   if cluster_is_up; then
     log "already up (KUBECONFIG=${KUBECONFIG_PATH})"
     return 0
@@ -791,7 +859,7 @@ cmd_env() {
   [[ -f "${KUBECONFIG_PATH}" ]] || log "warning: the cluster is not up; run hack/cluster.sh up"
   printf 'export KUBECONFIG=%q\n' "${KUBECONFIG_PATH}"
   # shellcheck disable=SC2016 # $PATH is expanded by the caller's eval
-  printf 'export PATH=%q:"$PATH"\n' "${BIN_DIR}"
+  printf 'export PATH=%q:%q:%q:"$PATH"\n' "${BIN_DIR}" "${PROMETHEUS_DIR}/bin" "${HELPERS_DIR}/bin"
   printf 'export TCO_CUSTOM_METRICS_WRITE_URL=%q\n' "http://127.0.0.1:${CUSTOM_METRICS_WRITE_PORT}"
 }
 
@@ -848,11 +916,12 @@ cmd_start_one() {
 case "${1:-}" in
   stop-component) shift; cmd_stop_one "$@" ;;
   start-component) shift; cmd_start_one "$@" ;;
-  build) cmd_build ;;
+  build) cmd_build; cmd_build_tools ;;
+  build-tools) cmd_build_tools ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;
-  *) echo "usage: $0 {build|up|env|status|down|logs [component]|stop-component NAME|start-component NAME}" >&2; exit 2 ;;
+  *) echo "usage: $0 {build|build-tools|up|env|status|down|logs [component]|stop-component NAME|start-component NAME}" >&2; exit 2 ;;
 esac
