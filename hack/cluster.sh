@@ -232,6 +232,10 @@ build_helpers() {
 cmd_build_tools() {
   command -v go >/dev/null || die "go is required to build the test tools"
   local start=${SECONDS}
+  mkdir -p "${TOOLS_ROOT}"
+  # One build at a time (the suite and a developer may both ask for them).
+  exec 8>"${TOOLS_ROOT}/.lock"
+  flock 8
   tools_env
   build_prometheus
   [[ -f "${HELPERS_SRC}/go.mod" ]] && build_helpers
@@ -661,7 +665,6 @@ cluster_is_up() {
 cmd_up() {
   take_lock
   cmd_build
-  cmd_build_tools
   if cluster_is_up; then
     log "already up (KUBECONFIG=${KUBECONFIG_PATH})"
     return 0

@@ -5,7 +5,7 @@
 #   hack/test.sh <cargo args...>  cargo test --locked <cargo args...> instead
 #
 # Makes sure the commands it needs are here (hack/prerequisites.sh) and the
-# local cluster (hack/cluster.sh) is built and up, points KUBECONFIG and PATH
+# local cluster (hack/cluster.sh) and the test tools are built and the cluster is up, points KUBECONFIG and PATH
 # at it, runs the tests, and stops the cluster again if this script started it
 # (keep it with TCO_KEEP_CLUSTER=1).
 set -euo pipefail
@@ -29,6 +29,9 @@ else
   fi
   "${CLUSTER}" up # implies build; cheap when cached
 fi
+# The tools the tests run beside the cluster (promtool, prometheus, the
+# hack/tools helpers); cheap when cached.
+"${CLUSTER}" build-tools
 eval "$("${CLUSTER}" env)"
 log "KUBECONFIG=${KUBECONFIG}"
 
