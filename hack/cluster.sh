@@ -184,7 +184,7 @@ PROMETHEUS_DIR="${TOOLS_ROOT}/prometheus-${PROMETHEUS_VERSION}-$(
   { echo "${PROMETHEUS_VERSION}"; sed -n '/^# PROMETHEUS-RECIPE-BEGIN/,/^# PROMETHEUS-RECIPE-END/p' "${BASH_SOURCE[0]}"; } | tool_key)"
 HELPERS_SRC="${HACK_DIR}/tools"
 HELPERS_DIR="${TOOLS_ROOT}/helpers-$(
-  cd "${HELPERS_SRC}" && find . -type f -not -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | tool_key)"
+  { [[ ! -d "${HELPERS_SRC}" ]] || cd "${HELPERS_SRC}" && find . -type f -not -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | tool_key)"
 
 tools_env() {
   export GOMODCACHE="${TOOLS_ROOT}/gomod" GOCACHE="${TOOLS_ROOT}/gocache"
@@ -209,7 +209,9 @@ build_prometheus() {
   for c in prometheus promtool; do
     [[ -x "${bin}/${c}" ]] && continue
     log "building ${c} ${release} (${mod}@${PROMETHEUS_VERSION})"
-    (cd "${dir}" && GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -ldflags "${ldflags}" -o "${bin}/${c}.tmp" "${mod}/cmd/${c}")
+    # remove_all_sd: no cloud service discovery (static targets are all the
+    # tests scrape), which leaves out most of the module's dependencies.
+    (cd "${dir}" && GOFLAGS="-mod=mod -buildvcs=false" go build -tags remove_all_sd -trimpath -ldflags "${ldflags}" -o "${bin}/${c}.tmp" "${mod}/cmd/${c}")
     mv "${bin}/${c}.tmp" "${bin}/${c}"
   done
 }
