@@ -184,7 +184,9 @@ PROMETHEUS_DIR="${TOOLS_ROOT}/prometheus-${PROMETHEUS_VERSION}-$(
   { echo "${PROMETHEUS_VERSION}"; sed -n '/^# PROMETHEUS-RECIPE-BEGIN/,/^# PROMETHEUS-RECIPE-END/p' "${BASH_SOURCE[0]}"; } | tool_key)"
 HELPERS_SRC="${HACK_DIR}/tools"
 HELPERS_DIR="${TOOLS_ROOT}/helpers-$(
-  { [[ ! -d "${HELPERS_SRC}" ]] || cd "${HELPERS_SRC}" && find . -type f -not -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | tool_key)"
+  if [[ -d "${HELPERS_SRC}" ]]; then
+    cd "${HELPERS_SRC}" && find . -type f -not -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+  fi | tool_key)"
 
 tools_env() {
   export GOMODCACHE="${TOOLS_ROOT}/gomod" GOCACHE="${TOOLS_ROOT}/gocache"
