@@ -52,7 +52,9 @@ LABEL org.opencontainers.image.title="tenant-capacity-operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# PATH explicitly: Dockerfile builders add this default to an image without it.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 COPY --chown=0:0 --chmod=0444 hack/image/rootfs/etc/passwd /etc/passwd
 COPY --chown=0:0 --chmod=0444 hack/image/rootfs/etc/group /etc/group
 COPY --from=builder --chown=0:0 --chmod=0444 /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

@@ -25,8 +25,10 @@
 # Verify (needs a cluster: KUBECONFIG, or else the local one, which must be
 # up): unpack the archive (skopeo, umoci); compare its configuration with the
 # Dockerfile and its exposed ports with the chart's container ports; check it
-# holds exactly the copied files; run `<entrypoint> --version` chrooted as the
-# image's user. Then, in namespaces img-<id>-ops and img-<id>-tenant, apply
+# holds exactly the copied files; build the Dockerfile's final stage with
+# `buildah bud` (the build stage stood in for by the binary and CA bundle just
+# unpacked) and compare files and configuration; run `<entrypoint> --version`
+# chrooted as the image's user. Then, in namespaces img-<id>-ops and img-<id>-tenant, apply
 # the chart's ServiceAccount and RBAC (helm template), write a token of that
 # ServiceAccount, the cluster CA and the namespace where the kubelet mounts
 # them, and start the entrypoint chrooted as the image's user, with a pod's
@@ -78,6 +80,8 @@ output="${output:-${ROOT}/target/image/${NAME}-${VERSION}.oci.tar}"
 [[ "$(id -u)" == 0 ]] || die "run as root (buildah's vfs storage, chroot)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/tco-image.XXXXXX")"
+# buildah with storage of its own, removed with ${WORK}.
+BUILDAH=(buildah --root "${WORK}/storage" --runroot "${WORK}/run" --storage-driver vfs)
 CLEANUPS=()
 cleanup() {
   local rc=$? i
@@ -151,7 +155,8 @@ read_dockerfile() {
 }
 
 # COPY [--from=builder] [--chown=U:G] [--chmod=MODE] SRC DEST: one source.
-# Sets copy_src (on this machine), copy_dest, copy_chown, copy_chmod.
+# Sets copy_from, copy_word (SRC), copy_src (SRC on this machine), copy_dest,
+# copy_chown, copy_chmod.
 parse_copy() {
   local words w from=""
   read -r -a words <<<"$1"
@@ -166,7 +171,7 @@ parse_copy() {
     esac
   done
   ((${#words[@]} == 2)) || die "Dockerfile: COPY with one source and one destination only: COPY $1"
-  copy_dest="${words[1]}"
+  copy_from="${from}" copy_word="${words[0]}" copy_dest="${words[1]}"
   case "${from}" in
     "") copy_src="${ROOT}/${words[0]}" ;;
     builder)
@@ -208,16 +213,15 @@ build_image() {
   [[ "${got}" == "${NAME} ${VERSION}" ]] || die "${binary} says '${got}', Cargo.toml says ${VERSION}"
 
   local image_start=${SECONDS} c spec
-  local -a bah=(buildah --root "${WORK}/storage" --runroot "${WORK}/run" --storage-driver vfs)
-  c="$("${bah[@]}" from --quiet scratch)" || die "buildah from scratch failed"
-  CLEANUPS+=("${bah[*]@Q} rm ${c@Q} >/dev/null")
+  c="$("${BUILDAH[@]}" from --quiet scratch)" || die "buildah from scratch failed"
+  CLEANUPS+=("${BUILDAH[*]@Q} rm ${c@Q} >/dev/null")
   for spec in "${COPIES[@]}"; do
     parse_copy "${spec}"
     [[ -f "${copy_src}" ]] || die "COPY ${spec}: no file ${copy_src} on this machine"
     local -a opts=()
     [[ -n "${copy_chown}" ]] && opts+=(--chown "${copy_chown}")
     [[ -n "${copy_chmod}" ]] && opts+=(--chmod "${copy_chmod}")
-    "${bah[@]}" copy --quiet "${opts[@]}" "${c}" "${copy_src}" "${copy_dest}" >/dev/null \
+    "${BUILDAH[@]}" copy --quiet "${opts[@]}" "${c}" "${copy_src}" "${copy_dest}" >/dev/null \
       || die "buildah copy ${copy_src} ${copy_dest} failed"
   done
   local -a cfg=(--user "${USER_SPEC}" --entrypoint "${ENTRYPOINT}" --cmd "${CMD}"
@@ -226,13 +230,13 @@ build_image() {
   for kv in "${LABELS[@]}"; do cfg+=(--label "${kv}"); done
   for kv in "${ENVS[@]}"; do cfg+=(--env "${kv}"); done
   for p in "${PORTS[@]}"; do [[ "${p}" == */* ]] || p+=/tcp; cfg+=(--port "${p}"); done
-  "${bah[@]}" config "${cfg[@]}" "${c}" || die "buildah config failed"
+  "${BUILDAH[@]}" config "${cfg[@]}" "${c}" || die "buildah config failed"
   # The last commit's time, so that a rebuild of the same sources gives the
   # same layer and configuration.
   local epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
   mkdir -p "$(dirname "${output}")"
   rm -f "${output}"
-  "${bah[@]}" commit --quiet --format oci --identity-label=false --disable-compression=false \
+  "${BUILDAH[@]}" commit --quiet --format oci --identity-label=false --disable-compression=false \
     --timestamp "${epoch}" "${c}" "oci-archive:${output}:${VERSION}" >/dev/null \
     || die "buildah commit to ${output} failed"
   log "image built in $((SECONDS - image_start))s (with the binary: $((SECONDS - start))s): ${output}"
@@ -321,6 +325,44 @@ image_command() {
   IMAGE_COMMAND=(env -i "${envs[@]}" "$(command -v chroot)" --userspec="${USER_SPEC}" "${ROOTFS}" "${entry}" "$@")
 }
 in_image() { image_command "$@" && "${IMAGE_COMMAND[@]}"; }
+
+# The Dockerfile's final stage built by a Dockerfile builder (buildah bud,
+# context the repository with its .dockerignore), its build stage stood in
+# for by an image holding what the image's COPY --from=builder lines took
+# from it: the same files, owners, modes, contents and configuration.
+check_dockerfile_build() {
+  local start=${SECONDS} last spec c stage mnt
+  stage="$("${BUILDAH[@]}" from --quiet scratch)" || die "buildah from scratch failed"
+  for spec in "${COPIES[@]}"; do
+    parse_copy "${spec}"
+    [[ "${copy_from}" == builder ]] || continue
+    "${BUILDAH[@]}" copy --quiet "${stage}" "${ROOTFS}${copy_dest}" "${copy_word}" >/dev/null \
+      || die "buildah copy of ${copy_dest} into the build stage failed"
+  done
+  "${BUILDAH[@]}" commit --quiet "${stage}" localhost/tco-build-stage:latest >/dev/null || die "buildah commit of the build stage failed"
+  last="$(grep -n -i '^FROM[[:space:]]' "${DOCKERFILE}" | tail -n1 | cut -d: -f1)"
+  { echo "FROM localhost/tco-build-stage:latest AS builder"; tail -n "+${last}" "${DOCKERFILE}"; } >"${WORK}/Dockerfile.final"
+  "${BUILDAH[@]}" bud --quiet --pull=never --isolation chroot --layers=false --identity-label=false \
+    --build-arg "VERSION=${VERSION}" -f "${WORK}/Dockerfile.final" -t localhost/tco-dockerfile:latest "${ROOT}" \
+    >"${WORK}/bud.log" 2>&1 || die "buildah bud of the Dockerfile's final stage failed:
+$(tail -n 20 "${WORK}/bud.log")"
+  local want got
+  want="$(jq -cS '.config | {User, ExposedPorts, Env, Entrypoint, Cmd, Labels}' < <(skopeo inspect --config "oci-archive:${output}:${VERSION}"))"
+  got="$("${BUILDAH[@]}" inspect --type image localhost/tco-dockerfile:latest | jq -cS '.OCIv1.config | {User, ExposedPorts, Env, Entrypoint, Cmd, Labels}')"
+  [[ "${got}" == "${want}" ]] || die "the Dockerfile's final stage, built by buildah bud, has the configuration
+  ${got}
+the archive has
+  ${want}"
+  if ! c="$("${BUILDAH[@]}" from --quiet localhost/tco-dockerfile:latest)" || ! mnt="$("${BUILDAH[@]}" mount "${c}")"; then
+    die "cannot mount the image buildah bud built"
+  fi
+  tree() { (cd "$1" && find . -mindepth 1 \( -type f -o -type l \) -printf '%P %U:%G %m ' -exec sha256sum {} \; | awk '{print $1, $2, $3, $4}' | sort); }
+  want="$(tree "${ROOTFS}")" got="$(tree "${mnt}")"
+  "${BUILDAH[@]}" umount "${c}" >/dev/null
+  [[ "${got}" == "${want}" ]] || die "the Dockerfile's final stage, built by buildah bud, holds other files than the archive:
+$(diff <(printf '%s\n' "${want}") <(printf '%s\n' "${got}") || true)"
+  log "the Dockerfile's final stage, built by buildah bud: the same $(wc -l <<<"${want}") files and configuration ($((SECONDS - start))s)"
+}
 
 check_version() {
   local got
@@ -542,6 +584,7 @@ if ((verify)); then
   unpack
   check_config
   check_files
+  check_dockerfile_build
   check_version
   run_on_cluster
   log "verified in $((SECONDS - start))s: ${output}"
