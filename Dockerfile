@@ -1,13 +1,15 @@
 # syntax=docker/dockerfile:1.7
-# The operator as a container image: a static (musl) binary on distroless,
-# running as the non-root user 65532. Build (BuildKit, e.g. Docker >= 23 or
-# `docker buildx`), from the repository root:
+# The operator as a container image: a static (musl) binary, the CA bundle
+# and the non-root user 65532, FROM scratch. Build (BuildKit, e.g. Docker >= 23
+# or `docker buildx`), from the repository root:
 #
 #   docker build -t registry.example.com/platform/tenant-capacity-operator:0.1.0 .
 #
 # Multi-arch: `docker buildx build --platform linux/amd64,linux/arm64 ...`
 # (each platform's builder compiles natively for its own musl target).
-# See docs/container-image.md.
+# See docs/container-image.md. hack/image.sh builds the same image without a
+# container engine: it reads the final stage below (every instruction in it
+# must be one that script knows) and checks the result on the local cluster.
 
 ARG RUST_VERSION=1.95
 
@@ -38,9 +40,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && /out/tenant-capacity-operator --version
 
 # --- run ---------------------------------------------------------------------
-# distroless/static: no shell, no libc, CA certificates and /etc/passwd with
-# the nonroot user (65532). Time zones are compiled into the binary (jiff).
-FROM gcr.io/distroless/static-debian12:nonroot
+# scratch: no shell, no libc, no package manager. Only the binary, the CA
+# bundle (Debian's, from the build stage) and /etc/passwd and /etc/group with
+# the nonroot user 65532 (hack/image/rootfs). Time zones are compiled into the
+# binary (jiff).
+FROM scratch
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="tenant-capacity-operator" \
@@ -48,9 +52,15 @@ LABEL org.opencontainers.image.title="tenant-capacity-operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
+# PATH explicitly: Dockerfile builders add this default to an image without it.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+COPY --chown=0:0 --chmod=0444 hack/image/rootfs/etc/passwd /etc/passwd
+COPY --chown=0:0 --chmod=0444 hack/image/rootfs/etc/group /etc/group
+COPY --from=builder --chown=0:0 --chmod=0444 /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder --chown=0:0 --chmod=0555 /out/tenant-capacity-operator /usr/local/bin/tenant-capacity-operator
 
 USER 65532:65532
-EXPOSE 8080 8081
+EXPOSE 8443 8081
 ENTRYPOINT ["/usr/local/bin/tenant-capacity-operator"]
 CMD ["run"]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure the commands the cluster, the tests and the benchmark use are
-# here. Go and Rust are expected on the machine; the rest are Debian packages,
-# installed with apt-get when this runs as root, and otherwise named so that
-# you can install them.
+# Makes sure the commands the cluster, the tests, the benchmark and the image
+# build (hack/image.sh) use are here. Go and Rust are expected on the machine;
+# the rest are Debian packages, installed with apt-get when this runs as root,
+# and otherwise named so that you can install them.
 #
 #   hack/prerequisites.sh     (hack/run.sh, hack/test.sh and .ci/run call it)
 set -euo pipefail
@@ -15,6 +15,9 @@ declare -A pkg_of=(
   [base64]=coreutils [sha256sum]=coreutils [readlink]=coreutils
   [awk]=mawk [sed]=sed [grep]=grep [git]=git
   [lua5.4]=lua5.4 # hack/test-argocd-health.sh (tests/helm_chart.rs)
+  # hack/image.sh: the container image without a container engine
+  [buildah]=buildah [skopeo]=skopeo [umoci]=umoci [jq]=jq [musl-gcc]=musl-tools
+  [readelf]=binutils [chroot]=coreutils [numfmt]=coreutils
 )
 
 command -v go >/dev/null 2>&1 || { log "go is missing: install Go (https://go.dev/dl/)"; exit 1; }
