@@ -58,9 +58,15 @@ done
 echo
 kubectl get tsub -A -o wide
 echo
+# The binary is also the kubectl plugin `kubectl capacity`, under that name.
+mkdir -p "${STATE}/bin"
+ln -sf "${BIN}" "${STATE}/bin/kubectl-capacity"
+PATH="${STATE}/bin:${PATH}" kubectl capacity status -A -o wide
+echo
 kubectl get deploy,hpa,svc,resourcequota -A -l app.kubernetes.io/managed-by=tenant-capacity-operator
 echo
 log "every example subscription is Ready. Metrics: curl http://127.0.0.1:18080/metrics"
+log "kubectl plugin: ln -s ${BIN} ~/.local/bin/kubectl-capacity (or put ${STATE}/bin on PATH); then kubectl capacity status -n tenant-edu edu"
 
 if ((FOLLOW)); then
   log "following the operator log; Ctrl-C stops the operator (the cluster stays up: hack/cluster.sh down)"

@@ -6,10 +6,12 @@
 //! capacity rules) → [`render`] (desired objects) → [`controller`] (watch,
 //! decide, write, status). [`live`] is the cached form of children, shared by
 //! the controller and [`metering`]. The binary in `main.rs` is a thin command
-//! line over it; docs/architecture.md walks through it.
+//! line over it, [`cli`] its cluster side (`status`, `render`, `probe`, and
+//! the kubectl plugin); docs/architecture.md walks through it.
 
 pub mod api;
 pub mod capacity;
+pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod live;

@@ -1,11 +1,19 @@
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tenant_capacity_operator::{
-    api, controller, leader,
+    api,
+    cli::{self, CliError, Connection, Output, Printed, StatusQuery},
+    controller, leader,
     metrics::Metrics,
-    preview,
     server::{
         self, MetricsServing, Readiness,
         access::{ApiReviews, MetricsAccess},
@@ -88,61 +96,237 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
-    /// Show a subscription's capacity per module: floor, ceiling, replicas, windows.
+    /// Show a subscription's capacity per module: floor, ceiling, replicas,
+    /// windows; without a name, every subscription in the namespace.
     Status {
-        /// Namespace of the subscription.
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-        /// Name of the subscription.
-        name: String,
+        #[command(flatten)]
+        kubectl: KubectlFlags,
+        #[command(flatten)]
+        args: StatusArgs,
     },
-    /// Preview, offline, every object the operator would apply for a subscription.
+    /// Preview every object the operator would apply for a subscription:
+    /// offline with `--profiles`, else with the cluster's catalogue.
     Render {
-        /// File with one or more TenantSubscriptions.
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
-        /// Folder (or file) with the ModuleProfiles (and any SubscriptionPlans and CapacityCalendars).
-        #[arg(long, visible_alias = "catalogue")]
-        profiles: PathBuf,
-        /// Evaluate seasonal windows at this instant (RFC 3339) instead of now.
+        #[command(flatten)]
+        kubectl: KubectlFlags,
+        #[command(flatten)]
+        args: RenderArgs,
+    },
+    /// GET a URL and exit 0 when it answers 200, else print the answer and
+    /// exit 1: the chart's `helm test` checks the operator's /readyz with it.
+    Probe {
+        /// For example http://tco-tenant-capacity-operator-metrics.ops.svc:8081/readyz.
         #[arg(long)]
-        at: Option<jiff::Timestamp>,
+        url: String,
+        /// Seconds the whole exchange may take.
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// The same binary as the kubectl plugin, when it runs under the name
+/// `kubectl-capacity` (a link on PATH): `kubectl capacity status`.
+#[derive(Parser)]
+#[command(
+    name = "kubectl-capacity",
+    bin_name = "kubectl capacity",
+    version,
+    about = "Tenants' capacity: TenantSubscriptions per module, and previews of what the operator applies."
+)]
+struct Plugin {
+    #[command(flatten)]
+    kubectl: KubectlFlags,
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show a subscription's capacity per module (floor, ceiling, replicas,
+    /// windows); without a name, every subscription in the namespace.
+    Status(StatusArgs),
+    /// Preview every object the operator would apply for the subscriptions
+    /// in a file: with the cluster's catalogue, or offline with `--profiles`.
+    Render(RenderArgs),
+    /// Print the version.
+    Version,
+}
+
+/// kubectl's flags, anywhere on the command line.
+#[derive(Args)]
+struct KubectlFlags {
+    /// Namespace (default: the kubeconfig context's, else "default").
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config,
+    /// then the in-cluster service account).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Output format; the human table when unset.
+    #[arg(short = 'o', long, value_enum, global = true)]
+    output: Option<Output>,
+}
+
+impl KubectlFlags {
+    fn connection(&self) -> Connection {
+        Connection {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Name of the subscription; without it, every subscription in the namespace.
+    name: Option<String>,
+    /// Subscriptions in every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// File with one or more TenantSubscriptions.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Folder (or file) with the ModuleProfiles (and any SubscriptionPlans and
+    /// CapacityCalendars); without it, the cluster's catalogue.
+    #[arg(long, visible_alias = "catalogue")]
+    profiles: Option<PathBuf>,
+    /// Evaluate seasonal windows at this instant (RFC 3339) instead of now.
+    #[arg(long)]
+    at: Option<jiff::Timestamp>,
+}
+
+/// Print what a command printed, or its error as kubectl would; exit 1 on error.
+fn report(result: Result<Printed, CliError>) -> ExitCode {
+    match result {
+        Ok(printed) => {
+            print!("{}", printed.stdout);
+            eprint!("{}", printed.stderr);
+            let _ = std::io::stdout().flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for one command")
+        .block_on(f)
+}
+
+fn status(kubectl: &KubectlFlags, args: StatusArgs) -> ExitCode {
+    let query = StatusQuery {
+        name: args.name,
+        namespace: kubectl.namespace.clone(),
+        all_namespaces: args.all_namespaces,
+        output: kubectl.output,
+    };
+    report(block_on(cli::status(&kubectl.connection(), &query)))
+}
+
+fn render(kubectl: &KubectlFlags, args: RenderArgs) -> ExitCode {
+    let rendered = block_on(cli::render(
+        &kubectl.connection(),
+        &args.file,
+        args.profiles.as_deref(),
+        kubectl.namespace.as_deref(),
+        args.at,
+        kubectl.output,
+    ));
+    report(rendered.map(|stdout| Printed {
+        stdout,
+        stderr: String::new(),
+    }))
+}
+
+/// Whether the binary runs as `kubectl-capacity` (kubectl runs a plugin
+/// with the path it found on PATH as argv[0]).
+fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|arg0| Path::new(&arg0).file_stem().map(|name| name == cli::PLUGIN))
+        .unwrap_or(false)
+}
+
+fn plugin() -> ExitCode {
+    let plugin = Plugin::parse();
+    match plugin.command {
+        PluginCommand::Status(args) => status(&plugin.kubectl, args),
+        PluginCommand::Render(args) => render(&plugin.kubectl, args),
+        PluginCommand::Version => {
+            let version = env!("CARGO_PKG_VERSION");
+            let stdout = match plugin.kubectl.output {
+                Some(Output::Json) => format!("{{\n  \"version\": \"{version}\"\n}}\n"),
+                Some(Output::Yaml) => format!("version: {version}\n"),
+                _ => format!("{} {version}\n", cli::PLUGIN),
+            };
+            report(Ok(Printed {
+                stdout,
+                stderr: String::new(),
+            }))
+        }
+    }
+}
+
+fn probe(url: &str, timeout: Duration) -> ExitCode {
+    match block_on(cli::probe::get(url, timeout)) {
+        Ok(answer) if answer.ok() => {
+            println!("{url}: {} {}", answer.code, answer.body.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("{url}: {}\n{}", answer.code, answer.body.trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if invoked_as_plugin() {
+        return plugin();
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Status { kubectl, args } => status(&kubectl, args),
+        Command::Render { kubectl, args } => render(&kubectl, args),
+        Command::Probe {
+            url,
+            timeout_seconds,
+        } => probe(&url, Duration::from_secs(timeout_seconds)),
+        command => match operator(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn operator(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Crd => {
             print!("{}", api::crds_yaml());
             Ok(())
         }
-        Command::Status { namespace, name } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                // The operator's client: its requests are bounded in time too.
-                let client = controller::client()
-                    .await
-                    .context("connecting to Kubernetes")?;
-                let api: kube::Api<api::TenantSubscription> =
-                    kube::Api::namespaced(client, &namespace);
-                let sub = api
-                    .get(&name)
-                    .await
-                    .with_context(|| format!("reading TenantSubscription {namespace}/{name}"))?;
-                print!("{}", preview::status_table(&sub));
-                Ok(())
-            })
-        }
-        Command::Render { file, profiles, at } => {
-            let catalogue = preview::load_catalogue(&profiles)?;
-            let at = at.unwrap_or_else(jiff::Timestamp::now);
-            for sub in preview::load_subscriptions(&file)? {
-                print!("{}", preview::render_yaml(&sub, &catalogue, at)?);
-            }
-            Ok(())
+        Command::Status { .. } | Command::Render { .. } | Command::Probe { .. } => {
+            unreachable!("answered in main")
         }
         Command::Run {
             metrics_bind_address,

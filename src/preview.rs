@@ -114,12 +114,22 @@ pub fn load_subscriptions(path: &Path) -> anyhow::Result<Vec<TenantSubscription>
     Ok(subs)
 }
 
-/// The multi-document YAML of every object the operator would apply at `at`.
-pub fn render_yaml(
+/// Every object the operator would apply for a subscription at `at`, and
+/// a one-line summary of its windows.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// `<name>: active windows [...], next transition ...`.
+    pub summary: String,
+    pub objects: Vec<serde_json::Value>,
+}
+
+/// What the operator would apply for `sub` at `at`, or every reason it
+/// cannot be applied.
+pub fn render_objects(
     sub: &TenantSubscription,
     catalogue: &capacity::Catalogue,
     at: Timestamp,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Rendered> {
     let name = sub.name_any();
     let plan = capacity::plan(&name, &sub.spec, catalogue, at).map_err(|errors| {
         anyhow::anyhow!(
@@ -140,33 +150,54 @@ pub fn render_yaml(
             sub.controller_owner_ref(&())
         }),
     };
-    let mut out = format!(
-        "# {name}: active windows [{}], next transition {}\n",
+    let summary = format!(
+        "{name}: active windows [{}], next transition {}",
         plan.active_windows.join(", "),
         plan.next_transition
             .map(|t| capacity::window::format_instant(t, &plan.time_zone))
             .unwrap_or_else(|| "none".into())
     );
-    for child in render::all_children(&owner, &plan) {
+    let objects = render::all_children(&owner, &plan)
+        .iter()
+        .map(|child| child.to_value())
+        .collect();
+    Ok(Rendered { summary, objects })
+}
+
+/// The multi-document YAML of a rendering, its summary as a comment first.
+pub fn rendered_yaml(rendered: &Rendered) -> anyhow::Result<String> {
+    let mut out = format!("# {}\n", rendered.summary);
+    for object in &rendered.objects {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&child.to_value())?);
+        out.push_str(&serde_saphyr::to_string(object)?);
     }
     Ok(out)
 }
 
-/// A per-module table of a subscription's status, for people at a terminal.
-pub fn status_table(sub: &TenantSubscription) -> String {
+/// The multi-document YAML of every object the operator would apply at `at`.
+pub fn render_yaml(
+    sub: &TenantSubscription,
+    catalogue: &capacity::Catalogue,
+    at: Timestamp,
+) -> anyhow::Result<String> {
+    rendered_yaml(&render_objects(sub, catalogue, at)?)
+}
+
+/// A per-module table of a subscription's status, for people at a terminal;
+/// `wide` adds each module's regions, ready pods by zone and drain deadline.
+pub fn status_table(sub: &TenantSubscription, wide: bool) -> String {
     let st = sub.status.clone().unwrap_or_default();
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    let mut rows = vec![
-        [
-            "MODULE", "STATE", "TIER", "FLOOR", "CEILING", "DESIRED", "REPLICAS", "READY",
-            "SESSIONS", "NOTE",
-        ]
-        .map(String::from),
+    let mut header = vec![
+        "MODULE", "STATE", "TIER", "FLOOR", "CEILING", "DESIRED", "REPLICAS", "READY", "SESSIONS",
     ];
+    if wide {
+        header.extend(["REGIONS", "ZONES", "DEADLINE"]);
+    }
+    header.push("NOTE");
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for m in &st.modules {
-        rows.push([
+        let mut row = vec![
             m.name.clone(),
             m.state
                 .map(|s| format!("{s:?}"))
@@ -178,12 +209,24 @@ pub fn status_table(sub: &TenantSubscription) -> String {
             opt(m.replicas.map(Into::into)),
             opt(m.ready_replicas.map(Into::into)),
             opt(m.concurrency),
-            m.message.clone().unwrap_or_default(),
-        ]);
+        ];
+        if wide {
+            let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+            row.extend([
+                or_dash(m.regions.join(",")),
+                or_dash(
+                    m.ready_by_zone
+                        .iter()
+                        .map(|(zone, n)| format!("{zone}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                m.drain_deadline.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        row.push(m.message.clone().unwrap_or_default());
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..10)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
     let mut out = format!(
         "{}/{} (tenant {}){}\nReady: {} ({}) {}\nActive windows: {}\nNext transition: {}\n\n",
@@ -205,13 +248,30 @@ pub fn status_table(sub: &TenantSubscription) -> String {
         },
         st.next_transition.as_deref().unwrap_or("none"),
     );
+    out.push_str(&align(&rows, 2));
+    out
+}
+
+/// Rows as left-aligned columns `gap` spaces apart (each line trimmed).
+pub fn align(rows: &[Vec<String>], gap: usize) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        out.push_str(line.join("  ").trim_end());
+        out.push_str(line.join(&" ".repeat(gap)).trim_end());
         out.push('\n');
     }
     out

@@ -270,6 +270,30 @@ metrics:
         release.as_str()
     );
 
+    // --- helm test: the hook Job is admitted in the restricted namespace,
+    // scheduled, reported Succeeded and then deleted. The local cluster's
+    // pods are not run (kwok completes a Job's pods without running them),
+    // so this proves the hook's wiring, not the probe's verdict: tests/cli.rs
+    // runs `probe` against a real operator's /readyz, and tests/helm_chart.rs
+    // checks the URL names the Service's health port.
+    let tested = ok(
+        "helm",
+        &["test", &release, "-n", release_ns, "--timeout", "3m"],
+    );
+    let job = format!("{full}-test-ready");
+    assert!(
+        tested.contains(&format!("TEST SUITE:     {job}"))
+            && tested
+                .lines()
+                .any(|l| l.starts_with("Phase:") && l.ends_with("Succeeded")),
+        "{tested}"
+    );
+    wait_blocking("the succeeded test Job deleted", TIMEOUT, || {
+        kubectl_get(&["job", &job, "-n", release_ns])
+            .is_none()
+            .then_some(())
+    });
+
     // --- run the operator as the chart's ServiceAccount, with leader election.
     let token = kubectl(&[
         "create",

@@ -209,16 +209,305 @@ fn argocd_health_check_gives_the_right_verdicts() {
     }
 }
 
+/// Every optional feature of the chart switched on (the catalogue and a
+/// scoped watch come from [`custom_values`]).
+const ALL_FEATURES: &str = r#"metrics:
+  certSecret: tco-metrics-tls
+  readers: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
+  service: {type: ClusterIP, annotations: {example.com/scrape: "true"}}
+serviceMonitor:
+  enabled: true
+  labels: {release: prometheus}
+  bearerTokenSecret: {name: scrape-token, key: token}
+  tlsConfig: {serverName: tco.ops.svc, insecureSkipVerify: false}
+rbac:
+  provider:
+    subjects: [{kind: Group, name: platform-team, apiGroup: rbac.authorization.k8s.io}]
+admission:
+  namespaceSelector: {matchLabels: {tenancy: "true"}}
+childProtection:
+  exemptUsers: [break-glass]
+  namespaceSelector: {matchLabels: {tenancy: "true"}}
+networkPolicy:
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+keepCatalogueOnUninstall: true
+logLevel: debug
+extraArgs: [--resync-seconds=60]
+extraEnv: [{name: NO_COLOR, value: "1"}]
+imagePullSecrets: [{name: registry}]
+podLabels: {team: platform}
+nodeSelector: {kubernetes.io/os: linux}
+priorityClassName: system-cluster-critical
+"#;
+
+/// `helm lint --strict`: clean with the default values, with custom ones
+/// and with every optional feature on, also with plain-HTTP metrics (its
+/// own branch of the templates).
 #[test]
 fn helm_lint_passes_with_default_and_custom_values() {
     require_helm();
-    ok("helm", &["lint", "--strict", CHART]);
     let dir = tempfile::tempdir().unwrap();
-    let values = write(dir.path(), "values.yaml", &custom_values("video-call"));
-    ok(
-        "helm",
-        &["lint", "--strict", CHART, "-f", values.to_str().unwrap()],
+    let custom = write(dir.path(), "values.yaml", &custom_values("video-call"));
+    let all = write(dir.path(), "all.yaml", ALL_FEATURES);
+    let (custom, all) = (custom.to_str().unwrap(), all.to_str().unwrap());
+    for extra in [
+        &[][..],
+        &["-f", custom],
+        &["-f", custom, "-f", all],
+        &["-f", custom, "-f", all, "--set", "metrics.secure=false"],
+    ] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = ok("helm", &args);
+        assert!(
+            out.contains("1 chart(s) linted, 0 chart(s) failed")
+                && !out.contains("[WARNING]")
+                && !out.contains("[ERROR]"),
+            "helm lint {extra:?}:\n{out}"
+        );
+    }
+    // The features are on in what lint checked.
+    let docs = template("rel", "ops", &["-f", custom, "-f", all]);
+    for kind in [
+        "ServiceMonitor",
+        "ModuleProfile",
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "Job",
+    ] {
+        assert!(docs.iter().any(|d| d["kind"] == kind), "no {kind} rendered");
+    }
+}
+
+/// Every value is documented: each property of values.schema.json, at any
+/// depth, has a description, and each key values.yaml sets is a property.
+#[test]
+fn every_value_has_a_description_in_the_schema() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    fn undocumented(node: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = node["properties"].as_object() {
+            for (k, v) in props {
+                let p = format!("{path}.{k}");
+                if v["description"].as_str().is_none_or(|d| d.len() <= 3) {
+                    out.push(p.clone());
+                }
+                undocumented(v, &p, out);
+            }
+        }
+        undocumented_items(node, path, out);
+    }
+    fn undocumented_items(node: &Value, path: &str, out: &mut Vec<String>) {
+        if node["items"].is_object() {
+            undocumented(&node["items"], &format!("{path}[]"), out);
+        }
+    }
+    let mut missing = Vec::new();
+    undocumented(&schema, "", &mut missing);
+    for (name, def) in schema["definitions"].as_object().unwrap() {
+        undocumented(def, &format!("#{name}"), &mut missing);
+    }
+    assert!(
+        missing.is_empty(),
+        "properties without a description: {missing:?}"
     );
+
+    // values.yaml's keys, down to where the schema stops naming properties
+    // (free-form maps such as podAnnotations).
+    let values: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(Path::new(CHART).join("values.yaml")).unwrap(),
+    )
+    .unwrap();
+    fn unknown(values: &Value, schema: &Value, root: &Value, path: &str, out: &mut Vec<String>) {
+        let schema = match schema["$ref"].as_str() {
+            Some(r) => &root["definitions"][r.trim_start_matches("#/definitions/")],
+            None => schema,
+        };
+        let (Some(values), Some(props)) = (values.as_object(), schema["properties"].as_object())
+        else {
+            return;
+        };
+        for (k, v) in values {
+            match props.get(k) {
+                Some(s) => unknown(v, s, root, &format!("{path}.{k}"), out),
+                None => out.push(format!("{path}.{k}")),
+            }
+        }
+    }
+    let mut unknown_keys = Vec::new();
+    unknown(&values, &schema, &schema, "", &mut unknown_keys);
+    assert!(
+        unknown_keys.is_empty(),
+        "values without a schema property: {unknown_keys:?}"
+    );
+}
+
+/// `helm test`: a Job running the operator's own image and binary (`probe`)
+/// against /readyz through the Service's health port, which the Service
+/// exposes and the NetworkPolicy lets anyone reach. (On the local cluster
+/// its pods are not run: tests/cli.rs runs `probe` itself against a real
+/// operator, tests/helm.rs runs `helm test`.)
+#[test]
+fn helm_test_probes_readiness_through_the_service() {
+    require_helm();
+    for (release, namespace, extra) in [
+        ("rel", "ops", &[][..]),
+        (
+            "a-release-name-long-enough-to-be-cut-by-the-chart-123",
+            "tco-system",
+            &[
+                "--set",
+                "metrics.healthPort=9440",
+                "--set-json",
+                "networkPolicy.metricsFrom=[]",
+                "--set-json",
+                &format!("tolerations=[{}]", kwok_toleration_json()),
+            ][..],
+        ),
+    ] {
+        let docs = template(release, namespace, extra);
+        let hooks: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["metadata"]["annotations"]["helm.sh/hook"] == "test")
+            .collect();
+        assert_eq!(hooks.len(), 1, "one test hook");
+        let job = hooks[0];
+        assert_eq!(job["kind"], "Job");
+        let name = job["metadata"]["name"].as_str().unwrap();
+        assert!(name.len() <= 63 && name.ends_with("-test-ready"), "{name}");
+        assert_eq!(job["metadata"]["namespace"], namespace);
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let operator = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let pod = &job["spec"]["template"]["spec"];
+        let probe = &pod["containers"][0];
+        assert_eq!(
+            probe["image"], operator["image"],
+            "the operator's own image"
+        );
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(
+            pod["automountServiceAccountToken"], false,
+            "no API access needed"
+        );
+        assert_eq!(
+            pod["tolerations"],
+            deployment["spec"]["template"]["spec"]["tolerations"]
+        );
+        // Restricted, as the operator itself.
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(probe["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            probe["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        assert_eq!(
+            probe["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+
+        // The URL names the Service, its health port, and /readyz.
+        let service = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Service"
+                    && d["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
+            })
+            .expect("the operator's Service");
+        let health = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "health")
+            .expect("the Service exposes the health port");
+        assert_eq!(health["targetPort"], "health");
+        let container_port = operator["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "health")
+            .unwrap()["containerPort"]
+            .clone();
+        assert_eq!(health["port"], container_port);
+        let args: Vec<&str> = probe["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let url = format!(
+            "http://{}.{namespace}.svc:{}/readyz",
+            service["metadata"]["name"].as_str().unwrap(),
+            health["port"]
+        );
+        assert_eq!(
+            args,
+            ["probe", "--url", url.as_str(), "--timeout-seconds", "10"]
+        );
+        assert!(
+            operator["args"]
+                .as_array()
+                .unwrap()
+                .windows(2)
+                .any(|w| w[0] == "--health-probe-bind-address"
+                    && w[1] == format!(":{}", health["port"]).as_str()),
+            "the operator listens there: {:?}",
+            operator["args"]
+        );
+        // The Service does not select the probe's own pod.
+        let labels = &job["spec"]["template"]["metadata"]["labels"];
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        assert!(
+            !selector.iter().all(|(k, v)| &labels[k] == v),
+            "the Service selects the test pod: {labels}"
+        );
+        // The NetworkPolicy admits the health port from any peer.
+        let np = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+        assert!(
+            np["spec"]["ingress"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|rule| rule.get("from").is_none()
+                    && rule["ports"]
+                        .as_array()
+                        .is_some_and(|ports| ports.iter().any(|p| p["port"] == "health"))),
+            "{}",
+            np["spec"]["ingress"]
+        );
+    }
+}
+
+fn kwok_toleration_json() -> String {
+    let v: Value = serde_saphyr::from_str(KWOK_TOLERATION).unwrap();
+    v.to_string()
+}
+
+/// NOTES.txt says what to do next: check readiness (`helm test`), apply a
+/// catalogue and a subscription, follow it with `kubectl capacity`, find
+/// the metrics.
+#[test]
+fn notes_say_what_to_do_next() {
+    require_helm();
+    let out = ok(
+        "helm",
+        &["install", "rel", CHART, "-n", "ops", "--dry-run=client"],
+    );
+    let notes = &out[out.find("NOTES:").expect("NOTES")..];
+    for says in [
+        "helm test rel -n ops",
+        "kubectl -n ops rollout status deployment/rel-tenant-capacity-operator",
+        "Service rel-tenant-capacity-operator-metrics, port health",
+        "kubectl apply -f examples/profiles -f examples/plans -f examples/calendars",
+        "kind: TenantSubscription",
+        "kubectl capacity status -n tenant-acme acme",
+        "ln -s \"$(command -v tenant-capacity-operator)\" ~/.local/bin/kubectl-capacity",
+        "/metrics on Service rel-tenant-capacity-operator-metrics, port metrics (8443, HTTPS)",
+        "kubectl -n ops port-forward svc/rel-tenant-capacity-operator-metrics 8443",
+    ] {
+        assert!(notes.contains(says), "NOTES do not say {says:?}:\n{notes}");
+    }
 }
 
 #[test]
@@ -554,7 +843,10 @@ fn default_render_is_least_privilege_and_hardened() {
     let svc = must(&docs, "Service", &format!("{full}-metrics"));
     assert_eq!(
         svc["spec"]["ports"],
-        json!([{"name": "metrics", "port": 8443, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "https"}])
+        json!([
+            {"name": "metrics", "port": 8443, "targetPort": "metrics", "protocol": "TCP", "appProtocol": "https"},
+            {"name": "health", "port": 8081, "targetPort": "health", "protocol": "TCP", "appProtocol": "http"},
+        ])
     );
     assert_eq!(
         svc["spec"]["selector"],

@@ -44,7 +44,7 @@ use kube::{
 };
 use tracing::{debug, info};
 
-pub use client::{MAX_REQUESTS_IN_FLIGHT, client};
+pub use client::{Limits, MAX_REQUESTS_IN_FLIGHT, client, client_for};
 pub use error::Error;
 pub use watch::{InitialList, LIST_PAGE_SIZE, WatchBackoff};
 
