@@ -194,7 +194,7 @@ async fn pause_holds_rises_lets_reductions_through_and_unpause_converges() {
     f.apply_sub("z", &spec(400, false)).await;
     f.wait_available("z").await;
     f.apply_sub("z", &spec(800, true)).await;
-    let s = f.wait_not_ready("z", "Paused").await;
+    let s = f.wait_paused("z").await;
     assert!(condition(&s, "Ready").unwrap().message.contains("paused"));
     assert_eq!(
         f.hpa_numbers(&video).await,
@@ -212,7 +212,7 @@ async fn pause_holds_rises_lets_reductions_through_and_unpause_converges() {
         (h.metadata.uid != uid && h.spec.max_replicas == 10).then_some(())
     })
     .await;
-    f.wait_not_ready("z", "Paused").await;
+    f.wait_paused("z").await;
     // A lower concurrency while paused takes effect.
     f.apply_sub("z", &spec(200, true)).await;
     wait_for("the ceiling lowered while paused", T, || async {

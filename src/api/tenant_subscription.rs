@@ -181,9 +181,34 @@ fn default_drain_seconds() -> i64 {
     300
 }
 
-/// Observed state of a subscription.
+impl TenantSubscription {
+    /// Whether the operator has written a status for any generation yet:
+    /// a new subscription has none, or the schema's default
+    /// (`observedGeneration: 0`).
+    pub fn observed(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some_and(|g| g > 0)
+    }
+}
+
+/// Observed state of a subscription. Until the operator first writes it, it
+/// reads `observedGeneration: 0`: the subscription is not observed yet.
+//
+// That is a schema default. The API server drops the status of a create
+// (the status subresource), so nothing in a manifest can say "not observed
+// yet", but it applies defaults whenever it reads an object from storage:
+// a new subscription is served with generation 1 and observedGeneration 0,
+// which kstatus (Flux, kpt, cli-utils) and the Argo CD health check read as
+// in progress instead of current (`Current` with no status at all). A
+// default condition (Reconciling=True) would need a fixed
+// lastTransitionTime, a date that is not true; a generation not observed
+// says the same with nothing made up. The operator's first status write
+// replaces it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct TenantSubscriptionStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -139,7 +139,8 @@ impl std::fmt::Display for Conflict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub modules: Vec<ModuleStatus>,
-    /// The Ready condition: true with reason `Available`, else what stops it.
+    /// The Ready condition: true with reason `Available` (or `Paused`:
+    /// nothing is asked of the children but to stay), else what stops it.
     pub ready: bool,
     pub ready_reason: Reason,
     /// Reconciling=True with this reason, when work is under way.
@@ -432,9 +433,12 @@ fn ramps(
     (Some(plan), ramps)
 }
 
-/// A restrained converge's outcome, reported as paused.
+/// A restrained converge's outcome, reported as paused: Ready, as a paused
+/// subscription asks nothing of its children but to stay as they are
+/// (health checks read it as current, not as waiting for ever). What still
+/// goes on (a reduction ramping, a drain) keeps Reconciling=True.
 fn as_paused(mut o: Outcome) -> Outcome {
-    o.ready = false;
+    o.ready = o.stalled.is_none();
     o.ready_reason = Reason::new(
         "Paused",
         "reconciliation is paused (spec.paused): nothing rises; lower ceilings (a lower plan, a window's end) and modules switched off still take effect",
@@ -569,7 +573,9 @@ fn paused(sub: &TenantSubscription, known: &BTreeSet<&str>, live: &Live) -> Outc
         .collect();
     Outcome {
         modules,
-        ready: false,
+        // Ready: what a paused subscription asks, children left as they
+        // are, holds (see `as_paused`).
+        ready: true,
         ready_reason: Reason::new(
             "Paused",
             "reconciliation is paused (spec.paused); children are left as they are",

@@ -154,9 +154,20 @@ pub fn build(
         &o.ready_reason.reason,
         &o.ready_reason.message,
     )];
-    conditions.push(match &o.reconciling {
-        Some(r) => cond(RECONCILING, true, &r.reason, &r.message),
-        None => cond(RECONCILING, false, "Reconciled", ""),
+    // A spec that cannot be applied is stalled whatever else still goes on
+    // (a drain, a reduction ramping): kstatus takes the first of
+    // Reconciling=True and Stalled=True it finds, and a wait (Flux, kpt)
+    // must fail on it rather than run to its timeout. The work under way
+    // stays named here and on the modules.
+    conditions.push(match (&o.reconciling, &o.stalled) {
+        (Some(r), None) => cond(RECONCILING, true, &r.reason, &r.message),
+        (Some(r), Some(_)) => cond(
+            RECONCILING,
+            false,
+            "Stalled",
+            &format!("stalled (see Stalled); meanwhile: {}", r.message),
+        ),
+        (None, _) => cond(RECONCILING, false, "Reconciled", ""),
     });
     conditions.push(match &o.stalled {
         Some(r) => cond(STALLED, true, &r.reason, &r.message),
@@ -386,6 +397,75 @@ mod tests {
             message.len()
         );
         assert!(message.starts_with("video: ModuleProfile") && message.ends_with("..."));
+    }
+
+    fn outcome(reconciling: Option<&str>, stalled: Option<&str>) -> Outcome {
+        let reason = |r: &str| super::super::decide::Reason {
+            reason: r.into(),
+            message: format!("{r} message"),
+        };
+        Outcome {
+            modules: vec![],
+            ready: stalled.is_none(),
+            ready_reason: reason(stalled.unwrap_or("Available")),
+            reconciling: reconciling.map(reason),
+            stalled: stalled.map(reason),
+            limited: vec![],
+            active_windows: vec![],
+            next_transition: None,
+            requeue: None,
+            awaiting_quota: false,
+        }
+    }
+
+    fn states(st: &TenantSubscriptionStatus) -> Vec<(&str, &str, &str)> {
+        st.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_spec_is_stalled_not_reconciling_even_while_a_drain_runs() {
+        let sub = TenantSubscription::new(
+            "acme",
+            serde_json::from_value(serde_json::json!({"tenantId": "acme", "modules": []})).unwrap(),
+        );
+        let old = TenantSubscriptionStatus::default();
+        let now = Timestamp::UNIX_EPOCH;
+        // kstatus takes the first True of Reconciling and Stalled: never both.
+        let refused = build(
+            &sub,
+            &old,
+            &outcome(Some("Draining"), Some("ExceedsPlan")),
+            now,
+        );
+        assert_eq!(
+            states(&refused)[..3],
+            [
+                (READY, "False", "ExceedsPlan"),
+                (RECONCILING, "False", "Stalled"),
+                (STALLED, "True", "ExceedsPlan"),
+            ]
+        );
+        assert!(refused.conditions[1].message.contains("Draining message"));
+        let draining = build(&sub, &old, &outcome(Some("Draining"), None), now);
+        assert_eq!(
+            states(&draining)[..3],
+            [
+                (READY, "True", "Available"),
+                (RECONCILING, "True", "Draining"),
+                (STALLED, "False", "Reconciled"),
+            ]
+        );
+        let quiet = build(&sub, &old, &outcome(None, None), now);
+        assert_eq!(
+            states(&quiet)[1..3],
+            [
+                (RECONCILING, "False", "Reconciled"),
+                (STALLED, "False", "Reconciled"),
+            ]
+        );
     }
 
     #[test]

@@ -388,7 +388,7 @@ pub fn moves_the_oldest<'a>(
     mut neighbours: impl Iterator<Item = &'a TenantSubscription>,
 ) -> bool {
     let arrives_or_leaves =
-        touched.status.is_none() || touched.metadata.deletion_timestamp.is_some() || !stored;
+        !touched.observed() || touched.metadata.deletion_timestamp.is_some() || !stored;
     let mine = seniority(touched);
     arrives_or_leaves && neighbours.all(|o| mine < seniority(o))
 }
@@ -452,7 +452,10 @@ mod tests {
         );
         s.metadata.namespace = Some(ns.into());
         s.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
-        s.status = Some(TenantSubscriptionStatus::default());
+        s.status = Some(TenantSubscriptionStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
         s
     }
 
@@ -512,7 +515,11 @@ mod tests {
         };
         // A new subscription after others: nobody else's decision changes.
         let mut new_c = c.clone();
-        new_c.status = None;
+        // As the API server serves it: the schema's default status.
+        new_c.status = Some(TenantSubscriptionStatus {
+            observed_generation: Some(0),
+            ..Default::default()
+        });
         assert!(!wakes(&new_c, true, &[&a, &b]));
         // Status written, spec changed: nothing moves.
         assert!(!wakes(&a, true, &[&b, &c]));

@@ -240,6 +240,15 @@ impl Fixture {
             .await
     }
 
+    /// Wait until the subscription is paused (`Ready=True`, reason `Paused`:
+    /// what it asks of its children, to stay, holds) at its current generation.
+    pub async fn wait_paused(&self, name: &str) -> TenantSubscription {
+        self.wait_status(name, "Ready=True (Paused)", |s| {
+            is(s, "Ready", "True", "Paused")
+        })
+        .await
+    }
+
     /// Wait until the subscription reports `module` as Draining at its current generation.
     pub async fn wait_draining(&self, name: &str, module: &str) -> TenantSubscription {
         self.wait_status(name, &format!("{module} Draining"), |s| {

@@ -45,7 +45,7 @@ async fn pausing_in_a_peak_window_does_not_keep_the_peak() {
     .await;
     // Paused at the peak: the peak ends with the window all the same.
     f.apply_sub("acme", &spec(true)).await;
-    f.wait_not_ready("acme", "Paused").await;
+    f.wait_paused("acme").await;
     assert_eq!(f.hpa_numbers(&video).await, Some((4, 20)));
     wait_for("the ceiling back to what was bought", long, || async {
         (f.hpa_numbers(&video).await? == (1, 10)).then_some(())
@@ -62,7 +62,7 @@ async fn pausing_in_a_peak_window_does_not_keep_the_peak() {
         (f.hpa_numbers(&video).await? == (1, 5)).then_some(())
     })
     .await;
-    let s = f.wait_not_ready("acme", "Paused").await;
+    let s = f.wait_paused("acme").await;
     let m = &s.status.unwrap().modules[0];
     assert_eq!((m.max_replicas, m.concurrency), (Some(5), Some(200)));
     t.f.finish().await;

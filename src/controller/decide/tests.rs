@@ -645,8 +645,14 @@ fn pause_holds_every_rise_and_lets_reductions_through() {
         [vec![W::Event("Draining".into())]],
         "video's rise is held back; im's switch-off is a reduction"
     );
-    assert!(!d.outcome.ready);
+    // Ready (what a paused subscription asks holds), and reconciling while
+    // im drains: health checks read it as in progress until the drain ends.
+    assert!(d.outcome.ready);
     assert_eq!(d.outcome.ready_reason.reason, "Paused");
+    assert_eq!(
+        d.outcome.reconciling.as_ref().map(|r| r.reason.as_str()),
+        Some("Draining")
+    );
     assert_eq!(d.outcome.stalled, None);
     assert_eq!(
         w.module("video").max_replicas,
@@ -751,6 +757,11 @@ fn a_subscription_paused_before_it_ran_writes_nothing() {
     let d = w.reconcile();
     assert!(d.batches.is_empty(), "{:?}", shape(&d.batches));
     assert_eq!(d.outcome.ready_reason.reason, "Paused");
+    assert!(
+        d.outcome.ready,
+        "nothing is asked of it but to stay as it is"
+    );
+    assert_eq!(d.outcome.reconciling, None);
 }
 
 #[test]
