@@ -14,7 +14,6 @@ declare -A pkg_of=(
   [curl]=curl [openssl]=openssl [flock]=util-linux [setsid]=util-linux
   [base64]=coreutils [sha256sum]=coreutils [readlink]=coreutils
   [awk]=mawk [sed]=sed [grep]=grep [git]=git
-  [lua5.4]=lua5.4 # hack/test-argocd-health.sh (tests/helm_chart.rs)
   # hack/image.sh: the container image without a container engine
   [buildah]=buildah [skopeo]=skopeo [umoci]=umoci [jq]=jq [musl-gcc]=musl-tools
   [readelf]=binutils [chroot]=coreutils [numfmt]=coreutils

@@ -20,6 +20,9 @@ log() { printf '[test] %s\n' "$*" >&2; }
 
 if "${CLUSTER}" status >/dev/null 2>&1; then
   log "using the cluster that is already up"
+  # The test helpers (hack/tools) may have changed since it was started:
+  # built into a cache folder of their own, cheap when cached.
+  "${CLUSTER}" build-tools
 else
   if [[ "${TCO_KEEP_CLUSTER:-0}" == 1 ]]; then
     log "starting the cluster (TCO_KEEP_CLUSTER=1: it stays up afterwards)"

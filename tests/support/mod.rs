@@ -9,6 +9,8 @@
 //! - [`https`]: scraping its HTTPS /metrics;
 //! - [`audit`]: the API server's audit log;
 //! - [`tools`]: kubectl and helm;
+//! - [`health`]: what kstatus (Flux, kpt) and the Argo CD health check
+//!   read as an object's health, from the tools' own code;
 //! - [`wait`]: waiting for a check to hold;
 //! - [`window`]: a seasonal window at the next full minute;
 //! - [`chart`]: the Helm chart's paths, rendered arguments, and templates
@@ -21,6 +23,7 @@ pub mod audit;
 pub mod chart;
 pub mod cluster;
 pub mod fixture;
+pub mod health;
 pub mod https;
 pub mod process;
 pub mod proxy;
