@@ -35,6 +35,35 @@ const TENANT: &str = "obs";
 /// Prometheus has scraped the whole test by then, every second.
 const RATE_WINDOW: &str = "2m";
 
+/// The test's namespace and module profiles, deleted when dropped (also
+/// when the test fails).
+struct Cleanup {
+    namespace: String,
+    profiles: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ns = [
+            "delete",
+            "namespace",
+            &self.namespace,
+            "--ignore-not-found",
+            "--wait=false",
+        ];
+        let _ = support::tools::try_kubectl(&ns);
+        for p in &self.profiles {
+            let _ = support::tools::try_kubectl(&[
+                "delete",
+                "moduleprofile",
+                p,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
+    }
+}
+
 fn log(msg: impl AsRef<str>) {
     eprintln!("[observability] {}", msg.as_ref());
 }
@@ -53,6 +82,10 @@ async fn every_dashboard_query_and_alert_evaluates_against_a_real_prometheus_scr
     let ns = TestNamespace::for_tenant(&client, "obs", TENANT).await;
     let rtc = unique("rtc");
     let broken = unique("broken");
+    let _cleanup = Cleanup {
+        namespace: ns.name.clone(),
+        profiles: vec![rtc.clone(), broken.clone()],
+    };
     // 10 sessions a replica, the HPA aiming at 80 %: 8 a pod.
     apply_yaml(
         &client,
@@ -301,13 +334,4 @@ spec:
     drop(prometheus);
     assert!(op.stop().success());
     ns.delete().await;
-    for p in [&rtc, &broken] {
-        let _ = kubectl(&[
-            "delete",
-            "moduleprofile",
-            p,
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
-    }
 }
