@@ -201,7 +201,7 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     );
 
     wait_for("the new leader's gauges", T, || {
-        let g = gauges(&standby);
+        let g = gauges(standby);
         async move { (g == (Some(1.0), Some(1.0))).then_some(()) }
     })
     .await;
