@@ -52,8 +52,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
     let Some(election) = election else {
+        // The only instance: it reconciles, as a leader does.
+        metrics.leader.set(1);
+        let leader = metrics.leader.clone();
         let controller = controller::run(client, settings, metrics, readiness, shutdown.clone());
         finish_within(controller, shutdown, shutdown_timeout).await;
+        leader.set(0);
         return Ok(());
     };
     let id = identity();
@@ -66,6 +70,8 @@ pub async fn run(
         return Ok(());
     };
     info!(identity = %id, "leading: starting the controller");
+    metrics.leader.set(1);
+    let leader = metrics.leader.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async move {
         let _ = stop_rx.await;
@@ -105,6 +111,7 @@ pub async fn run(
     // that a standby takes over at once. Bounded too: an API server that does
     // not answer leaves the Lease to expire.
     drop(leading);
+    leader.set(0);
     match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
         Ok(Ok(Ok(_))) => info!(lease = %election.lease, "released the Lease"),
         Ok(Ok(Err(e))) => error!(error = %e, "could not release the Lease"),

@@ -81,9 +81,9 @@ pub fn prune<'a>(
         .collect();
     metrics.modules.retain(|l, v| {
         if !listed(l) {
-            v.plan = None;
+            v.gauges = None;
         }
-        v.plan.is_some()
+        v.gauges.is_some()
             || running.contains(&(
                 l.namespace.as_str(),
                 l.subscription.as_str(),
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn series_of_removed_modules_and_subscriptions_are_forgotten() {
-        use crate::metrics::ModulePlan;
+        use crate::metrics::ModuleGauges;
         let m = Metrics::default();
         let label = |sub: &str, module: &str| ModuleLabels {
             namespace: "t".into(),
@@ -268,17 +268,18 @@ mod tests {
             tenant: sub.into(),
             module: module.into(),
         };
-        let plan = Some(ModulePlan {
+        let plan = Some(ModuleGauges {
             max_replicas: 4,
             min_replicas: 1,
             ceiling_sessions: 100,
+            ..Default::default()
         });
         // acme/video runs; acme/voice was switched off and its Deployment is
         // gone; gone/video belongs to a deleted subscription whose
         // Deployment is still being collected.
-        m.modules.set_plan(&label("acme", "video"), plan);
+        m.modules.set_gauges(&label("acme", "video"), plan);
         m.modules.meter(&label("acme", "voice"), 10.0, 100.0);
-        m.modules.set_plan(&label("gone", "video"), plan);
+        m.modules.set_gauges(&label("gone", "video"), plan);
         let mut d = full(4, "40");
         d.metadata.name = Some("gone-video".into());
         let gone = slim(
@@ -293,10 +294,10 @@ mod tests {
         let running = [deployment(4, "40"), gone];
         let listed = |l: &ModuleLabels| l.subscription == "acme";
         prune(running.iter(), listed, &m);
-        assert_eq!(m.modules.get(&label("acme", "video")).unwrap().plan, plan);
+        assert_eq!(m.modules.get(&label("acme", "video")).unwrap().gauges, plan);
         assert_eq!(m.modules.get(&label("acme", "voice")), None);
         let gone_video = m.modules.get(&label("gone", "video")).unwrap();
-        assert_eq!(gone_video.plan, None, "gauges of a deleted subscription");
+        assert_eq!(gone_video.gauges, None, "gauges of a deleted subscription");
         // Once its Deployment is collected too, nothing is left of it.
         prune([&running[0]], listed, &m);
         assert_eq!(m.modules.get(&label("gone", "video")), None);

@@ -12,7 +12,7 @@ use prometheus_client::{
         MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::Histogram,
     },
     registry::Registry,
@@ -37,12 +37,21 @@ pub struct ModuleLabels {
     pub module: String,
 }
 
-/// What the plan gives one active module (the `module_*` gauges).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModulePlan {
+/// What the plan gives one active module and what it has (the `module_*`
+/// gauges).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModuleGauges {
     pub max_replicas: i64,
     pub min_replicas: i64,
     pub ceiling_sessions: i64,
+    /// Pods the HPA runs (its `status.currentReplicas`), once it reports them.
+    pub replicas: Option<i64>,
+    /// Live sessions, known only while the ceiling holds the HPA back.
+    pub sessions: Option<i64>,
+    /// The module is one the CapacityLimited condition names.
+    pub capacity_limited: bool,
+    /// The API server refuses the module's pods (Ready's `PodsRefused`).
+    pub pods_refused: bool,
 }
 
 /// Everything exported about one tenant module.
@@ -50,14 +59,14 @@ pub struct ModulePlan {
 pub struct ModuleValues {
     /// `None` while the module is not active (switched off, draining,
     /// refused): no gauges are exported for it then.
-    pub plan: Option<ModulePlan>,
+    pub gauges: Option<ModuleGauges>,
     pub replica_seconds: f64,
     pub session_capacity_seconds: f64,
 }
 
 /// The per-module series: one entry (one label set) per tenant module
-/// holding all five values, instead of one label set in each of five
-/// families (at 1,000 tenants x 3 modules that was 15,000 label sets).
+/// holding all its values, instead of one label set in each family (at
+/// 1,000 tenants x 3 modules, five families were 15,000 label sets).
 #[derive(Debug, Default)]
 pub struct ModuleMetrics {
     series: Mutex<HashMap<ModuleLabels, ModuleValues>>,
@@ -73,15 +82,15 @@ impl ModuleMetrics {
     }
 
     /// Set (or with `None` withdraw) the gauges of one module.
-    pub fn set_plan(&self, labels: &ModuleLabels, plan: Option<ModulePlan>) {
-        if plan.is_none() {
+    pub fn set_gauges(&self, labels: &ModuleLabels, gauges: Option<ModuleGauges>) {
+        if gauges.is_none() {
             // Withdrawing from a module never seen creates nothing.
             if let Some(v) = self.series.lock().unwrap().get_mut(labels) {
-                v.plan = None;
+                v.gauges = None;
             }
             return;
         }
-        self.update(labels, |v| v.plan = plan);
+        self.update(labels, |v| v.gauges = gauges);
     }
 
     /// Add provisioned replica-seconds and session-capacity-seconds.
@@ -118,29 +127,50 @@ impl ModuleMetrics {
 impl Collector for ModuleMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let series = self.series.lock().unwrap();
-        type Gauge = fn(&ModulePlan) -> i64;
-        let gauges: [(&str, &str, Gauge); 3] = [
+        // `None`: not exported for that module (a value not known yet).
+        type Value = fn(&ModuleGauges) -> Option<i64>;
+        let gauges: [(&str, &str, Value); 7] = [
             (
                 "module_max_replicas",
                 "Ceiling in replicas (HPA maxReplicas) per tenant module",
-                |p| p.max_replicas,
+                |g| Some(g.max_replicas),
             ),
             (
                 "module_min_replicas",
                 "Floor in replicas (HPA minReplicas) per tenant module",
-                |p| p.min_replicas,
+                |g| Some(g.min_replicas),
             ),
             (
                 "module_ceiling_sessions",
                 "Concurrent sessions in force per tenant module (bought, scaled by seasons)",
-                |p| p.ceiling_sessions,
+                |g| Some(g.ceiling_sessions),
+            ),
+            (
+                "module_replicas",
+                "Pods the HPA runs per tenant module (its status.currentReplicas)",
+                |g| g.replicas,
+            ),
+            (
+                "module_sessions",
+                "Live sessions per tenant module (the HPA's sessions metric times its pods), exported only while the ceiling holds the HPA back",
+                |g| g.sessions,
+            ),
+            (
+                "module_capacity_limited",
+                "1 while the subscription's CapacityLimited condition names the tenant module (demand above its ceiling or the quota), else 0",
+                |g| Some(g.capacity_limited.into()),
+            ),
+            (
+                "module_pods_refused",
+                "1 while the API server refuses the tenant module's pods (Ready=False, PodsRefused), else 0",
+                |g| Some(g.pods_refused.into()),
             ),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (labels, v) in series.iter() {
-                if let Some(plan) = &v.plan {
-                    ConstGauge::new(value(plan)).encode(family.encode_family(labels)?)?;
+                if let Some(x) = v.gauges.as_ref().and_then(value) {
+                    ConstGauge::new(x).encode(family.encode_family(labels)?)?;
                 }
             }
         }
@@ -178,6 +208,11 @@ pub struct Metrics {
     pub decision: Histogram,
     pub writes: Family<WriteLabels, Counter>,
     pub modules: Arc<ModuleMetrics>,
+    /// 1 while this instance reconciles: it holds the leader-election
+    /// Lease, or runs without leader election.
+    pub leader: Gauge,
+    /// 1 once every cache of the controller has its first full list.
+    pub caches_synced: Gauge,
 }
 
 impl Default for Metrics {
@@ -191,6 +226,8 @@ impl Default for Metrics {
         ]);
         let writes = Family::<WriteLabels, Counter>::default();
         let modules = Arc::new(ModuleMetrics::default());
+        let leader = Gauge::default();
+        let caches_synced = Gauge::default();
         registry.register(
             "reconciliations",
             "Reconciliations started",
@@ -216,6 +253,16 @@ impl Default for Metrics {
             "Writes sent to the API server, by kind and verb",
             writes.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this instance reconciles (holds the leader-election Lease, or runs without leader election), else 0",
+            leader.clone(),
+        );
+        registry.register(
+            "caches_synced",
+            "1 once every cache of the controller has its first full list, else 0 (a standby never syncs)",
+            caches_synced.clone(),
+        );
         registry.register_collector(Box::new(modules.clone()));
         Self {
             registry: Arc::new(registry),
@@ -225,6 +272,8 @@ impl Default for Metrics {
             decision,
             writes,
             modules,
+            leader,
+            caches_synced,
         }
     }
 }
@@ -260,16 +309,20 @@ mod tests {
         }
     }
 
-    const PLAN: ModulePlan = ModulePlan {
+    const PLAN: ModuleGauges = ModuleGauges {
         max_replicas: 8,
         min_replicas: 2,
         ceiling_sessions: 400,
+        replicas: None,
+        sessions: None,
+        capacity_limited: false,
+        pods_refused: false,
     };
 
     #[test]
-    fn one_module_is_exported_in_five_families() {
+    fn one_module_is_exported_in_its_families() {
         let m = Metrics::default();
-        m.modules.set_plan(&labels("acme", "video"), Some(PLAN));
+        m.modules.set_gauges(&labels("acme", "video"), Some(PLAN));
         m.modules.meter(&labels("acme", "video"), 30.0, 1200.0);
         let text = m.encode();
         let l = r#"{namespace="t",subscription="acme",tenant="acme",module="video"}"#;
@@ -277,6 +330,8 @@ mod tests {
             format!("tenant_capacity_module_max_replicas{l} 8"),
             format!("tenant_capacity_module_min_replicas{l} 2"),
             format!("tenant_capacity_module_ceiling_sessions{l} 400"),
+            format!("tenant_capacity_module_capacity_limited{l} 0"),
+            format!("tenant_capacity_module_pods_refused{l} 0"),
             format!("tenant_capacity_module_replica_seconds_total{l} 30.0"),
             format!("tenant_capacity_module_session_capacity_seconds_total{l} 1200.0"),
         ] {
@@ -297,17 +352,86 @@ mod tests {
     fn a_module_without_plan_exports_only_its_counters() {
         let m = Metrics::default();
         let video = labels("acme", "video");
-        m.modules.set_plan(&video, Some(PLAN));
+        m.modules.set_gauges(&video, Some(PLAN));
         m.modules.meter(&video, 30.0, 1200.0);
-        m.modules.set_plan(&video, None);
+        m.modules.set_gauges(&video, None);
         let text = m.encode();
-        assert!(!text.contains("module_max_replicas{"), "{text}");
+        for gauge in ["max_replicas", "capacity_limited", "pods_refused"] {
+            assert!(!text.contains(&format!("module_{gauge}{{")), "{text}");
+        }
         assert!(text.contains("module_replica_seconds_total{"), "{text}");
         // Withdrawing a plan never seen creates nothing.
-        m.modules.set_plan(&labels("acme", "voice"), None);
+        m.modules.set_gauges(&labels("acme", "voice"), None);
         assert_eq!(m.modules.len(), 1);
-        m.modules.retain(|_, v| v.plan.is_some());
+        m.modules.retain(|_, v| v.gauges.is_some());
         assert!(m.modules.is_empty());
         assert!(!m.encode().contains("module_replica_seconds_total{"));
+    }
+
+    #[test]
+    fn replicas_and_sessions_are_exported_once_known_and_flags_as_0_or_1() {
+        let m = Metrics::default();
+        let video = labels("acme", "video");
+        m.modules.set_gauges(&video, Some(PLAN));
+        let text = m.encode();
+        assert!(!text.contains("module_replicas{"), "not known yet: {text}");
+        assert!(!text.contains("module_sessions{"), "not known yet: {text}");
+        m.modules.set_gauges(
+            &video,
+            Some(ModuleGauges {
+                replicas: Some(8),
+                sessions: Some(1240),
+                capacity_limited: true,
+                pods_refused: true,
+                ..PLAN
+            }),
+        );
+        let text = m.encode();
+        let l = r#"{namespace="t",subscription="acme",tenant="acme",module="video"}"#;
+        for line in [
+            format!("tenant_capacity_module_replicas{l} 8"),
+            format!("tenant_capacity_module_sessions{l} 1240"),
+            format!("tenant_capacity_module_capacity_limited{l} 1"),
+            format!("tenant_capacity_module_pods_refused{l} 1"),
+        ] {
+            assert!(text.lines().any(|x| x == line), "{line} missing in\n{text}");
+        }
+        // Held back no more: the flags go back to 0, the sessions (read only
+        // while held back) go.
+        m.modules.set_gauges(
+            &video,
+            Some(ModuleGauges {
+                replicas: Some(8),
+                ..PLAN
+            }),
+        );
+        let text = m.encode();
+        assert!(text.contains(&format!("tenant_capacity_module_capacity_limited{l} 0")));
+        assert!(!text.contains("module_sessions{"), "{text}");
+    }
+
+    #[test]
+    fn leader_and_caches_synced_start_at_0() {
+        let m = Metrics::default();
+        let text = m.encode();
+        assert!(
+            text.lines().any(|x| x == "tenant_capacity_leader 0"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|x| x == "tenant_capacity_caches_synced 0"),
+            "{text}"
+        );
+        m.leader.set(1);
+        m.caches_synced.set(1);
+        let text = m.encode();
+        assert!(
+            text.lines().any(|x| x == "tenant_capacity_leader 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|x| x == "tenant_capacity_caches_synced 1"),
+            "{text}"
+        );
     }
 }

@@ -1087,7 +1087,9 @@ fn reconcile(
             }
         }
     }
-    let Decision { batches, outcome } = decide(sub, &catalogue, &live, now);
+    let Decision {
+        batches, outcome, ..
+    } = decide(sub, &catalogue, &live, now);
     let applied: Vec<Value> = batches
         .iter()
         .flatten()

@@ -16,6 +16,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 use serde_json::{Value, json};
 use support::{
     chart::{CHART, KWOK_TOLERATION, args_of, has_pair, write},
+    prometheus::{self as prom, ALERT_TESTS, DASHBOARD},
     tools::{ok, require_helm, run},
 };
 
@@ -854,6 +855,8 @@ fn default_render_is_least_privilege_and_hardened() {
     );
     for kind in [
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
         "ModuleProfile",
         "SubscriptionPlan",
         "CapacityCalendar",
@@ -986,6 +989,8 @@ fn metrics_are_https_for_readers_only_behind_a_network_policy() {
     let ep = &must(&sm_docs, "ServiceMonitor", full)["spec"]["endpoints"][0];
     assert_eq!(ep["port"], "metrics");
     assert_eq!(ep["scheme"], "https");
+    // The series' own `namespace` (the tenant's) is kept, not renamed.
+    assert_eq!(ep["honorLabels"], true);
     assert_eq!(
         ep["bearerTokenFile"],
         "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -1321,4 +1326,204 @@ fn children_are_protected_by_default_and_the_operator_is_exempt() {
             .contains("system:masters")
     );
     assert!(policies(&["--set", "childProtection.enabled=false"]).is_empty());
+}
+
+// --- alerts and dashboard -----------------------------------------------------
+
+/// The PrometheusRule rendered out of the chart passes `promtool check
+/// rules`, and every alert passes its unit tests in
+/// tests/prometheus/alerts.test.yaml (`promtool test rules`): each fires in
+/// one case and stays silent in another.
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    require_helm();
+    let rule = prom::rendered_rule(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    prom::write_rules_file(dir.path(), &rule);
+    let check = prom::promtool(dir.path(), &["check", "rules", "rules.yaml"]);
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}",
+        said(&check)
+    );
+    let alerts = prom::alerts(&rule);
+    assert!(
+        said(&check).contains(&format!("{} rules found", alerts.len())),
+        "{}",
+        said(&check)
+    );
+
+    // Every alert has a test that fires it and one that does not.
+    let tests = std::fs::read_to_string(ALERT_TESTS).unwrap();
+    let cases: Value = serde_saphyr::from_str(&tests).unwrap();
+    for (alert, _) in &alerts {
+        let evals: Vec<&Value> = cases["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["alert_rule_test"].as_array().into_iter().flatten())
+            .filter(|e| e["alertname"] == alert.as_str())
+            .collect();
+        let fires = |e: &&Value| e["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
+        assert!(evals.iter().any(fires), "no test fires {alert}");
+        assert!(
+            !evals.iter().all(fires),
+            "no test where {alert} stays silent"
+        );
+        // Each names its runbook in the docs.
+        let r = rule["spec"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .find(|r| r["alert"] == alert.as_str())
+            .unwrap();
+        let anchor = format!("#{}", alert.to_lowercase());
+        assert!(
+            r["annotations"]["runbook_url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(&anchor)),
+            "{r}"
+        );
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/observability.md"
+        ))
+        .unwrap();
+        assert!(
+            docs.contains(&format!("### {alert}")),
+            "{alert} has no runbook section"
+        );
+    }
+
+    std::fs::copy(ALERT_TESTS, dir.path().join("alerts.test.yaml")).unwrap();
+    let test = prom::promtool(dir.path(), &["test", "rules", "alerts.test.yaml"]);
+    assert!(
+        test.status.success(),
+        "promtool test rules:\n{}",
+        said(&test)
+    );
+    assert!(said(&test).contains("SUCCESS"), "{}", said(&test));
+}
+
+/// Labels, thresholds and the series' selector come from values; off by default.
+#[test]
+fn the_prometheus_rule_takes_labels_thresholds_and_selector_from_values() {
+    require_helm();
+    let rule = prom::rendered_rule(&[
+        "--set",
+        "prometheusRule.labels.release=prometheus",
+        "--set",
+        "prometheusRule.selector=service=\"tco-metrics\"",
+        "--set",
+        "prometheusRule.capacityLimited.for=30m",
+        "--set-json",
+        "prometheusRule.reconcileErrors.ratio=0.25",
+        "--set",
+        "prometheusRule.operatorDown.severity=page",
+    ]);
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rules: Vec<&Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    let by_name = |n: &str| *rules.iter().find(|r| r["alert"] == n).unwrap();
+    assert_eq!(by_name("TenantCapacityLimited")["for"], "30m");
+    assert_eq!(
+        by_name("TenantCapacityOperatorDown")["labels"]["severity"],
+        "page"
+    );
+    assert!(
+        by_name("TenantCapacityReconcileErrors")["expr"]
+            .as_str()
+            .unwrap()
+            .contains("> 0.25")
+    );
+    for r in &rules {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(expr.contains("{service=\"tco-metrics\"}"), "{expr}");
+        assert!(!expr.contains("job="), "{expr}");
+    }
+    let bad = run(
+        "helm",
+        &[
+            "template",
+            "tco",
+            CHART,
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.podsRefused.for=soon",
+        ],
+        None,
+    );
+    assert!(
+        !bad.status.success(),
+        "a `for` that is no duration is refused"
+    );
+}
+
+/// The dashboard ships in a ConfigMap with Grafana's sidecar label (off by
+/// default, the label and namespace configurable), holding the JSON of
+/// dashboards/tenant-capacity.json as it is.
+#[test]
+fn the_dashboard_ships_in_a_configmap_for_grafanas_sidecar() {
+    require_helm();
+    let dir = tempfile::tempdir().unwrap();
+    let values = write(
+        dir.path(),
+        "values.yaml",
+        "prometheusRule: {enabled: true, labels: {release: prometheus}}\ngrafanaDashboard: {enabled: true}\nserviceMonitor: {enabled: true}\n",
+    );
+    ok(
+        "helm",
+        &["lint", "--strict", CHART, "-f", values.to_str().unwrap()],
+    );
+    let docs = template("tco", "ops", &["--set", "grafanaDashboard.enabled=true"]);
+    let cm = must(&docs, "ConfigMap", "tco-tenant-capacity-operator-dashboard");
+    assert_eq!(cm["metadata"]["namespace"], "ops");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(cm["data"]["tenant-capacity.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    assert_eq!(shipped, file);
+    assert_eq!(file["uid"], "tenant-capacity");
+    let vars: Vec<String> = prom::dashboard_variables(&file)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for v in ["job", "namespace", "tenant", "module"] {
+        assert!(vars.iter().any(|x| x == v), "no ${v} variable: {vars:?}");
+    }
+
+    let moved = template(
+        "tco",
+        "ops",
+        &[
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.namespace=monitoring",
+            "--set-json",
+            "grafanaDashboard.labels={\"dashboards\":\"tenants\"}",
+        ],
+    );
+    let cm = must(
+        &moved,
+        "ConfigMap",
+        "tco-tenant-capacity-operator-dashboard",
+    );
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["dashboards"], "tenants");
 }

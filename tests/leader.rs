@@ -55,6 +55,15 @@ async fn leader_and_standby(ns: &str, lease_seconds: u64) -> (OperatorProcess, O
     if first == 'a' { (a, b) } else { (b, a) }
 }
 
+/// (`tenant_capacity_leader`, `tenant_capacity_caches_synced`) of a replica.
+fn gauges(op: &OperatorProcess) -> (Option<f64>, Option<f64>) {
+    let text = op.metrics().unwrap_or_default();
+    (
+        support::process::metric_value(&text, "tenant_capacity_leader"),
+        support::process::metric_value(&text, "tenant_capacity_caches_synced"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     // Long enough that waiting for expiry would be plain to see.
@@ -76,6 +85,9 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
         get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, &hpa).await
     })
     .await;
+    // Its gauges say which one leads and has synced (what the alerts read).
+    assert_eq!(gauges(&leader), (Some(1.0), Some(1.0)));
+    assert_eq!(gauges(&standby), (Some(0.0), Some(0.0)));
 
     let stopped = Instant::now();
     let status = leader
@@ -107,6 +119,12 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
         took < Duration::from_secs(10),
         "the standby took {took:?} to lead: it waited for the lease to expire"
     );
+
+    wait_for("the new leader's gauges", T, || {
+        let g = gauges(&standby);
+        async move { (g == (Some(1.0), Some(1.0))).then_some(()) }
+    })
+    .await;
 
     // The new leader reconciles changes.
     apply_yaml(&client, Some(&ns.name), &sub(400)).await;
@@ -181,6 +199,12 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
         took <= Duration::from_secs(LEASE_SECONDS * 2 + 2),
         "takeover took {took:?}"
     );
+
+    wait_for("the new leader's gauges", T, || {
+        let g = gauges(standby);
+        async move { (g == (Some(1.0), Some(1.0))).then_some(()) }
+    })
+    .await;
 
     // The new leader reconciles changes.
     apply_yaml(&client, Some(&ns.name), &sub(400)).await;

@@ -40,11 +40,27 @@ pub const QUOTA_WAIT_RETRY: SignedDuration = SignedDuration::from_secs(2);
 
 /// What one reconcile does: `batches` in order (the writes of one batch go
 /// out together; a batch only once the one before succeeded), then the
-/// status of `outcome`.
+/// status of `outcome`; `observed` is what the per-module gauges show.
 #[derive(Debug)]
 pub struct Decision {
     pub batches: Vec<Vec<Write>>,
     pub outcome: Outcome,
+    /// Per module converged, by name; none when nothing was converged
+    /// (paused or invalid with nothing to hold to, not here).
+    pub observed: BTreeMap<String, Observed>,
+}
+
+/// What the gauges of one converged module show beyond its status numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The module is one the CapacityLimited condition names.
+    pub capacity_limited: bool,
+    /// The API server refuses its pods (it is one Ready's `PodsRefused` names).
+    pub pods_refused: bool,
+    /// Pods the HPA runs (its `status.currentReplicas`).
+    pub replicas: Option<i32>,
+    /// Live sessions, read only while the ceiling holds the HPA back.
+    pub sessions: Option<i64>,
 }
 
 /// One write to the cluster.
@@ -194,6 +210,7 @@ pub fn decide(
         return Decision {
             batches: vec![],
             outcome: not_here(sub, refusal),
+            observed: BTreeMap::new(),
         };
     }
     if sub.spec.paused {
@@ -206,6 +223,7 @@ pub fn decide(
             None => Decision {
                 batches: vec![],
                 outcome: paused(sub, &known, live),
+                observed: BTreeMap::new(),
             },
         };
     }
@@ -219,6 +237,7 @@ pub fn decide(
             None => Decision {
                 batches: vec![],
                 outcome: invalid(sub, &errors, &known, live, now),
+                observed: BTreeMap::new(),
             },
         },
         Ok(plan) => converge(sub, &plan, catalogue, &known, live, now),
@@ -1053,6 +1072,7 @@ fn converge(
     let mut unschedulable = Vec::new();
     let mut ramping = Vec::new();
     let mut writes = Vec::new();
+    let mut observed = BTreeMap::new();
     for (m, (l, children)) in plan.modules.iter().zip(rendered) {
         if l.deployment.is_none() && !quota.in_force {
             // A new module waits until the quota controller has taken up the
@@ -1088,8 +1108,11 @@ fn converge(
                 .filter(Desired::needed)
                 .map(Write::Apply),
         );
+        let limited_before = limited.len();
         limited.extend(status::capacity_limit(m, &l));
-        refused.extend(status::refused(m, &l));
+        let refusal = status::refused(m, &l);
+        let pods_refused = refusal.is_some();
+        refused.extend(refusal);
         let below_floor = status::progress(m, &l);
         // Pods no node can take: not ready while the floor is not met, a
         // limit on capacity above it.
@@ -1098,6 +1121,16 @@ fn converge(
             (Some(s), None) => limited.push(s),
             (None, _) => {}
         }
+        let hpa = l.hpa.as_ref().map(|h| &h.facts);
+        observed.insert(
+            m.name.clone(),
+            Observed {
+                capacity_limited: limited.len() > limited_before,
+                pods_refused,
+                replicas: hpa.and_then(|h| h.current_replicas),
+                sessions: hpa.and_then(|h| h.limited_sessions),
+            },
+        );
         progress.extend(below_floor);
         let mut st = status::active_module(m, &l);
         if let Some(r) = ramps.get(&m.name) {
@@ -1184,6 +1217,7 @@ fn converge(
         (!conflicts.is_empty()).then(|| Reason::new("ObjectConflict", conflicts.join("; ")));
     Decision {
         batches,
+        observed,
         outcome: Outcome {
             modules,
             ready,

@@ -226,10 +226,12 @@ pub async fn run(
             },
         ];
         let readiness = readiness.clone();
+        let caches_synced = metrics.caches_synced.clone();
         tokio::spawn(async move {
             futures::future::join_all(waits).await;
             info!("caches synced");
             readiness.set_ready();
+            caches_synced.set(1);
             let _ = synced_tx.send(true);
         });
     }

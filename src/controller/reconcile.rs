@@ -3,7 +3,7 @@
 //! the rules are in `decide` and `status`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::{
     Settings,
-    decide::{self, Outcome, assignment, decide},
+    decide::{self, Observed, Outcome, assignment, decide},
     drain,
     error::{Error, Result, Verb, api_error},
     events::{self, Events},
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     api::{ModuleState, TenantSubscription},
-    metrics::{ErrorLabels, Metrics, ModuleLabels, ModulePlan},
+    metrics::{ErrorLabels, Metrics, ModuleGauges, ModuleLabels},
     render::MANAGER,
     server::Readiness,
 };
@@ -209,7 +209,13 @@ async fn reconcile_subscription(
             refused = Some(e);
         }
     }
-    publish_metrics(&ctx.metrics, sub, &live.tenancy, &outcome);
+    publish_metrics(
+        &ctx.metrics,
+        sub,
+        &live.tenancy,
+        &outcome,
+        &decision.observed,
+    );
 
     let new = status::build(sub, &old, &outcome, now);
     let since_written = ctx
@@ -343,7 +349,13 @@ fn jittered(resync: Duration) -> Duration {
 /// The gauges of the subscription's modules, labelled with the tenant the
 /// namespace is assigned to (never `spec.tenantId`); none for a subscription
 /// that may not act in its namespace.
-fn publish_metrics(metrics: &Metrics, sub: &TenantSubscription, tenancy: &Tenancy, o: &Outcome) {
+fn publish_metrics(
+    metrics: &Metrics,
+    sub: &TenantSubscription,
+    tenancy: &Tenancy,
+    o: &Outcome,
+    observed: &BTreeMap<String, Observed>,
+) {
     let ns = sub.namespace().unwrap_or_default();
     let acting = assignment(sub, tenancy).is_ok();
     for m in &o.modules {
@@ -353,12 +365,17 @@ fn publish_metrics(metrics: &Metrics, sub: &TenantSubscription, tenancy: &Tenanc
             tenant: tenancy.tenant.clone().unwrap_or_default(),
             module: m.name.clone(),
         };
-        let plan = (acting && m.state == Some(ModuleState::Active)).then(|| ModulePlan {
+        let seen = observed.get(&m.name).copied().unwrap_or_default();
+        let gauges = (acting && m.state == Some(ModuleState::Active)).then(|| ModuleGauges {
             max_replicas: m.max_replicas.unwrap_or(0) as i64,
             min_replicas: m.min_replicas.unwrap_or(0) as i64,
             ceiling_sessions: m.concurrency.unwrap_or(0),
+            replicas: seen.replicas.map(i64::from),
+            sessions: seen.sessions,
+            capacity_limited: seen.capacity_limited,
+            pods_refused: seen.pods_refused,
         });
-        metrics.modules.set_plan(&labels, plan);
+        metrics.modules.set_gauges(&labels, gauges);
     }
 }
 

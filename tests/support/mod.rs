@@ -16,7 +16,8 @@
 //! - [`chart`]: the Helm chart's paths, rendered arguments, and templates
 //!   applied for one test;
 //! - [`proxy`]: a proxy before the API server that can stall requests;
-//! - [`sessions`]: live sessions per pod, written to the custom metrics API.
+//! - [`sessions`]: live sessions per pod, written to the custom metrics API;
+//! - [`prometheus`]: promtool and a real Prometheus scraping the operator.
 #![allow(dead_code, unused_imports)]
 
 pub mod audit;
@@ -26,6 +27,7 @@ pub mod fixture;
 pub mod health;
 pub mod https;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod sessions;
 pub mod tools;

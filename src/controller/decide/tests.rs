@@ -994,6 +994,10 @@ fn an_autoscaler_held_at_its_ceiling_is_capacity_limited() {
         ["video: HPA wants 14 replicas, ceiling is 10"]
     );
     assert!(d.outcome.ready, "limited is not unavailable");
+    // The gauges name the module held back, and only it.
+    assert!(d.observed["video"].capacity_limited);
+    assert!(!d.observed["im"].capacity_limited);
+    assert!(!d.observed["video"].pods_refused);
 }
 
 #[test]
@@ -1170,10 +1174,13 @@ fn pods_refused_at_admission_show_in_status_with_the_api_servers_message() {
             Some(expected.as_str())
         );
         assert_eq!(w.module("im").message, None);
+        assert!(d.observed["video"].pods_refused);
+        assert!(!d.observed["im"].pods_refused);
         // Admitted again: Ready again.
         w.set_deployment("video", |f| f.refused = None);
         let d = w.reconcile();
         assert!(d.outcome.ready, "{:?}", d.outcome.ready_reason);
+        assert!(!d.observed["video"].pods_refused);
         assert_eq!(w.module("video").message, None);
     }
 }
@@ -1874,6 +1881,8 @@ fn capacity_limited_speaks_in_sessions_when_the_metric_is_known() {
         d.outcome.limited,
         ["video: 1,240 sessions live, ceiling 400 (HPA wants 16 replicas, ceiling 10)"]
     );
+    assert_eq!(d.observed["video"].sessions, Some(1240));
+    assert!(d.observed["video"].capacity_limited);
     assert_eq!(
         w.module("video").message.as_deref(),
         Some("video: 1,240 sessions live, ceiling 400 (HPA wants 16 replicas, ceiling 10)")
