@@ -220,13 +220,14 @@ build_prometheus() {
 # PROMETHEUS-RECIPE-END
 
 # hack/tools: one Go module (go.mod and go.sum committed), one command per
-# folder, installed as tco-<folder>.
+# folder, installed as tco-<folder>; hack/tools/internal holds what they share.
 build_helpers() {
   local bin="${HELPERS_DIR}/bin" d name
   [[ -f "${HELPERS_DIR}/built" ]] && return 0
   mkdir -p "${bin}"
   for d in "${HELPERS_SRC}"/*/; do
     name="$(basename "${d}")"
+    [[ "${name}" == internal ]] && continue # packages the commands share
     log "building tco-${name} (hack/tools/${name})"
     (cd "${HELPERS_SRC}" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -ldflags "-s -w" -o "${bin}/tco-${name}" "./${name}")
   done

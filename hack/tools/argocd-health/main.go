@@ -25,13 +25,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"strings"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"tco.local/hack-tools/internal/objects"
 )
 
 // The health codes Argo CD accepts from a script; another one reads Unknown.
@@ -58,18 +57,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tco-argocd-health:", err)
 		os.Exit(1)
 	}
-	objects, err := readObjects(os.Stdin)
+	objs, err := objects.Read(os.Stdin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tco-argocd-health:", err)
 		os.Exit(1)
 	}
-	for _, u := range objects {
+	for _, u := range objs {
 		status, message, err := health(string(script), u.Object, *openLibs)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "tco-argocd-health: %s/%s: %v\n", u.GetNamespace(), u.GetName(), err)
 			os.Exit(1)
 		}
-		fmt.Printf("%s\t%s\n", status, oneLine(message))
+		fmt.Printf("%s\t%s\n", status, objects.OneLine(message))
 	}
 }
 
@@ -202,50 +201,4 @@ func toLua(L *lua.LState, value any) lua.LValue {
 		return t
 	}
 	return lua.LNil
-}
-
-// readObjects decodes every object on r, expanding Lists, the way the API
-// machinery decodes unstructured objects (integers as int64).
-func readObjects(r io.Reader) ([]*unstructured.Unstructured, error) {
-	dec := json.NewDecoder(r)
-	var out []*unstructured.Unstructured
-	for {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("reading JSON: %w", err)
-		}
-		var head struct {
-			Kind  string            `json:"kind"`
-			Items []json.RawMessage `json:"items"`
-		}
-		if err := json.Unmarshal(raw, &head); err != nil {
-			return nil, fmt.Errorf("not a JSON object: %w", err)
-		}
-		if strings.HasSuffix(head.Kind, "List") && head.Items != nil {
-			list := &unstructured.UnstructuredList{}
-			if err := list.UnmarshalJSON(raw); err != nil {
-				return nil, fmt.Errorf("decoding %s: %w", head.Kind, err)
-			}
-			for i := range list.Items {
-				out = append(out, &list.Items[i])
-			}
-			continue
-		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(raw); err != nil {
-			return nil, fmt.Errorf("decoding object: %w", err)
-		}
-		out = append(out, u)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no object on stdin")
-	}
-	return out, nil
-}
-
-// oneLine keeps one record a line: a message's tabs and newlines become spaces.
-func oneLine(s string) string {
-	return strings.NewReplacer("\t", " ", "\r", " ", "\n", " ").Replace(s)
 }
