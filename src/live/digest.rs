@@ -98,7 +98,8 @@ pub fn project(live: &Value, fields: &Value) -> Option<Value> {
 }
 
 /// A hash of `v` that ignores what the server normalises: empty values and
-/// their absence are equal, quantities compare by amount ("1000m" is "1"),
+/// their absence are equal, quantities (resources, quota, an HPA's
+/// `averageValue`) compare by amount ("1000m" is "1", "4000" is "4k"),
 /// numbers by value, object keys in any order.
 pub fn digest(v: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -125,7 +126,10 @@ fn feed(v: &Value, quantities: bool, h: &mut impl Hasher) {
                 k.hash(h);
                 feed(
                     &o[k.as_str()],
-                    quantities || matches!(k.as_str(), "requests" | "limits" | "hard"),
+                    // Resource amounts, and an HPA's per-pod target (the
+                    // API server writes a sessions target of "4000" as "4k").
+                    quantities
+                        || matches!(k.as_str(), "requests" | "limits" | "hard" | "averageValue"),
                     h,
                 );
             }
@@ -252,6 +256,25 @@ pub(crate) mod tests {
         assert_ne!(
             digest(&json!({"limits": {"memory": "1Gi"}})),
             digest(&json!({"limits": {"memory": "2Gi"}}))
+        );
+    }
+
+    #[test]
+    fn an_hpa_average_value_hashes_by_amount() {
+        // A sessions target of 5,000 per replica at 80 %: rendered "4000",
+        // served back by the API server as "4k".
+        let target = |v: &str| {
+            json!({"spec": {"metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "rtc_sessions_active"},
+                "target": {"type": "AverageValue", "averageValue": v}}}]}})
+        };
+        assert_eq!(digest(&target("4000")), digest(&target("4k")));
+        assert_eq!(digest(&target("3200m")), digest(&target("3.2")));
+        assert_ne!(digest(&target("4000")), digest(&target("4001")));
+        // Not every string is a quantity: an env var's value is compared as written.
+        assert_ne!(
+            digest(&json!({"env": [{"name": "A", "value": "1000m"}]})),
+            digest(&json!({"env": [{"name": "A", "value": "1"}]}))
         );
     }
 
