@@ -163,18 +163,24 @@ async fn run(args: Args) -> Res<()> {
         .await
         .context("no cluster: run hack/cluster.sh up (or hack/bench.sh)")?;
     let n = args.tenants;
-    let audit = Audit::open(
-        args.audit_log
-            .clone()
-            .unwrap_or_else(Audit::local_cluster_path),
-    )
-    .context("pass --audit-log")?;
+    let audit_path = args
+        .audit_log
+        .clone()
+        .unwrap_or_else(Audit::local_cluster_path);
+    let audit = Audit::open(audit_path.clone()).context("pass --audit-log")?;
     let machine = report::machine();
     log(format!("{n} tenants × 3 modules on {machine}"));
 
     setup::cleanup(&client).await?;
     setup::install(&client).await?;
     setup::ensure_capacity(&client, n).await?;
+    let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list_metadata(&Default::default())
+        .await?
+        .items
+        .len();
+    let control_plane = report::control_plane(&audit_path, nodes);
+    log(format!("control plane: {control_plane}"));
     let catalogue = objects::catalogue(&client).await?;
     let kubeconfig = setup::operator_kubeconfig(&client).await?;
     let b = Bench {
@@ -189,6 +195,7 @@ async fn run(args: Args) -> Res<()> {
         "machine",
         json!({"description": machine, "cores": report::num_cpus(), "memory_gib": report::mem_gib(), "date": jiff::Timestamp::now().to_string()}),
     );
+    results.insert("control_plane", control_plane);
     results.insert("tenants", json!(n));
     if let Some(bin) = &b.args.operator_bin {
         results.insert("operator_bin", json!(bin));

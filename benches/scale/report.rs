@@ -84,11 +84,23 @@ fn table(r: &Results) -> String {
                 }
             }
             Value::Null => "-".into(),
+            Value::String(s) => s.clone(),
             v => v.to_string(),
         }
     };
     let rows: Vec<(String, String, String)> = vec![
         ("machine".into(), g("machine.description"), String::new()),
+        (
+            "control plane: nodes, controller-manager QPS/burst, HPA sync".into(),
+            format!(
+                "{}, {}/{}, {}",
+                g("control_plane.nodes"),
+                g("control_plane.kube_controller_manager.kube-api-qps"),
+                g("control_plane.kube_controller_manager.kube-api-burst"),
+                g("control_plane.kube_controller_manager.horizontal-pod-autoscaler-sync-period"),
+            ),
+            String::new(),
+        ),
         (
             "tenants × modules".into(),
             format!("{} × 3", g("tenants")),
@@ -200,4 +212,48 @@ fn table(r: &Results) -> String {
         out.push_str(&format!("{a:<w0$}  {b:<w1$}  {c}\n", w0 = w0, w1 = w1));
     }
     out
+}
+
+/// The control plane's settings that bound what the benchmark can measure,
+/// read from the command lines `hack/cluster.sh up` started the components
+/// with (kept beside the audit log's folder), so runs on different machines
+/// can be compared. A flag the cluster does not pass is reported as
+/// `"default"` (the upstream default of that Kubernetes version).
+pub fn control_plane(audit_log: &std::path::Path, nodes: usize) -> Value {
+    let state = audit_log
+        .parent()
+        .and_then(|logs| logs.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let flags = |component: &str, names: &[&str]| -> Value {
+        let cmdline = std::fs::read_to_string(state.join(format!("{component}.cmdline")));
+        let Ok(cmdline) = cmdline else {
+            return Value::Null;
+        };
+        let mut out = serde_json::Map::new();
+        for name in names {
+            let prefix = format!("--{name}=");
+            let value = cmdline
+                .split_whitespace()
+                .find_map(|arg| arg.strip_prefix(&prefix))
+                .unwrap_or("default");
+            out.insert((*name).to_string(), Value::String(value.to_string()));
+        }
+        Value::Object(out)
+    };
+    serde_json::json!({
+        "nodes": nodes,
+        "kube_controller_manager": flags("kube-controller-manager", &[
+            "kube-api-qps",
+            "kube-api-burst",
+            "horizontal-pod-autoscaler-sync-period",
+            "concurrent-horizontal-pod-autoscaler-syncs",
+            "concurrent-deployment-syncs",
+            "concurrent-replicaset-syncs",
+        ]),
+        "kube_apiserver": flags("kube-apiserver", &[
+            "max-requests-inflight",
+            "max-mutating-requests-inflight",
+        ]),
+    })
 }
