@@ -87,7 +87,27 @@ async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     let video = unique("video");
     let im = unique("im");
     apply_yaml(&client, None, &profile_yaml(&video, "  port: 8443")).await;
-    apply_yaml(&client, None, &profile_yaml(&im, "")).await;
+    // Messaging scales on a sessions metric whose target the API server
+    // writes back in another form (5,000 a replica at 80 %: "4000" is
+    // served as "4k"); it must not read as drift.
+    apply_yaml(
+        &client,
+        None,
+        &format!(
+            r#"
+apiVersion: capacity.tenancy.dev/v1alpha1
+kind: ModuleProfile
+metadata: {{name: {im}}}
+spec:
+  image: registry.example.com/rtc/{im}:1.0
+  sessionsPerReplica: 5000
+  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
+  scaling:
+    sessions: {{metric: rtc_sessions_active, targetPercent: 80}}
+"#
+        ),
+    )
+    .await;
     // One tenant per namespace (a ResourceQuota caps its whole namespace),
     // each namespace with its operator.
     const N: usize = 5;
@@ -131,6 +151,22 @@ spec:
         (ready == N).then_some(())
     })
     .await;
+    // The case below is the one meant: the target as the API server keeps it.
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        Api::namespaced(client.clone(), &namespaces[0].name)
+            .get(&format!("q0-{im}"))
+            .await
+            .expect("the messaging HPA");
+    let target = hpa.spec.metrics.unwrap_or_default();
+    let target = target
+        .iter()
+        .find_map(|m| m.pods.as_ref()?.target.average_value.as_ref())
+        .map(|q| q.0.clone());
+    assert_eq!(
+        target.as_deref(),
+        Some("4k"),
+        "the sessions target as served"
+    );
     let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
     let server_writes = || audit_writes(&audit, &names, &mark);
     let own_writes = || operators.iter().map(|o| o.writes()).sum::<u64>();
