@@ -90,20 +90,7 @@ async fn every_dashboard_query_and_alert_evaluates_against_a_real_prometheus_scr
     apply_yaml(
         &client,
         None,
-        &format!(
-            r#"
-apiVersion: capacity.tenancy.dev/v1alpha1
-kind: ModuleProfile
-metadata: {{name: {rtc}}}
-spec:
-  image: registry.example.com/rtc/{rtc}:1.0
-  port: 8443
-  sessionsPerReplica: 10
-  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  scaling:
-    sessions: {{metric: {METRIC}, targetPercent: 80}}
-"#
-        ),
+        &support::sessions::profile_yaml(&rtc, 10, "", "  port: 8443"),
     )
     .await;
     // A profile the provider got wrong: a CPU request above its limit,

@@ -93,19 +93,7 @@ async fn converged_subscriptions_cause_no_writes_across_resyncs() {
     apply_yaml(
         &client,
         None,
-        &format!(
-            r#"
-apiVersion: capacity.tenancy.dev/v1alpha1
-kind: ModuleProfile
-metadata: {{name: {im}}}
-spec:
-  image: registry.example.com/rtc/{im}:1.0
-  sessionsPerReplica: 5000
-  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  scaling:
-    sessions: {{metric: rtc_sessions_active, targetPercent: 80}}
-"#
-        ),
+        &support::sessions::profile_yaml(&im, 5000, "", ""),
     )
     .await;
     // One tenant per namespace (a ResourceQuota caps its whole namespace),

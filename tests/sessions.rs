@@ -110,24 +110,13 @@ async fn sessions_drive_the_hpa_to_the_ceiling_and_pods_leave_at_the_scale_down_
     apply_yaml(
         &f.client,
         None,
-        &format!(
-            r#"
-apiVersion: capacity.tenancy.dev/v1alpha1
-kind: ModuleProfile
-metadata: {{name: {rtc}}}
-spec:
-  image: registry.example.com/rtc/{rtc}:1.0
-  port: 8443
-  sessionsPerReplica: 10
-  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  scaling:
-    sessions: {{metric: {metric}, targetPercent: 80}}
-    scaleDown: {{stabilizationSeconds: 10, periodSeconds: {PERIOD}, maxPercent: 10, maxPods: 1}}
-  terminationGracePeriodSeconds: 30
-  preStop:
-    httpGet: {{path: /drain, port: 8080}}
-"#,
-            metric = support::sessions::METRIC
+        &support::sessions::profile_yaml(
+            &rtc,
+            10,
+            &format!(
+                "    scaleDown: {{stabilizationSeconds: 10, periodSeconds: {PERIOD}, maxPercent: 10, maxPods: 1}}"
+            ),
+            "  port: 8443\n  terminationGracePeriodSeconds: 30\n  preStop:\n    httpGet: {path: /drain, port: 8080}",
         ),
     )
     .await;

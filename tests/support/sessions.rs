@@ -23,6 +23,27 @@ use tokio::{
 /// The metric the examples and tests name.
 pub const METRIC: &str = "rtc_sessions_active";
 
+/// A ModuleProfile that scales on [`METRIC`], aiming at 80 % of
+/// `sessions_per_replica` a pod. `scaling` adds keys under `spec.scaling`
+/// (4 spaces in), `spec` under `spec` (2 spaces in).
+pub fn profile_yaml(name: &str, sessions_per_replica: u32, scaling: &str, spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: capacity.tenancy.dev/v1alpha1
+kind: ModuleProfile
+metadata: {{name: {name}}}
+spec:
+  image: registry.example.com/rtc/{name}:1.0
+  sessionsPerReplica: {sessions_per_replica}
+  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
+  scaling:
+    sessions: {{metric: {METRIC}, targetPercent: 80}}
+{scaling}
+{spec}
+"#
+    )
+}
+
 /// `host:port` of the adapter's write endpoint (`hack/cluster.sh env`
 /// exports its URL).
 pub fn write_address() -> String {
