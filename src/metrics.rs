@@ -206,6 +206,10 @@ pub struct Metrics {
     /// The part of a reconcile spent on the CPU alone: reading the caches
     /// and deciding, without any call to the API server.
     pub decision: Histogram,
+    /// From a spec change seen by the watch to the start of its reconcile.
+    pub change_queued: Histogram,
+    /// From a spec change seen by the watch to its status written.
+    pub change_applied: Histogram,
     pub writes: Family<WriteLabels, Counter>,
     pub modules: Arc<ModuleMetrics>,
     /// 1 while this instance reconciles: it holds the leader-election
@@ -223,6 +227,12 @@ impl Default for Metrics {
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         let decision = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 5.0,
+        ]);
+        let change_queued = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let change_applied = Histogram::new([
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ]);
         let writes = Family::<WriteLabels, Counter>::default();
         let modules = Arc::new(ModuleMetrics::default());
@@ -249,6 +259,16 @@ impl Default for Metrics {
             decision.clone(),
         );
         registry.register(
+            "spec_change_queued_seconds",
+            "From a subscription's spec change seen to the start of the reconcile that applies it",
+            change_queued.clone(),
+        );
+        registry.register(
+            "spec_change_applied_seconds",
+            "From a subscription's spec change seen to its status reporting the new generation",
+            change_applied.clone(),
+        );
+        registry.register(
             "api_writes",
             "Writes sent to the API server, by kind and verb",
             writes.clone(),
@@ -270,6 +290,8 @@ impl Default for Metrics {
             failures,
             duration,
             decision,
+            change_queued,
+            change_applied,
             writes,
             modules,
             leader,

@@ -2,7 +2,9 @@
 //! so a new HPA ceiling and a new quota) sent at a fixed rate, each to a
 //! different tenant; per change, the time from sending the apply to the
 //! later of the HPA showing the new ceiling and the subscription Ready at
-//! the new generation, both seen through watches.
+//! the new generation, both seen through watches. Where that time went is
+//! worked out afterwards from the audit log and the operator's log (see
+//! [`attribution`]).
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +12,16 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
-    Bench, Res, Results, log,
+    Bench, Res, Results, attribution, log,
     objects::{MODULES, apply_subscription, desired_with, video_ceiling},
+    support::OperatorProcess,
     tracker::Tracker,
 };
 
 /// Returns the latency figures (also reported as "change_latency").
 pub async fn run(
     b: &Bench,
+    op: &OperatorProcess,
     tracker: &Tracker,
     namespaces: &[String],
     results: &mut Results,
@@ -33,6 +37,8 @@ pub async fn run(
     let new_video = MODULES[0].1 + 80;
     let expect_max =
         video_ceiling(&desired_with(catalogue, "x", 0, new_video)).context("bench-video HPA")?;
+    let mark = b.audit.mark()?;
+    let log_from = op.line_count();
     let mut sent = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -52,8 +58,10 @@ pub async fn run(
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut latencies = Vec::new();
+    let mut each = Vec::new();
     loop {
         latencies.clear();
+        each.clear();
         {
             let st = tracker.state.lock().unwrap();
             for (ns, generation, t0) in &sent {
@@ -68,7 +76,13 @@ pub async fn run(
                     .filter(|(m, _)| *m == expect_max)
                     .map(|(_, t)| *t);
                 if let (Some(a), Some(b)) = (sub, hpa) {
-                    latencies.push(a.max(b).saturating_duration_since(*t0).as_secs_f64() * 1000.0);
+                    let ms = a.max(b).saturating_duration_since(*t0).as_secs_f64() * 1000.0;
+                    latencies.push(ms);
+                    each.push(attribution::Sent {
+                        namespace: ns.clone(),
+                        sent: attribution::wall(*t0),
+                        latency_ms: ms,
+                    });
                 }
             }
         }
@@ -84,6 +98,31 @@ pub async fn run(
             .copied()
             .unwrap_or(f64::NAN)
     };
+    // Let the operator's log lines of the last changes arrive.
+    let lines = crate::support::wait::poll(
+        "the operator's log of every applied change",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let lines = op.lines_since(log_from);
+            let applied = lines
+                .iter()
+                .filter(|l| l.contains("spec change applied"))
+                .count();
+            futures::future::ready((applied >= each.len()).then_some(lines))
+        },
+    )
+    .await
+    .unwrap_or_else(|_| op.lines_since(log_from));
+    let attributed = attribution::attribute(b, &mark, &each, &lines)?;
+    log(format!(
+        "change latency, median half: {}",
+        attribution::line(&attributed["median_half"])
+    ));
+    log(format!(
+        "change latency, slowest 1%: {}",
+        attribution::line(&attributed["slowest_1_percent"])
+    ));
     let r = json!({
         "changes": sent.len(),
         "completed": latencies.len(),
@@ -92,6 +131,7 @@ pub async fn run(
         "p90_ms": (q(0.90) * 10.0).round() / 10.0,
         "p99_ms": (q(0.99) * 10.0).round() / 10.0,
         "max_ms": (q(1.0) * 10.0).round() / 10.0,
+        "attribution": attributed,
     });
     log(format!("change latency: {r}"));
     results.insert("change_latency", r.clone());

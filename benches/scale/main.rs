@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod attribution;
 mod change;
 mod cold;
 mod floor;
@@ -209,7 +210,7 @@ async fn run(args: Args) -> Res<()> {
     let cold = cold::run(&b, &floor, &mut results).await?;
     let steady = idle::run(&b, &cold.op, &mut results).await?;
     let op = restart::run(&b, cold.op, cold.peak_rss, &steady, &mut results).await?;
-    let latency = change::run(&b, &cold.tracker, &cold.namespaces, &mut results).await?;
+    let latency = change::run(&b, &op, &cold.tracker, &cold.namespaces, &mut results).await?;
 
     // Over the whole run of the operator, from its cold start.
     let after = operator::writes_since(&b, &cold.audit_start)?;
@@ -253,8 +254,14 @@ fn log(msg: impl AsRef<str>) {
 }
 
 fn started() -> &'static Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now)
+    &anchor().0
+}
+
+/// One moment on both clocks: this process's instants and the wall clock
+/// (which the API server's audit log and the operator's log use).
+fn anchor() -> &'static (Instant, jiff::Timestamp) {
+    static ANCHOR: std::sync::OnceLock<(Instant, jiff::Timestamp)> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(|| (Instant::now(), jiff::Timestamp::now()))
 }
 
 /// How often the benchmark looks at the cluster: no more often, so the

@@ -15,10 +15,9 @@ use crate::{
 };
 
 /// Started with the benchmark's resync period and concurrency, logging (as
-/// text) to target/bench/operator-<tag>.log.
+/// JSON, which the change phase reads) to target/bench/operator-<tag>.log.
 pub fn start(b: &Bench, tag: &str) -> Res<OperatorProcess> {
     let mut launch = OperatorProcess::launch()
-        .text_logs()
         .free_ports()?
         .args([
             "--resync-seconds",

@@ -12,6 +12,7 @@
 //! - [`reconcile`]: one reconcile, the glue of the above.
 //! - [`client`]: the connection to the API server.
 
+mod changes;
 mod client;
 pub mod decide;
 pub mod drain;
@@ -189,6 +190,14 @@ pub async fn run(
         catalogue,
         readiness.clone(),
     );
+    // Spec changes are timed from here (see `changes`).
+    let spec_changes = Arc::new(changes::SpecChanges::default());
+    let seen = spec_changes.clone();
+    let subscription_stream = subscription_stream.inspect(move |touched| {
+        if let Ok(s) = touched {
+            seen.saw(s);
+        }
+    });
     let subscription_stream =
         watch::with_neighbours(subscription_stream, subscription_store.clone());
     let controller = Controller::for_stream(subscription_stream, subscription_store.clone())
@@ -258,6 +267,7 @@ pub async fn run(
         synced,
         readiness,
         status_written: Default::default(),
+        spec_changes,
         not_found: Default::default(),
         refusals: Default::default(),
     });

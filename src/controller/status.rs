@@ -207,8 +207,9 @@ pub fn build(
 pub const STATUS_BATCH: Duration = Duration::from_secs(2);
 /// ...and to one per this long while it is not (pods of a new or changed
 /// plan starting: Ready itself is written the moment it comes, so this only
-/// thins the "2/3 replicas ready" steps, the bulk of a cold start's writes).
-pub const PROGRESS_BATCH: Duration = Duration::from_secs(10);
+/// thins the "2/3 replicas ready" steps, the bulk of a cold start's writes:
+/// at 10 s, a tenant whose pods took 10 to 30 s wrote one to three of them).
+pub const PROGRESS_BATCH: Duration = Duration::from_secs(30);
 
 /// When a status is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +230,7 @@ pub fn when_to_write(
     awaiting_quota: bool,
     since_written: Option<Duration>,
 ) -> WriteStatus {
-    if new == old {
+    if new == old || only_first_autoscaler_reports(old, new) {
         return WriteStatus::Unchanged;
     }
     // A drain's record is the only one there is: never held back.
@@ -248,6 +249,28 @@ pub fn when_to_write(
         }
     }
     WriteStatus::Now
+}
+
+/// Whether `new` differs from `old` only in autoscalers' first reports
+/// (`desiredReplicas` unknown or 0 before, now the replicas that run): no
+/// news about capacity, so carried with the next write rather than written
+/// on its own. On a cold start each module's HPA reports once, seconds
+/// apart, after the subscription is Ready: one status write each.
+fn only_first_autoscaler_reports(
+    old: &TenantSubscriptionStatus,
+    new: &TenantSubscriptionStatus,
+) -> bool {
+    if old.modules.len() != new.modules.len() {
+        return false;
+    }
+    let mut carried = new.clone();
+    for (m, before) in carried.modules.iter_mut().zip(&old.modules) {
+        let first = matches!(before.desired_replicas, None | Some(0));
+        if m.name == before.name && first && m.desired_replicas == m.replicas {
+            m.desired_replicas = before.desired_replicas;
+        }
+    }
+    carried == *old
 }
 
 /// How long count-only status changes of `status` wait for the next write.
@@ -516,11 +539,11 @@ mod tests {
             when_to_write(&old, &counts, false, Some(s(1))),
             WriteStatus::Later(s(1))
         );
-        // Not Ready yet: pods starting are reported at most every 10 s.
+        // Not Ready yet: pods starting are reported at most every 30 s.
         let (old, counts) = (ready_status("False", 3), ready_status("False", 4));
         assert_eq!(
             when_to_write(&old, &counts, false, Some(s(3))),
-            WriteStatus::Later(s(7))
+            WriteStatus::Later(s(27))
         );
         // A changed ceiling or condition is never held back.
         let mut ceiling = counts.clone();
@@ -531,6 +554,31 @@ mod tests {
         );
         assert_eq!(
             when_to_write(&old, &ready_status("True", 3), false, Some(s(1))),
+            WriteStatus::Now
+        );
+        // An autoscaler's first report agreeing with the replicas running is
+        // carried with the next write; any other desired count is written.
+        let mut reported = ready_status("True", 3);
+        reported.modules[0].desired_replicas = Some(3);
+        let ready = ready_status("True", 3);
+        assert_eq!(
+            when_to_write(&ready, &reported, false, None),
+            WriteStatus::Unchanged
+        );
+        let mut zero = ready.clone();
+        zero.modules[0].desired_replicas = Some(0);
+        assert_eq!(
+            when_to_write(&zero, &reported, false, None),
+            WriteStatus::Unchanged
+        );
+        let mut wants_more = ready.clone();
+        wants_more.modules[0].desired_replicas = Some(5);
+        assert_eq!(
+            when_to_write(&ready, &wants_more, false, None),
+            WriteStatus::Now
+        );
+        assert_eq!(
+            when_to_write(&wants_more, &reported, false, None),
             WriteStatus::Now
         );
         // Waiting moments for a quota just written: held for the quota controller's answer.

@@ -104,6 +104,21 @@ impl Audit {
         mentioning: &[&str],
         keep: impl Fn(&Value) -> bool,
     ) -> io::Result<Writes> {
+        let mut w = Writes::default();
+        for e in self.events_since(mark, mentioning, keep)? {
+            w.add(&e);
+        }
+        Ok(w)
+    }
+
+    /// The completed requests themselves (as [`Self::writes_since`] selects
+    /// them), in the log's order.
+    pub fn events_since(
+        &self,
+        mark: &Mark,
+        mentioning: &[&str],
+        keep: impl Fn(&Value) -> bool,
+    ) -> io::Result<Vec<Value>> {
         let mut f = std::fs::File::open(&self.path)?;
         // A rotated log starts again from the beginning.
         let from = if f.metadata()?.len() < mark.offset {
@@ -112,7 +127,7 @@ impl Audit {
             mark.offset
         };
         f.seek(SeekFrom::Start(from))?;
-        let mut w = Writes::default();
+        let mut events = Vec::new();
         for line in io::BufReader::new(f).lines() {
             let line = line?;
             if !mentioning.is_empty() && !mentioning.iter().any(|m| line.contains(m)) {
@@ -122,9 +137,9 @@ impl Audit {
                 continue;
             };
             if e["stage"] == "ResponseComplete" && keep(&e) {
-                w.add(&e);
+                events.push(e);
             }
         }
-        Ok(w)
+        Ok(events)
     }
 }
