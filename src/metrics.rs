@@ -231,9 +231,8 @@ impl Default for Metrics {
         let change_queued = Histogram::new([
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
-        let change_applied = Histogram::new([
-            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ]);
+        let change_applied =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let writes = Family::<WriteLabels, Counter>::default();
         let modules = Arc::new(ModuleMetrics::default());
         let leader = Gauge::default();

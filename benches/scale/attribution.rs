@@ -59,20 +59,17 @@ const PARTS: [&str; 7] = [
 
 /// The breakdown of every change found in all three records, and a summary
 /// of the median change and of the tail.
-pub fn attribute(
-    b: &Bench,
-    mark: &Mark,
-    sent: &[Sent],
-    operator_log: &[String],
-) -> Res<Value> {
+pub fn attribute(b: &Bench, mark: &Mark, sent: &[Sent], operator_log: &[String]) -> Res<Value> {
     let applied = applied_changes(operator_log);
     let namespaces: HashMap<&str, ()> = sent.iter().map(|s| (s.namespace.as_str(), ())).collect();
     let operator = setup::operator_user();
-    let events = b.audit.events_since(mark, &["tenantsubscriptions", &operator], |e| {
-        e["objectRef"]["namespace"]
-            .as_str()
-            .is_some_and(|ns| namespaces.contains_key(ns))
-    })?;
+    let events = b
+        .audit
+        .events_since(mark, &["tenantsubscriptions", &operator], |e| {
+            e["objectRef"]["namespace"]
+                .as_str()
+                .is_some_and(|ns| namespaces.contains_key(ns))
+        })?;
     // Per namespace: the benchmark's apply (answered at), and the
     // operator's writes (received, answered).
     let mut applies: HashMap<String, Timestamp> = HashMap::new();

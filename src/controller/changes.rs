@@ -86,7 +86,10 @@ impl SpecChanges {
     pub fn applied(&self, sub: &TenantSubscription, generation: i64) {
         let mut waiting = self.waiting.lock().unwrap();
         let key = key(sub);
-        if waiting.get(&key).is_some_and(|s| s.generation <= generation) {
+        if waiting
+            .get(&key)
+            .is_some_and(|s| s.generation <= generation)
+        {
             waiting.remove(&key);
         }
     }
@@ -203,9 +206,9 @@ mod tests {
         let changes = SpecChanges::default();
         changes.saw(&sub(4, Some(4)));
         let mut deleted = sub(5, Some(4));
-        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        ));
+        deleted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
         changes.saw(&deleted);
         assert_eq!(changes.len(), 0);
         // A new subscription (no status yet) is one.

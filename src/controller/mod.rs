@@ -268,6 +268,7 @@ pub async fn run(
         readiness,
         status_written: Default::default(),
         spec_changes,
+        progressing: Default::default(),
         not_found: Default::default(),
         refusals: Default::default(),
     });

@@ -12,7 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::controller::Action,
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use serde_json::json;
 use tracing::warn;
@@ -27,7 +27,7 @@ use super::{
     execute::Writer,
     facts::Caches,
     facts::Tenancy,
-    status::{self, PROGRESS_BATCH, WriteStatus},
+    status::{self, PROGRESS_BATCH, PROGRESS_WRITES_PER_SECOND, WriteStatus},
 };
 use crate::{
     api::{ModuleState, TenantSubscription, TenantSubscriptionStatus},
@@ -50,6 +50,9 @@ pub struct Context {
     /// The status this process last wrote for each subscription, and when
     /// (see `status::when_to_write` and [`Context::with_own_status`]).
     pub status_written: Mutex<HashMap<String, Written>>,
+    /// Subscriptions that act and are not Ready (pods starting): how many
+    /// share the progress-only status writes (see `status::when_to_write`).
+    pub progressing: Mutex<Progressing>,
     /// Spec changes seen and not yet applied, timed.
     pub spec_changes: Arc<SpecChanges>,
     /// Consecutive "not found" failures per subscription (see `retry_delay`).
@@ -82,6 +85,13 @@ impl Default for Refusals {
             pending: Default::default(),
         }
     }
+}
+
+/// Subscriptions progressing, and when deleted ones were last dropped.
+#[derive(Default)]
+pub struct Progressing {
+    keys: HashSet<String>,
+    tidied: Option<Instant>,
 }
 
 /// A status write of this process.
@@ -124,6 +134,34 @@ impl Context {
         let mut latest = (**sub).clone();
         latest.status = Some((**own).clone());
         Arc::new(latest)
+    }
+
+    /// Record whether `key` is progressing; returns how many are.
+    fn progressing(&self, key: &str, progressing: bool) -> usize {
+        let mut guard = self.progressing.lock().unwrap();
+        let Progressing { keys: set, tidied } = &mut *guard;
+        if progressing {
+            if !set.contains(key) {
+                set.insert(key.to_string());
+            }
+        } else {
+            set.remove(key);
+        }
+        // Subscriptions deleted while progressing leave their key behind:
+        // dropped (every 10 s at most) once there are enough to lengthen
+        // anyone's period.
+        let matters = (PROGRESS_WRITES_PER_SECOND as usize) * PROGRESS_BATCH.as_secs() as usize;
+        if set.len() > matters && tidied.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *tidied = Some(Instant::now());
+            let subscriptions = &self.caches.subscriptions;
+            set.retain(|key| {
+                let (ns, name) = key.split_once('/').unwrap_or_default();
+                subscriptions
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some()
+            });
+        }
+        set.len()
     }
 
     /// Remember a status written for `key` (as the API server answered it).
@@ -190,6 +228,7 @@ async fn reconcile_subscription(
     let ns = sub.namespace().ok_or(Error::NoNamespace)?;
     let sub = &ctx.with_own_status(sub);
     if sub.metadata.deletion_timestamp.is_some() {
+        ctx.progressing(&key(sub), false);
         // Owner references let the garbage collector remove the children.
         return Ok(Action::await_change());
     }
@@ -286,7 +325,14 @@ async fn reconcile_subscription(
         .get(&key)
         .map(|w| w.at.elapsed());
     let mut batch_until = None;
-    match status::when_to_write(&old, &new, outcome.awaiting_quota, since_written) {
+    let progressing = ctx.progressing(&key, acting && !outcome.ready);
+    match status::when_to_write(
+        &old,
+        &new,
+        outcome.awaiting_quota,
+        since_written,
+        progressing,
+    ) {
         WriteStatus::Unchanged => {}
         WriteStatus::Later(wait) => {
             batch_until = Some(now + SignedDuration::try_from(wait).unwrap_or_default());

@@ -221,14 +221,23 @@ pub enum WriteStatus {
     Later(Duration),
 }
 
+/// Progress-only status writes (counts while pods start) of all
+/// subscriptions together, per second, at most: with many subscriptions
+/// starting at once (a cold start, a season for everyone) each one's
+/// period grows beyond `PROGRESS_BATCH` to keep to it.
+pub const PROGRESS_WRITES_PER_SECOND: u32 = 5;
+
 /// When `new` is written over `old`: at once, unless the subscription only
 /// waits for a quota written moments ago, or only replica counts moved and
-/// the last write (`since_written` ago) was within the batch period.
+/// the last write (`since_written` ago) was within the batch period (for a
+/// subscription not Ready yet, longer with more subscriptions `progressing`
+/// at once).
 pub fn when_to_write(
     old: &TenantSubscriptionStatus,
     new: &TenantSubscriptionStatus,
     awaiting_quota: bool,
     since_written: Option<Duration>,
+    progressing: usize,
 ) -> WriteStatus {
     if new == old || only_first_autoscaler_reports(old, new) {
         return WriteStatus::Unchanged;
@@ -241,7 +250,7 @@ pub fn when_to_write(
         return WriteStatus::Later(STATUS_BATCH);
     }
     if only_counts_changed(old, new) {
-        let period = batch_period(new);
+        let period = batch_period(new, progressing);
         if let Some(since) = since_written
             && since < period
         {
@@ -274,12 +283,18 @@ fn only_first_autoscaler_reports(
 }
 
 /// How long count-only status changes of `status` wait for the next write.
-fn batch_period(status: &TenantSubscriptionStatus) -> Duration {
+fn batch_period(status: &TenantSubscriptionStatus, progressing: usize) -> Duration {
     let ready = status
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
-    if ready { STATUS_BATCH } else { PROGRESS_BATCH }
+    if ready {
+        return STATUS_BATCH;
+    }
+    let shared = Duration::from_secs(1)
+        .saturating_mul(u32::try_from(progressing).unwrap_or(u32::MAX))
+        / PROGRESS_WRITES_PER_SECOND;
+    PROGRESS_BATCH.max(shared)
 }
 
 /// Whether `new` differs from `old` only in what pods and autoscalers do
@@ -527,33 +542,41 @@ mod tests {
         let old = ready_status("True", 3);
         let counts = ready_status("True", 4);
         assert_eq!(
-            when_to_write(&old, &old, false, None),
+            when_to_write(&old, &old, false, None, 0),
             WriteStatus::Unchanged
         );
-        assert_eq!(when_to_write(&old, &counts, false, None), WriteStatus::Now);
         assert_eq!(
-            when_to_write(&old, &counts, false, Some(s(3))),
+            when_to_write(&old, &counts, false, None, 0),
             WriteStatus::Now
         );
         assert_eq!(
-            when_to_write(&old, &counts, false, Some(s(1))),
+            when_to_write(&old, &counts, false, Some(s(3)), 0),
+            WriteStatus::Now
+        );
+        assert_eq!(
+            when_to_write(&old, &counts, false, Some(s(1)), 0),
             WriteStatus::Later(s(1))
         );
         // Not Ready yet: pods starting are reported at most every 30 s.
         let (old, counts) = (ready_status("False", 3), ready_status("False", 4));
         assert_eq!(
-            when_to_write(&old, &counts, false, Some(s(3))),
+            when_to_write(&old, &counts, false, Some(s(3)), 0),
             WriteStatus::Later(s(27))
+        );
+        // With 1,000 subscriptions starting at once, every 200 s.
+        assert_eq!(
+            when_to_write(&old, &counts, false, Some(s(3)), 1000),
+            WriteStatus::Later(s(197))
         );
         // A changed ceiling or condition is never held back.
         let mut ceiling = counts.clone();
         ceiling.modules[0].max_replicas = Some(12);
         assert_eq!(
-            when_to_write(&old, &ceiling, false, Some(s(1))),
+            when_to_write(&old, &ceiling, false, Some(s(1)), 0),
             WriteStatus::Now
         );
         assert_eq!(
-            when_to_write(&old, &ready_status("True", 3), false, Some(s(1))),
+            when_to_write(&old, &ready_status("True", 3), false, Some(s(1)), 0),
             WriteStatus::Now
         );
         // An autoscaler's first report agreeing with the replicas running is
@@ -562,28 +585,28 @@ mod tests {
         reported.modules[0].desired_replicas = Some(3);
         let ready = ready_status("True", 3);
         assert_eq!(
-            when_to_write(&ready, &reported, false, None),
+            when_to_write(&ready, &reported, false, None, 0),
             WriteStatus::Unchanged
         );
         let mut zero = ready.clone();
         zero.modules[0].desired_replicas = Some(0);
         assert_eq!(
-            when_to_write(&zero, &reported, false, None),
+            when_to_write(&zero, &reported, false, None, 0),
             WriteStatus::Unchanged
         );
         let mut wants_more = ready.clone();
         wants_more.modules[0].desired_replicas = Some(5);
         assert_eq!(
-            when_to_write(&ready, &wants_more, false, None),
+            when_to_write(&ready, &wants_more, false, None, 0),
             WriteStatus::Now
         );
         assert_eq!(
-            when_to_write(&wants_more, &reported, false, None),
+            when_to_write(&wants_more, &reported, false, None, 0),
             WriteStatus::Now
         );
         // Waiting moments for a quota just written: held for the quota controller's answer.
         assert_eq!(
-            when_to_write(&old, &ceiling, true, None),
+            when_to_write(&old, &ceiling, true, None, 0),
             WriteStatus::Later(STATUS_BATCH)
         );
     }
