@@ -165,10 +165,22 @@ impl Context {
     }
 
     /// Remember a status written for `key` (as the API server answered it).
+    /// Once there are many, when each was written is kept for as long as
+    /// a count-only write may be held back (the progress period grows with
+    /// the subscriptions starting at once: forgetting sooner would let
+    /// their next count-only change be written at once), and the status
+    /// itself only for `OWN_STATUS_FOR`.
     fn wrote_status(&self, key: String, status: TenantSubscriptionStatus) {
+        let progressing = self.progressing.lock().unwrap().keys.len();
+        let keep = status::progress_period(progressing).max(OWN_STATUS_FOR);
         let mut written = self.status_written.lock().unwrap();
         if written.len() > 256 {
-            written.retain(|_, w| w.at.elapsed() < PROGRESS_BATCH.max(OWN_STATUS_FOR));
+            written.retain(|_, w| w.at.elapsed() < keep);
+            for w in written.values_mut() {
+                if w.at.elapsed() >= OWN_STATUS_FOR {
+                    w.status = None;
+                }
+            }
         }
         written.insert(
             key,

@@ -289,8 +289,15 @@ fn batch_period(status: &TenantSubscriptionStatus, progressing: usize) -> Durati
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
     if ready {
-        return STATUS_BATCH;
+        STATUS_BATCH
+    } else {
+        progress_period(progressing)
     }
+}
+
+/// How long count-only changes of a subscription not Ready wait for the
+/// next write, with `progressing` subscriptions not Ready at once.
+pub fn progress_period(progressing: usize) -> Duration {
     let shared = Duration::from_secs(1)
         .saturating_mul(u32::try_from(progressing).unwrap_or(u32::MAX))
         / PROGRESS_WRITES_PER_SECOND;
