@@ -295,6 +295,12 @@ pub async fn get_opt<K: Namespaced>(client: &Client, ns: &str, name: &str) -> Op
 
 /// A ModuleProfile with a unique name.
 pub fn profile_yaml(name: &str, extra: &str) -> String {
+    profile_yaml_serving(name, 40, extra)
+}
+
+/// A ModuleProfile serving `sessions_per_replica` a pod; `extra` adds keys
+/// under `spec` (2 spaces in).
+pub fn profile_yaml_serving(name: &str, sessions_per_replica: u32, extra: &str) -> String {
     format!(
         r#"
 apiVersion: capacity.tenancy.dev/v1alpha1
@@ -302,7 +308,7 @@ kind: ModuleProfile
 metadata: {{name: {name}}}
 spec:
   image: registry.example.com/rtc/{name}:1.0
-  sessionsPerReplica: 40
+  sessionsPerReplica: {sessions_per_replica}
   resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
 {extra}
 "#

@@ -27,20 +27,12 @@ pub const METRIC: &str = "rtc_sessions_active";
 /// `sessions_per_replica` a pod. `scaling` adds keys under `spec.scaling`
 /// (4 spaces in), `spec` under `spec` (2 spaces in).
 pub fn profile_yaml(name: &str, sessions_per_replica: u32, scaling: &str, spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: capacity.tenancy.dev/v1alpha1
-kind: ModuleProfile
-metadata: {{name: {name}}}
-spec:
-  image: registry.example.com/rtc/{name}:1.0
-  sessionsPerReplica: {sessions_per_replica}
-  resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{cpu: 200m, memory: 128Mi}}}}
-  scaling:
-    sessions: {{metric: {METRIC}, targetPercent: 80}}
-{scaling}
-{spec}
-"#
+    super::cluster::profile_yaml_serving(
+        name,
+        sessions_per_replica,
+        &format!(
+            "  scaling:\n    sessions: {{metric: {METRIC}, targetPercent: 80}}\n{scaling}\n{spec}"
+        ),
     )
 }
 
