@@ -70,28 +70,18 @@ impl SpecChanges {
             .or_insert(seen);
     }
 
-    /// The change of `sub`'s generation waiting, if one is.
-    pub fn waiting(&self, sub: &TenantSubscription) -> Option<Seen> {
-        let generation = sub.metadata.generation.unwrap_or(0);
-        self.waiting
-            .lock()
-            .unwrap()
-            .get(&key(sub))
-            .filter(|s| s.generation == generation)
-            .copied()
-    }
-
     /// `sub`'s status now reports `generation`: a change up to it is
-    /// applied, and no longer waiting.
-    pub fn applied(&self, sub: &TenantSubscription, generation: i64) {
+    /// applied, and no longer waiting. Returns the change of exactly that
+    /// generation, if one was timed.
+    pub fn applied(&self, sub: &TenantSubscription, generation: i64) -> Option<Seen> {
         let mut waiting = self.waiting.lock().unwrap();
         let key = key(sub);
-        if waiting
-            .get(&key)
-            .is_some_and(|s| s.generation <= generation)
-        {
-            waiting.remove(&key);
+        let seen = waiting.get(&key).copied()?;
+        if seen.generation > generation {
+            return None;
         }
+        waiting.remove(&key);
+        (seen.generation == generation).then_some(seen)
     }
 
     #[cfg(test)]
@@ -105,10 +95,10 @@ fn key(sub: &TenantSubscription) -> String {
 }
 
 /// Where one reconcile's time went, for the log of an applied change.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// The reconcile's start.
-    pub started: Option<Instant>,
+    pub started: Instant,
     /// Reading the caches and deciding.
     pub decide: Duration,
     /// The children's writes, batch after batch (the API server's answers
@@ -120,6 +110,19 @@ pub struct Timings {
     pub writes: usize,
 }
 
+impl Timings {
+    /// A reconcile that started at `started` and decided in `decide`.
+    pub fn new(started: Instant, decide: Duration) -> Self {
+        Self {
+            started,
+            decide,
+            children: Duration::ZERO,
+            status: Duration::ZERO,
+            writes: 0,
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
@@ -127,10 +130,9 @@ fn ms(d: Duration) -> f64 {
 impl Timings {
     /// Log the change `seen` as applied now, and observe its times.
     pub fn report(&self, sub: &TenantSubscription, seen: &Seen, metrics: &crate::metrics::Metrics) {
-        let started = self.started.unwrap_or(seen.at);
-        let queued = started.saturating_duration_since(seen.at);
+        let queued = self.started.saturating_duration_since(seen.at);
         let total = seen.at.elapsed();
-        let reconcile = started.elapsed();
+        let reconcile = self.started.elapsed();
         // What the reconcile spent neither deciding nor waiting for the API
         // server (cache reads before deciding, status building, locks).
         let other = reconcile.saturating_sub(self.decide + self.children + self.status);
@@ -185,19 +187,26 @@ mod tests {
     fn a_change_waits_from_its_first_sighting_until_applied() {
         let changes = SpecChanges::default();
         changes.saw(&sub(2, Some(1)));
-        let first = changes.waiting(&sub(2, Some(1))).expect("waiting");
+        let first = changes.waiting.lock().unwrap()["t-acme/acme"];
         assert_eq!(first.generation, 2);
         // Seen again (a status write, a resync): still timed from the first.
         changes.saw(&sub(2, Some(1)));
-        assert_eq!(changes.waiting(&sub(2, Some(1))).unwrap().at, first.at);
-        // A newer generation restarts the clock, and the older is no longer waiting.
+        assert_eq!(changes.applied(&sub(2, Some(1)), 2), Some(first));
+        assert_eq!(changes.len(), 0);
+        // A newer generation restarts the clock.
+        changes.saw(&sub(2, Some(1)));
         changes.saw(&sub(3, Some(1)));
-        assert!(changes.waiting(&sub(2, Some(1))).is_none());
-        assert_eq!(changes.waiting(&sub(3, Some(1))).unwrap().generation, 3);
+        let newer = changes.waiting.lock().unwrap()["t-acme/acme"];
+        assert_eq!(newer.generation, 3);
+        assert!(newer.at >= first.at);
         // Applying an older generation leaves the newer waiting.
-        changes.applied(&sub(3, Some(1)), 2);
+        assert_eq!(changes.applied(&sub(3, Some(1)), 2), None);
         assert_eq!(changes.len(), 1);
-        changes.applied(&sub(3, Some(1)), 3);
+        assert_eq!(changes.applied(&sub(3, Some(1)), 3), Some(newer));
+        assert_eq!(changes.len(), 0);
+        // A status reporting a later generation than the one timed ends it, unreported.
+        changes.saw(&sub(4, Some(3)));
+        assert_eq!(changes.applied(&sub(5, Some(3)), 5), None);
         assert_eq!(changes.len(), 0);
     }
 

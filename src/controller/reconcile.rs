@@ -276,11 +276,7 @@ async fn reconcile_subscription(
             Err(_) => return Ok(Action::await_change()),
         }
     };
-    let mut timings = Timings {
-        started: Some(started),
-        decide: deciding.elapsed(),
-        ..Default::default()
-    };
+    let mut timings = Timings::new(started, deciding.elapsed());
     ctx.metrics.decision.observe(timings.decide.as_secs_f64());
     let writer = Writer {
         client: &ctx.client,
@@ -358,11 +354,9 @@ async fn reconcile_subscription(
             ctx.metrics.write("TenantSubscription", "apply-status");
             if let Some(generation) = new.observed_generation
                 && old.observed_generation != Some(generation)
+                && let Some(seen) = ctx.spec_changes.applied(sub, generation)
             {
-                if let Some(seen) = ctx.spec_changes.waiting(sub) {
-                    timings.report(sub, &seen, &ctx.metrics);
-                }
-                ctx.spec_changes.applied(sub, generation);
+                timings.report(sub, &seen, &ctx.metrics);
             }
             ctx.wrote_status(key, answered);
             for note in events::announcements(&old, &new) {
