@@ -255,5 +255,9 @@ pub fn control_plane(audit_log: &std::path::Path, nodes: usize) -> Value {
             "max-requests-inflight",
             "max-mutating-requests-inflight",
         ]),
+        "metrics_server": flags("metrics-server", &[
+            "metric-resolution",
+            "authorization-webhook-cache-authorized-ttl",
+        ]),
     })
 }
