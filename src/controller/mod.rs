@@ -267,6 +267,7 @@ pub async fn run(
         synced,
         readiness,
         status_written: Default::default(),
+        status_held: Default::default(),
         spec_changes,
         progressing: Default::default(),
         not_found: Default::default(),

@@ -50,6 +50,9 @@ pub struct Context {
     /// The status this process last wrote for each subscription, and when
     /// (see `status::when_to_write` and [`Context::with_own_status`]).
     pub status_written: Mutex<HashMap<String, Written>>,
+    /// Each subscription's status change held back (see
+    /// `status::when_to_write`); gone once written or undone.
+    pub status_held: Mutex<HashMap<String, Held>>,
     /// Subscriptions that act and are not Ready (pods starting): how many
     /// share the progress-only status writes (see `status::when_to_write`).
     pub progressing: Mutex<Progressing>,
@@ -94,6 +97,13 @@ pub struct Progressing {
     tidied: Option<Instant>,
 }
 
+/// A status change held back: since when, and since when as it is.
+pub struct Held {
+    since: Instant,
+    changed: Instant,
+    status: TenantSubscriptionStatus,
+}
+
 /// A status write of this process.
 pub struct Written {
     at: Instant,
@@ -105,6 +115,10 @@ pub struct Written {
 /// than any lag of the subscription watch short of an outage (whose relist
 /// brings the truth back anyway).
 const OWN_STATUS_FOR: Duration = Duration::from_secs(30);
+
+/// Longer than any status change is held back (the progress period with
+/// 10,000 subscriptions starting at once is 2,000 s).
+const HELD_KEPT: Duration = Duration::from_secs(3600);
 
 impl Context {
     pub async fn caches_ready(&self) {
@@ -134,6 +148,32 @@ impl Context {
         let mut latest = (**sub).clone();
         latest.status = Some((**own).clone());
         Arc::new(latest)
+    }
+
+    /// How long `status`, to be written for `key`, has been held back and
+    /// how long it has been as it is now (recorded from now on, for the
+    /// next look, in case it is held back again).
+    fn held(&self, key: &str, status: &TenantSubscriptionStatus) -> status::Recent {
+        let mut map = self.status_held.lock().unwrap();
+        if map.len() > 256 && !map.contains_key(key) {
+            // Deleted subscriptions leave theirs behind.
+            map.retain(|_, h| h.since.elapsed() < HELD_KEPT);
+        }
+        let now = Instant::now();
+        let h = map.entry(key.to_string()).or_insert_with(|| Held {
+            since: now,
+            changed: now,
+            status: status.clone(),
+        });
+        if h.status != *status {
+            h.changed = now;
+            h.status = status.clone();
+        }
+        status::Recent {
+            written: None,
+            held: Some(h.since.elapsed()),
+            unchanged: Some(h.changed.elapsed()),
+        }
     }
 
     /// Record whether `key` is progressing; returns how many are.
@@ -326,21 +366,27 @@ async fn reconcile_subscription(
     );
 
     let new = status::build(sub, &old, &outcome, now);
-    let since_written = ctx
-        .status_written
-        .lock()
-        .unwrap()
-        .get(&key)
-        .map(|w| w.at.elapsed());
+    let held = if new == old {
+        status::Recent::default()
+    } else {
+        ctx.held(&key, &new)
+    };
+    let recent = status::Recent {
+        written: ctx
+            .status_written
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|w| w.at.elapsed()),
+        ..held
+    };
     let mut batch_until = None;
     let progressing = ctx.progressing(&key, acting && !outcome.ready);
-    match status::when_to_write(
-        &old,
-        &new,
-        outcome.awaiting_quota,
-        since_written,
-        progressing,
-    ) {
+    let when = status::when_to_write(&old, &new, outcome.awaiting_quota, recent, progressing);
+    if !matches!(when, WriteStatus::Later(_)) {
+        ctx.status_held.lock().unwrap().remove(&key);
+    }
+    match when {
         WriteStatus::Unchanged => {}
         WriteStatus::Later(wait) => {
             batch_until = Some(now + SignedDuration::try_from(wait).unwrap_or_default());

@@ -1609,7 +1609,16 @@ fn a_new_drain_record_is_written_at_once() {
     assert!(drain::new_records(&old.modules, &new.modules));
     // Held back neither for a quota's answer nor by the batching of counts.
     assert_eq!(
-        status::when_to_write(&old, &new, true, Some(std::time::Duration::ZERO), 0),
+        status::when_to_write(
+            &old,
+            &new,
+            true,
+            status::Recent {
+                written: Some(std::time::Duration::ZERO),
+                ..Default::default()
+            },
+            0,
+        ),
         status::WriteStatus::Now
     );
     // Once written, the same record is not new.
