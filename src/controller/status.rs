@@ -221,15 +221,26 @@ pub enum WriteStatus {
     Later(Duration),
 }
 
-/// A progress-only change (counts while pods start) waits at least this
-/// long for what comes next before it is written: a subscription's modules
-/// tend to become ready within a second or two of one another, and the
-/// last one brings Ready, which is written at once and carries the counts.
-/// Written the moment the period allowed it, the first module's count cost
-/// a status write of its own just before Ready: at 1,000 tenants, a fifth
-/// of them wrote 3 statuses on a cold start instead of 2 (the gap between
-/// the two was under 2.4 s for every one).
+/// A progress-only change in ready pods while a subscription is not Ready
+/// waits at least this long for what comes next before it is written: a
+/// subscription's modules tend to become ready within a second or two of
+/// one another, and the last one brings Ready, which is written at once and
+/// carries the counts. Written the moment the period allowed it, the first
+/// module's count cost a status write of its own just before Ready: at
+/// 1,000 tenants, a fifth of them wrote 3 statuses on a cold start instead
+/// of 2 (the gap between the two was under 2.4 s for every one).
 pub const PROGRESS_SETTLE: Duration = Duration::from_secs(5);
+
+/// How long a progress-only change that brings no more ready pods (pods
+/// created, an autoscaler's wish) waits, at least, for a write that carries
+/// it while a subscription is not Ready; a progress period if that is
+/// longer. Such counts are written alone only when pods stay unready this
+/// long (an image that does not pull, a pod that does not schedule): on a
+/// cold start of 1,000 tenants, "pods created, none ready yet" written at
+/// the end of the shared progress period was a third status write, a
+/// second before Ready, for a third of the tenants. The same bound ends the
+/// `PROGRESS_SETTLE` wait of ready counts that never stay still.
+pub const PROGRESS_STALE: Duration = Duration::from_secs(300);
 
 /// Progress-only status writes (counts while pods start) of all
 /// subscriptions together, per second, at most: with many subscriptions
@@ -253,8 +264,8 @@ pub struct Recent {
 /// waits for a quota written moments ago, or only replica counts moved and
 /// the last write (`recent.written` ago) was within the batch period (for a
 /// subscription not Ready yet, longer with more subscriptions `progressing`
-/// at once, and not before the counts have stayed as they are for
-/// `PROGRESS_SETTLE`).
+/// at once, and then not before more ready pods have stayed as they are for
+/// `PROGRESS_SETTLE`, or other counts have waited `PROGRESS_STALE`).
 pub fn when_to_write(
     old: &TenantSubscriptionStatus,
     new: &TenantSubscriptionStatus,
@@ -282,11 +293,18 @@ pub fn when_to_write(
         let mut wait = recent
             .written
             .map_or(Duration::ZERO, |since| period.saturating_sub(since));
-        // Until it has stayed as it is for PROGRESS_SETTLE, or waited a
-        // whole period (counts that never stay still still show).
-        if !ready && recent.held.unwrap_or_default() < period {
-            let unchanged = recent.unchanged.unwrap_or_default();
-            wait = wait.max(PROGRESS_SETTLE.saturating_sub(unchanged));
+        // Not Ready: more ready pods once they have stayed as they are for
+        // PROGRESS_SETTLE, other counts once stale; either once stale
+        // (counts that never stay still still show).
+        let stale = period.max(PROGRESS_STALE);
+        let held = recent.held.unwrap_or_default();
+        if !ready && held < stale {
+            let until = if ready_counts_changed(old, new) {
+                PROGRESS_SETTLE.saturating_sub(recent.unchanged.unwrap_or_default())
+            } else {
+                stale - held
+            };
+            wait = wait.max(until);
         }
         if !wait.is_zero() {
             return WriteStatus::Later(wait);
@@ -315,6 +333,16 @@ fn only_first_autoscaler_reports(
         }
     }
     carried == *old
+}
+
+fn ready_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> bool {
+    let ready = |s: &TenantSubscriptionStatus| {
+        s.modules
+            .iter()
+            .map(|m| (m.name.clone(), m.ready_replicas))
+            .collect::<Vec<_>>()
+    };
+    ready(old) != ready(new)
 }
 
 fn is_ready(status: &TenantSubscriptionStatus) -> bool {
@@ -566,6 +594,7 @@ mod tests {
                 name: "video".into(),
                 max_replicas: Some(10),
                 replicas: Some(replicas),
+                ready_replicas: Some(replicas),
                 ..Default::default()
             }],
             ..Default::default()
@@ -635,10 +664,34 @@ mod tests {
             when_to_write(&old, &counts, false, after(20, 5), 0),
             WriteStatus::Now
         );
-        // Counts that never stay still are written once a period.
+        // Counts that never stay still are written once stale.
         assert_eq!(
             when_to_write(&old, &counts, false, after(30, 0), 0),
+            WriteStatus::Later(PROGRESS_SETTLE)
+        );
+        assert_eq!(
+            when_to_write(&old, &counts, false, after(300, 0), 0),
             WriteStatus::Now
+        );
+        // Pods created, no more of them ready: carried by the next write,
+        // or written alone once stale (a progress period if longer).
+        let mut created = old.clone();
+        created.modules[0].replicas = Some(4);
+        assert_eq!(
+            when_to_write(&old, &created, false, after(0, 0), 0),
+            WriteStatus::Later(PROGRESS_STALE)
+        );
+        assert_eq!(
+            when_to_write(&old, &created, false, after(120, 120), 0),
+            WriteStatus::Later(PROGRESS_STALE - s(120))
+        );
+        assert_eq!(
+            when_to_write(&old, &created, false, after(300, 300), 0),
+            WriteStatus::Now
+        );
+        assert_eq!(
+            when_to_write(&old, &created, false, after(300, 300), 10_000),
+            WriteStatus::Later(s(1960))
         );
         assert_eq!(
             when_to_write(&old, &ready_status("True", 3), false, written(s(40)), 0),
