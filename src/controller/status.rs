@@ -231,11 +231,11 @@ pub enum WriteStatus {
 /// of 2 (the gap between the two was under 2.4 s for every one).
 pub const PROGRESS_SETTLE: Duration = Duration::from_secs(5);
 
-/// How long a progress-only change that brings no more ready pods (pods
-/// created, an autoscaler's wish) waits, at least, for a write that carries
-/// it while a subscription is not Ready; a progress period if that is
-/// longer. Such counts are written alone only when pods stay unready this
-/// long (an image that does not pull, a pod that does not schedule): on a
+/// How long a progress-only change that says nothing new (pods created, an
+/// autoscaler's wish; no more ready pods, no new words such as a
+/// scheduler's reason) waits, at least, for a write that carries it while a
+/// subscription is not Ready; a progress period if that is longer. Such
+/// counts are written alone only when pods stay unready this long: on a
 /// cold start of 1,000 tenants, "pods created, none ready yet" written at
 /// the end of the shared progress period was a third status write, a
 /// second before Ready, for a third of the tenants. The same bound ends the
@@ -293,13 +293,13 @@ pub fn when_to_write(
         let mut wait = recent
             .written
             .map_or(Duration::ZERO, |since| period.saturating_sub(since));
-        // Not Ready: more ready pods once they have stayed as they are for
-        // PROGRESS_SETTLE, other counts once stale; either once stale
+        // Not Ready: more ready pods or new words once they have stayed as
+        // they are for PROGRESS_SETTLE, other counts once stale; either once stale
         // (counts that never stay still still show).
         let stale = period.max(PROGRESS_STALE);
         let held = recent.held.unwrap_or_default();
         if !ready && held < stale {
-            let until = if ready_counts_changed(old, new) {
+            let until = if progress_news(old, new) {
                 PROGRESS_SETTLE.saturating_sub(recent.unchanged.unwrap_or_default())
             } else {
                 stale - held
@@ -335,14 +335,23 @@ fn only_first_autoscaler_reports(
     carried == *old
 }
 
-fn ready_counts_changed(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> bool {
-    let ready = |s: &TenantSubscriptionStatus| {
-        s.modules
-            .iter()
-            .map(|m| (m.name.clone(), m.ready_replicas))
-            .collect::<Vec<_>>()
+/// Whether a progress-only change says something while pods start: more
+/// (or fewer) pods ready, or other words (a scheduler's reason, pods
+/// pending), not only pods created or an autoscaler's wish.
+fn progress_news(old: &TenantSubscriptionStatus, new: &TenantSubscriptionStatus) -> bool {
+    let said = |s: &TenantSubscriptionStatus| {
+        (
+            s.modules
+                .iter()
+                .map(|m| (m.name.clone(), m.ready_replicas, m.message.clone()))
+                .collect::<Vec<_>>(),
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.message.clone()))
+                .collect::<Vec<_>>(),
+        )
     };
-    ready(old) != ready(new)
+    said(old) != said(new)
 }
 
 fn is_ready(status: &TenantSubscriptionStatus) -> bool {
@@ -692,6 +701,13 @@ mod tests {
         assert_eq!(
             when_to_write(&old, &created, false, after(300, 300), 10_000),
             WriteStatus::Later(s(1960))
+        );
+        // New words (the scheduler's reason, pods pending) are news.
+        let mut pending = created.clone();
+        pending.modules[0].message = Some("4 pods pending: no node can take them".into());
+        assert_eq!(
+            when_to_write(&old, &pending, false, after(5, 5), 0),
+            WriteStatus::Now
         );
         assert_eq!(
             when_to_write(&old, &ready_status("True", 3), false, written(s(40)), 0),
