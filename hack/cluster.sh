@@ -274,6 +274,7 @@ NODE_PODS="${TCO_NODE_PODS:-250}"
 # The controller manager's client rate limit (requests/s; burst is twice it).
 KCM_QPS="${TCO_KCM_QPS:-100}"
 HPA_SYNC_PERIOD="${TCO_HPA_SYNC_PERIOD:-15s}"
+APISERVER_GOGC="${TCO_APISERVER_GOGC:-100}"
 METRIC_RESOLUTION="10s"
 
 kubectl_admin() { "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" --request-timeout=10s "$@"; }
@@ -305,7 +306,8 @@ alive() { component_pid "$1" >/dev/null; }
 
 start_component() { # name binary args...
   local name="$1" bin="${BIN_DIR}/$2"; shift 2
-  printf '%q ' "${bin}" "$@" >"${STATE_DIR}/${name}.cmdline"
+  # The Go runtime's settings the caller gave (GOGC), first, as env does.
+  { [[ -z "${GOGC:-}" ]] || printf 'GOGC=%q ' "${GOGC}"; printf '%q ' "${bin}" "$@"; } >"${STATE_DIR}/${name}.cmdline"
   # setsid: the component gets its own session, so a Ctrl-C or the end of the
   # shell that ran `up` does not take the cluster down with it.
   # Close every other inherited descriptor (our lock, callers' pipes), so a
@@ -720,7 +722,7 @@ cmd_up() {
     --log-level=warn
   wait_for etcd 30 "etcd /health" etcd_healthy
 
-  start_component kube-apiserver kube-apiserver \
+  GOGC="${APISERVER_GOGC}" start_component kube-apiserver kube-apiserver \
     --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -927,8 +929,17 @@ cmd_start_one() {
     return 0
   fi
   local -a argv
+  local gogc=""
   eval "argv=($(cat "${STATE_DIR}/${name}.cmdline"))"
-  start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
+  if [[ "${argv[0]}" == GOGC=* ]]; then
+    gogc="${argv[0]#GOGC=}"
+    argv=("${argv[@]:1}")
+  fi
+  if [[ -n "${gogc}" ]]; then
+    GOGC="${gogc}" start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
+  else
+    start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
+  fi
   case "${name}" in
     etcd) for ((i = 0; i < 150; i++)); do etcd_healthy && return 0; sleep 0.2; done ;;
     kube-apiserver) for ((i = 0; i < 300; i++)); do api_ready && return 0; sleep 0.2; done ;;

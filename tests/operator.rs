@@ -761,3 +761,166 @@ async fn the_same_event_again_grows_a_series_instead_of_a_new_object() {
     assert_eq!(events.remembered(), 2);
     ns.delete().await;
 }
+
+/// A ValidatingWebhookConfiguration for HPAs in one namespace whose
+/// endpoint cannot be reached (failurePolicy Fail): every HPA write there
+/// fails with the API server's 500, a failure that passes, not a refusal.
+/// Deleted when dropped.
+struct UnreachableWebhook(String);
+
+impl UnreachableWebhook {
+    async fn install(client: &kube::Client, namespace: &str) -> Self {
+        let name = unique("unreachable");
+        kubectl(&["label", "namespace", namespace, &format!("{name}=on")]);
+        apply_yaml(
+            client,
+            None,
+            &format!(
+                "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata: {{name: {name}}}\nwebhooks:\n- name: {name}.test.invalid\n  admissionReviewVersions: [v1]\n  sideEffects: None\n  failurePolicy: Fail\n  timeoutSeconds: 1\n  clientConfig: {{url: 'https://127.0.0.1:1/never'}}\n  namespaceSelector: {{matchLabels: {{{name}: 'on'}}}}\n  rules: [{{apiGroups: [autoscaling], apiVersions: ['*'], operations: [CREATE, UPDATE], resources: [horizontalpodautoscalers]}}]\n"
+            ),
+        )
+        .await;
+        // The API server loads webhooks from its own watch: wait until an
+        // HPA write there (a dry run) meets it.
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+        let probe: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "webhook-probe"},
+            "spec": {"maxReplicas": 1, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "none"}}
+        }))
+        .unwrap();
+        wait_for("the webhook in force", T, || async {
+            let params = kube::api::PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match hpas.create(&params, &probe).await {
+                Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                    Some(())
+                }
+                _ => None,
+            }
+        })
+        .await;
+        Self(name)
+    }
+}
+
+impl Drop for UnreachableWebhook {
+    fn drop(&mut self) {
+        let _ = tools::run(
+            "kubectl",
+            &[
+                "delete",
+                "validatingwebhookconfiguration",
+                &self.0,
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
+}
+
+/// The status goes out together with the children's writes. When one of
+/// those writes then fails (not refused: an admission webhook that cannot
+/// be reached), the status that said the change was applied is put back at
+/// once, the retries write the children first and the status after (so it
+/// does not flap at every retry), and once the writes go through the change
+/// is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_written_with_children_whose_writes_failed_is_put_back() {
+    let f = Fixture::new("together").await;
+    let video = format!("t-{}", f.video);
+    let spec = |c: u32| {
+        format!(
+            "  tenantId: t\n  modules:\n    - {{name: {}, concurrency: {c}}}\n",
+            f.video
+        )
+    };
+    f.apply_sub("t", &spec(400)).await;
+    let before = f
+        .wait_status("t", "first plan applied", |s| {
+            s.status.as_ref().is_some_and(|st| !st.modules.is_empty())
+        })
+        .await;
+    let first = before.metadata.generation.unwrap();
+    wait_for("HPA 1..10", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 10)).then_some(())
+    })
+    .await;
+    let webhook = UnreachableWebhook::install(&f.client, &f.ns.name).await;
+
+    // Every resourceVersion of the subscription and the observedGeneration
+    // its status said then.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let watching = {
+        let (subs, seen) = (f.subs(), seen.clone());
+        let params = kube::api::WatchParams::default().fields("metadata.name=t");
+        let from = f.subs().get("t").await.unwrap().resource_version().unwrap();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut events = subs.watch(&params, &from).await.unwrap().boxed();
+            while let Some(Ok(kube::api::WatchEvent::Modified(s))) = events.next().await {
+                let rv = s.resource_version().unwrap_or_default();
+                if let Some(g) = s.status.and_then(|st| st.observed_generation) {
+                    seen.lock().unwrap().push((rv, g));
+                }
+            }
+        })
+    };
+    let failures = || {
+        f.operator
+            .metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("tenant_capacity_reconcile_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let failed_before = failures();
+    let changed = f.apply_sub("t", &spec(800)).await;
+    let second = changed.metadata.generation.unwrap();
+    assert!(second > first);
+    // The first try (together) and two retries (one after the other) fail.
+    wait_for("three failed reconciles", T, || async {
+        (failures() >= failed_before + 3).then_some(())
+    })
+    .await;
+    let now = wait_for("the status put back", T, || async {
+        let s = f.subs().get("t").await.ok()?;
+        (s.status.as_ref()?.observed_generation == Some(first)).then_some(s)
+    })
+    .await;
+    // Every write until now is in the watch's history.
+    let rv = now.resource_version().unwrap();
+    let history = wait_for("the watch caught up", T, || async {
+        let seen = seen.lock().unwrap().clone();
+        seen.iter().any(|(r, _)| *r == rv).then_some(seen)
+    })
+    .await;
+    let generations: Vec<i64> = history.iter().map(|(_, g)| *g).collect();
+    let claimed = generations.iter().filter(|g| **g == second).count();
+    assert_eq!(
+        claimed, 1,
+        "the status said the change was applied once (together with the failed writes), then not again while they fail: {generations:?}"
+    );
+    let at = generations.iter().position(|g| *g == second).unwrap();
+    assert!(
+        generations[at + 1..].contains(&first),
+        "put back right after: {generations:?}"
+    );
+    assert_eq!(f.hpa_numbers(&video).await, Some((1, 10)));
+
+    drop(webhook);
+    f.wait_status("t", "the change applied", |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.observed_generation == Some(second))
+    })
+    .await;
+    wait_for("HPA max 20", T, || async {
+        (f.hpa_numbers(&video).await? == (1, 20)).then_some(())
+    })
+    .await;
+    watching.abort();
+    f.finish().await;
+}

@@ -218,7 +218,8 @@ fn table(r: &Results) -> String {
 /// read from the command lines `hack/cluster.sh up` started the components
 /// with (kept beside the audit log's folder), so runs on different machines
 /// can be compared. A flag the cluster does not pass is reported as
-/// `"default"` (the upstream default of that Kubernetes version).
+/// `"default"` (the upstream default of that Kubernetes version; for
+/// `GOGC`, Go's 100).
 pub fn control_plane(audit_log: &std::path::Path, nodes: usize) -> Value {
     let state = audit_log
         .parent()
@@ -232,7 +233,12 @@ pub fn control_plane(audit_log: &std::path::Path, nodes: usize) -> Value {
         };
         let mut out = serde_json::Map::new();
         for name in names {
-            let prefix = format!("--{name}=");
+            // Flags, and the Go runtime's settings (`GOGC=`) before the binary.
+            let prefix = if name.starts_with("GO") {
+                format!("{name}=")
+            } else {
+                format!("--{name}=")
+            };
             let value = cmdline
                 .split_whitespace()
                 .find_map(|arg| arg.strip_prefix(&prefix))
@@ -252,6 +258,7 @@ pub fn control_plane(audit_log: &std::path::Path, nodes: usize) -> Value {
             "concurrent-replicaset-syncs",
         ]),
         "kube_apiserver": flags("kube-apiserver", &[
+            "GOGC",
             "max-requests-inflight",
             "max-mutating-requests-inflight",
         ]),

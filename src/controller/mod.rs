@@ -271,6 +271,7 @@ pub async fn run(
         spec_changes,
         progressing: Default::default(),
         not_found: Default::default(),
+        failed_writes: Default::default(),
         refusals: Default::default(),
     });
 

@@ -1,6 +1,6 @@
 //! One subscription's reconcile: gather the facts from the caches, decide,
-//! carry out the writes, write the status when it changed. Thin on purpose:
-//! the rules are in `decide` and `status`.
+//! carry out the writes and write the status when it changed, together.
+//! Thin on purpose: the rules are in `decide` and `status`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -20,7 +20,7 @@ use tracing::warn;
 use super::{
     Settings,
     changes::{SpecChanges, Timings},
-    decide::{self, Observed, Outcome, assignment, decide},
+    decide::{self, Observed, Outcome, Write, assignment, decide},
     drain,
     error::{Error, Result, Verb, api_error},
     events::{self, Events},
@@ -60,6 +60,12 @@ pub struct Context {
     pub spec_changes: Arc<SpecChanges>,
     /// Consecutive "not found" failures per subscription (see `retry_delay`).
     pub not_found: Mutex<HashMap<String, u32>>,
+    /// Subscriptions whose last reconcile failed: their next one writes the
+    /// children first and the status after, not together (see
+    /// `reconcile_subscription`), so that a write failing again and again
+    /// does not make the status say a change was applied and take it back
+    /// at every retry.
+    pub failed_writes: Mutex<HashSet<String>>,
     /// Status writes of subscriptions that may not act (see [`Refusals`]).
     pub refusals: Refusals,
 }
@@ -252,6 +258,12 @@ pub async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Resul
                     counts.remove(&key(&sub));
                 }
             }
+            {
+                let mut failed = ctx.failed_writes.lock().unwrap();
+                if !failed.is_empty() {
+                    failed.remove(&key(&sub));
+                }
+            }
             // Every write of this namespace went through: a refusal of one
             // (a permission now restored) is over.
             let ns = sub.namespace().unwrap_or_default();
@@ -261,6 +273,7 @@ pub async fn reconcile(sub: Arc<TenantSubscription>, ctx: Arc<Context>) -> Resul
             });
         }
         Err(e) => {
+            ctx.failed_writes.lock().unwrap().insert(key(&sub));
             if let Some((what, why)) = e.permission_refused() {
                 ctx.readiness.refused(&what, &why);
             }
@@ -340,21 +353,85 @@ async fn reconcile_subscription(
         }
         old = recorded;
     }
+    timings.writes = decision.batches.iter().map(Vec::len).sum();
+    // The status goes out together with the children (one round trip to the
+    // API server per change, not two one after the other), except when what
+    // the children's writes leave decides the status (data deletes) or when
+    // the last reconcile failed.
+    let together = !decision.batches.is_empty()
+        && !ctx.failed_writes.lock().unwrap().contains(&key)
+        && !decision
+            .batches
+            .iter()
+            .flatten()
+            .any(|w| matches!(w, Write::DeleteData { .. }));
     // A child the API server refuses shows in status, then the reconcile
     // fails as any other (counted, retried).
     let mut refused = None;
-    let writing = Instant::now();
-    timings.writes = decision.batches.iter().map(Vec::len).sum();
-    let executed = writer.execute(&decision.batches).await;
-    timings.children = writing.elapsed();
-    match executed {
-        Ok(data_left) => decide::settle_data(&mut outcome, &data_left, now),
-        Err(e) => {
-            let Some(rejection) = e.rejection() else {
+    if !together {
+        let writing = Instant::now();
+        let executed = writer.execute(&decision.batches).await;
+        timings.children = writing.elapsed();
+        timings.writing = timings.children;
+        match settle(executed, &mut outcome, sub, now) {
+            Children::Written => {}
+            Children::Refused(e) => refused = Some(e),
+            Children::Failed(e) => return Err(e),
+        }
+    }
+    let mut step = status_step(ctx, sub, &key, &old, &outcome, acting, now);
+    // The status was written together with the children.
+    let mut written = false;
+    if together {
+        let send = step.when == WriteStatus::Now && acting;
+        let writing = Instant::now();
+        let children = async {
+            let executed = writer.execute(&decision.batches).await;
+            (executed, writing.elapsed())
+        };
+        let status = async {
+            if !send {
+                return None;
+            }
+            let answered = write_status(&ctx.client, &ns, &sub.name_any(), &step.new).await;
+            Some((answered, writing.elapsed()))
+        };
+        let ((executed, children_took), status) = tokio::join!(children, status);
+        timings.children = children_took;
+        timings.writing = writing.elapsed();
+        let status = match status {
+            Some((answered, took)) => {
+                timings.status = took;
+                Some(answered)
+            }
+            None => None,
+        };
+        match settle(executed, &mut outcome, sub, now) {
+            Children::Written => {}
+            Children::Refused(e) => refused = Some(e),
+            Children::Failed(e) => {
+                // The status written with them says the children were
+                // written: the one before goes back (the retry writes it
+                // again once they are).
+                if let Some(Ok(_)) = status {
+                    put_back(ctx, sub, key, &old).await;
+                }
                 return Err(e);
-            };
-            outcome.child_rejected(&sub.name_any(), &rejection);
-            refused = Some(e);
+            }
+        }
+        match status {
+            Some(Ok(answered)) => {
+                timings.writes += 1;
+                ctx.metrics.write("TenantSubscription", "apply-status");
+                ctx.wrote_status(key.clone(), answered);
+                written = refused.is_none();
+            }
+            Some(Err(e)) if refused.is_none() => return Err(e),
+            // The refusal's status below replaces it.
+            Some(Err(_)) | None => {}
+        }
+        if refused.is_some() {
+            step = status_step(ctx, sub, &key, &old, &outcome, acting, now);
         }
     }
     publish_metrics(
@@ -364,50 +441,24 @@ async fn reconcile_subscription(
         &outcome,
         &decision.observed,
     );
-
-    let new = status::build(sub, &old, &outcome, now);
-    let held = if new == old {
-        status::Recent::default()
-    } else {
-        ctx.held(&key, &new)
-    };
-    let recent = status::Recent {
-        written: ctx
-            .status_written
-            .lock()
-            .unwrap()
-            .get(&key)
-            .map(|w| w.at.elapsed()),
-        ..held
-    };
+    let StatusStep { new, when } = step;
     let mut batch_until = None;
-    let progressing = ctx.progressing(&key, acting && !outcome.ready);
-    let when = status::when_to_write(&old, &new, outcome.awaiting_quota, recent, progressing);
-    if !matches!(when, WriteStatus::Later(_)) {
-        ctx.status_held.lock().unwrap().remove(&key);
-    }
-    match when {
-        WriteStatus::Unchanged => {}
-        WriteStatus::Later(wait) => {
+    match (when, written) {
+        (_, true) => wrote(ctx, sub, &writer, &old, &new, &mut timings).await,
+        (WriteStatus::Unchanged, false) => {}
+        (WriteStatus::Later(wait), false) => {
             batch_until = Some(now + SignedDuration::try_from(wait).unwrap_or_default());
         }
-        WriteStatus::Now if !acting => refuse(ctx, sub, key, old, new),
-        WriteStatus::Now => {
+        (WriteStatus::Now, false) if !acting => refuse(ctx, sub, key, old, new),
+        (WriteStatus::Now, false) => {
             let writing = Instant::now();
             let answered = write_status(&ctx.client, &ns, &sub.name_any(), &new).await?;
             timings.status = writing.elapsed();
+            timings.writing += timings.status;
             timings.writes += 1;
             ctx.metrics.write("TenantSubscription", "apply-status");
-            if let Some(generation) = new.observed_generation
-                && old.observed_generation != Some(generation)
-                && let Some(seen) = ctx.spec_changes.applied(sub, generation)
-            {
-                timings.report(sub, &seen, &ctx.metrics);
-            }
             ctx.wrote_status(key, answered);
-            for note in events::announcements(&old, &new) {
-                writer.announce(&note).await;
-            }
+            wrote(ctx, sub, &writer, &old, &new, &mut timings).await;
         }
     }
     if let Some(e) = refused {
@@ -419,6 +470,123 @@ async fn reconcile_subscription(
         ctx.settings.resync,
         now,
     )))
+}
+
+/// What the children's writes came to.
+enum Children {
+    Written,
+    /// The API server refused one: the status says so, then the reconcile
+    /// fails with this.
+    Refused(Error),
+    /// Any other failure, which ends the reconcile.
+    Failed(Error),
+}
+
+/// Settle the outcome once the children's writes are known: what data
+/// deletes left, or the child the API server refused.
+fn settle(
+    executed: Result<Vec<decide::DataLeft>>,
+    outcome: &mut Outcome,
+    sub: &TenantSubscription,
+    now: Timestamp,
+) -> Children {
+    match executed {
+        Ok(data_left) => {
+            decide::settle_data(outcome, &data_left, now);
+            Children::Written
+        }
+        Err(e) => match e.rejection() {
+            Some(rejection) => {
+                outcome.child_rejected(&sub.name_any(), &rejection);
+                Children::Refused(e)
+            }
+            None => Children::Failed(e),
+        },
+    }
+}
+
+/// The status an outcome makes, and when it is written.
+struct StatusStep {
+    new: TenantSubscriptionStatus,
+    when: WriteStatus,
+}
+
+/// Build the status of `outcome` over `old` and decide when it is written
+/// (see `status::when_to_write`), recording what that needs remembering:
+/// whether the subscription is progressing, and since when a change is held
+/// back (forgotten once it is not).
+fn status_step(
+    ctx: &Context,
+    sub: &TenantSubscription,
+    key: &str,
+    old: &TenantSubscriptionStatus,
+    outcome: &Outcome,
+    acting: bool,
+    now: Timestamp,
+) -> StatusStep {
+    let new = status::build(sub, old, outcome, now);
+    let held = if new == *old {
+        status::Recent::default()
+    } else {
+        ctx.held(key, &new)
+    };
+    let recent = status::Recent {
+        written: ctx
+            .status_written
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|w| w.at.elapsed()),
+        ..held
+    };
+    let progressing = ctx.progressing(key, acting && !outcome.ready);
+    let when = status::when_to_write(old, &new, outcome.awaiting_quota, recent, progressing);
+    if !matches!(when, WriteStatus::Later(_)) {
+        ctx.status_held.lock().unwrap().remove(key);
+    }
+    StatusStep { new, when }
+}
+
+/// `new` was written over `old`: the spec change it applies is logged with
+/// its timings, and what changed is announced.
+async fn wrote(
+    ctx: &Context,
+    sub: &TenantSubscription,
+    writer: &Writer<'_>,
+    old: &TenantSubscriptionStatus,
+    new: &TenantSubscriptionStatus,
+    timings: &mut Timings,
+) {
+    if let Some(generation) = new.observed_generation
+        && old.observed_generation != Some(generation)
+        && let Some(seen) = ctx.spec_changes.applied(sub, generation)
+    {
+        timings.report(sub, &seen, &ctx.metrics);
+    }
+    for note in events::announcements(old, new) {
+        writer.announce(&note).await;
+    }
+}
+
+/// Write `old` back over a status written together with children whose
+/// writes then failed (it said they were written). When that fails too,
+/// the retry's reconcile, which sees the status written, writes the truth.
+async fn put_back(
+    ctx: &Context,
+    sub: &TenantSubscription,
+    key: String,
+    old: &TenantSubscriptionStatus,
+) {
+    let ns = sub.namespace().unwrap_or_default();
+    match write_status(&ctx.client, &ns, &sub.name_any(), old).await {
+        Ok(answered) => {
+            ctx.metrics.write("TenantSubscription", "apply-status");
+            ctx.wrote_status(key, answered);
+        }
+        Err(e) => {
+            warn!(subscription = %sub.name_any(), namespace = %ns, error = %e, "could not put back the status written with children whose writes failed")
+        }
+    }
 }
 
 /// Write the status of a subscription that may not act in the refusal
