@@ -33,6 +33,8 @@
 #                   scale read, a metrics API call and often an HPA status
 #                   write: at thousands of HPAs a shorter period is a large
 #                   share of the API server's load
+#   TCO_APISERVER_GOGC  the Go garbage collector's target for kube-apiserver
+#                   (default 100, Go's): higher trades memory for CPU
 #
 # The fake nodes carry no taint (there is no real node to keep pods off), and
 # the labels of a cloud's nodes: topology.kubernetes.io/region and

@@ -272,6 +272,7 @@ pub async fn run(
         progressing: Default::default(),
         not_found: Default::default(),
         failed_writes: Default::default(),
+        children_written: Default::default(),
         refusals: Default::default(),
     });
 
