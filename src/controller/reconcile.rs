@@ -408,14 +408,18 @@ async fn reconcile_subscription(
     timings.writes = batches.iter().map(Vec::len).sum();
     // The status goes out together with the children (one round trip to the
     // API server per change, not two one after the other), except when what
-    // the children's writes leave decides the status (data deletes) or when
-    // the last reconcile failed.
+    // the children's writes leave decides the status (data deletes), when
+    // the last reconcile failed, and when a child is created: the status's
+    // watch event, often seen before the children's, brings the next
+    // reconcile, which would write again a child it does not see yet (a
+    // cold start of 1,000 tenants re-applied 224 Services so).
     let together = !batches.is_empty()
         && !ctx.failed_writes.lock().unwrap().contains(&key)
-        && !batches
-            .iter()
-            .flatten()
-            .any(|w| matches!(w, Write::DeleteData { .. }));
+        && batches.iter().flatten().all(|w| match w {
+            Write::Apply(d) => d.applied.is_some(),
+            Write::DeleteData { .. } => false,
+            Write::Delete { .. } | Write::Announce(_) => true,
+        });
     // A child the API server refuses shows in status, then the reconcile
     // fails as any other (counted, retried).
     let mut refused = None;
