@@ -937,11 +937,8 @@ cmd_start_one() {
     gogc="${argv[0]#GOGC=}"
     argv=("${argv[@]:1}")
   fi
-  if [[ -n "${gogc}" ]]; then
-    GOGC="${gogc}" start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
-  else
-    start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
-  fi
+  # An empty GOGC is Go's default, and is not recorded again.
+  GOGC="${gogc}" start_component "${name}" "$(basename "${argv[0]}")" "${argv[@]:1}"
   case "${name}" in
     etcd) for ((i = 0; i < 150; i++)); do etcd_healthy && return 0; sleep 0.2; done ;;
     kube-apiserver) for ((i = 0; i < 300; i++)); do api_ready && return 0; sleep 0.2; done ;;

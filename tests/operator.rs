@@ -868,13 +868,10 @@ async fn a_status_written_with_children_whose_writes_failed_is_put_back() {
         })
     };
     let failures = || {
-        f.operator
-            .metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("tenant_capacity_reconcile_failures_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        support::process::sum_in(
+            &f.operator.metrics.encode(),
+            "tenant_capacity_reconcile_failures_total",
+        )
     };
     let failed_before = failures();
     let changed = f.apply_sub("t", &spec(800)).await;

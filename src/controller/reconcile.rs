@@ -119,10 +119,11 @@ pub struct Written {
     status: Option<Arc<TenantSubscriptionStatus>>,
 }
 
-/// A child this process applied: what, over what the cache showed then, when.
+/// A child this process changed: what it applied, over what the cache
+/// showed then, when.
 pub struct Applied {
     digest: u64,
-    over: Option<u64>,
+    over: u64,
     at: Instant,
 }
 
@@ -240,7 +241,9 @@ impl Context {
         (left, skipped)
     }
 
-    /// Remember the applies of `batches`, all written.
+    /// Remember the applies of `batches`, all written, that changed a
+    /// cached child (the only ones `unseen` may skip: creations are not
+    /// kept, so a cold start adds nothing here).
     fn wrote_children(&self, ns: &str, batches: &[Vec<Write>]) {
         let mut applied = self.children_written.lock().unwrap();
         if applied.len() > 256 {
@@ -248,12 +251,14 @@ impl Context {
         }
         let now = Instant::now();
         for w in batches.iter().flatten() {
-            if let Write::Apply(d) = w {
+            if let Write::Apply(d) = w
+                && let Some(over) = d.applied
+            {
                 applied.insert(
                     (d.kind, ns.to_string(), d.name.clone()),
                     Applied {
                         digest: d.digest,
-                        over: d.applied,
+                        over,
                         at: now,
                     },
                 );
@@ -665,8 +670,7 @@ fn without_unseen(
                     let key = (d.kind, ns.to_string(), d.name.clone());
                     !applied.get(&key).is_some_and(|a| {
                         a.digest == d.digest
-                            && a.over.is_some()
-                            && a.over == d.applied
+                            && d.applied == Some(a.over)
                             && a.at.elapsed() < OWN_STATUS_FOR
                     })
                 })
@@ -887,12 +891,12 @@ mod tests {
                 .unwrap()
         };
         let mut applied = HashMap::new();
-        // The HPA was written as 2 over 1, the quota as 7 over nothing.
+        // The HPA was changed to 2 over 1, the quota to 7 over 6.
         applied.insert(
             (Hpa, "ns".to_string(), "t-video".to_string()),
             Applied {
                 digest: 2,
-                over: Some(1),
+                over: 1,
                 at: at(1),
             },
         );
@@ -900,7 +904,7 @@ mod tests {
             (Quota, "ns".to_string(), "t-capacity".to_string()),
             Applied {
                 digest: 7,
-                over: None,
+                over: 6,
                 at: at(1),
             },
         );

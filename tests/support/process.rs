@@ -396,9 +396,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// The sum of `tenant_capacity_api_writes_total` in a /metrics text.
 pub fn writes_in(metrics: &str) -> u64 {
+    sum_in(metrics, "tenant_capacity_api_writes_total")
+}
+
+/// The sum over every label set of counter `name` in a /metrics text.
+pub fn sum_in(metrics: &str, name: &str) -> u64 {
+    let series = format!("{name}{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("tenant_capacity_api_writes_total{"))
+        .filter(|l| l.starts_with(&series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
